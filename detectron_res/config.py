@@ -1,0 +1,461 @@
+"""The configuration schema and its loader.
+
+One typed schema (the dataclasses below, validated by OmegaConf) describes every
+setting of the toolkit. A YAML file under ``configs/`` overrides some of it, with
+at most one level of ``_base_`` inheritance, and trailing ``section.key=value``
+command-line arguments override the result::
+
+    cfg = load_config("coco_r101.yaml", ["solver.base_lr=0.002"])
+    cfg.model.backbone.depth        # -> 101
+
+Defaults are the values of the paper's Faster R-CNN on PASCAL VOC (ResNet paper,
+Appendix A, and py-faster-rcnn's config.py, see shared/PAPER_FACTS.md); the files
+in ``configs/`` state only what differs.
+
+Every user mistake (unknown key, wrong type, missing ``_base_`` file, malformed
+YAML, invalid choice) raises :class:`ConfigError` with one line naming the file or
+override, the full dotted key and what was expected. Tools turn it into a
+non-zero exit without a traceback (see :func:`config_from_args`).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import os
+import sys
+import tempfile
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_ROOT / "configs"
+
+
+class ConfigError(ValueError):
+    """A mistake in a config file or override; the message is one line."""
+
+
+# ----------------------------------------------------------------------------
+# Schema
+# ----------------------------------------------------------------------------
+@dataclass
+class BackboneConfig:
+    name: str = "resnet"  # resnet | vgg16
+    depth: int = 101  # ResNet depth: 18, 34, 50, 101, 152
+    # True = original MSRA Caffe models (stride 2 on the first 1x1 conv of a
+    # bottleneck); False = torchvision "v1.5" (stride on the 3x3).
+    stride_in_1x1: bool = True
+    norm: str = "FrozenBN"  # FrozenBN | BN | SyncBN | GN
+    # 0 trains everything, 1 freezes the stem, 2 stem+res2, ... (Appendix A keeps
+    # BN statistics fixed; early stages are frozen as in py-faster-rcnn/Detectron).
+    freeze_at: int = 2
+    shortcut: str = "B"  # ResNet paper Sec 3.3 options A | B | C
+    residual: bool = True  # False builds the paper's "plain" network
+    base_channels: int = 64  # 64 = paper widths; smaller values thin every stage
+
+
+@dataclass
+class AnchorConfig:
+    # Faster R-CNN: areas 128^2, 256^2, 512^2 x ratios 1:2, 1:1, 2:1 (COCO adds 64).
+    sizes: List[int] = field(default_factory=lambda: [128, 256, 512])
+    aspect_ratios: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+
+
+@dataclass
+class RPNConfig:
+    head_channels: int = 0  # channels of the 3x3 conv; 0 = same as its input
+    positive_iou: float = 0.7
+    negative_iou: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    # >= 0: in training, ignore anchors leaving the image by more than this many
+    # pixels (the paper ignores cross-boundary anchors: 0). -1 keeps them all.
+    boundary_threshold: int = 0
+    pre_nms_topk_train: int = 12000
+    post_nms_topk_train: int = 2000
+    pre_nms_topk_test: int = 6000
+    post_nms_topk_test: int = 300
+    nms_thresh: float = 0.7
+    min_size: float = 16.0  # minimum proposal side, in input-image pixels
+    smooth_l1_beta: float = 1.0 / 9.0  # sigma 3 in py-faster-rcnn: beta = 1/sigma^2
+    loss_weight: float = 1.0
+
+
+@dataclass
+class ROIHeadsConfig:
+    num_classes: int = 20  # foreground classes K; the predictor has K+1 scores
+    batch_size_per_image: int = 128
+    positive_fraction: float = 0.25
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh_lo: float = 0.0  # end-to-end training uses [0, 0.5)
+    bg_iou_thresh_hi: float = 0.5
+    pooler_type: str = "ROIPool"  # ROIPool (paper) | ROIAlign | ROIAlignV2 (aligned=True)
+    pooler_resolution: int = 14  # res5's stride-2 first block turns 14x14 into 7x7
+    pooler_sampling_ratio: int = 0
+    box_reg_weights: List[float] = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])
+    smooth_l1_beta: float = 1.0
+    score_thresh_test: float = 0.05
+    nms_thresh_test: float = 0.3
+    detections_per_image: int = 100
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    # ImageNet initialization used for training when --weights is not given: a
+    # path, or torchvision://resnet101, msra://R-101, ... (detectron_res/weights.py).
+    weights: str = ""
+    # Channel order and normalization the weights expect (MSRA Caffe models: BGR,
+    # mean subtracted, std 1). Must agree with the weights; the loader checks.
+    input_format: str = "BGR"
+    pixel_mean: List[float] = field(default_factory=lambda: [103.53, 116.28, 123.675])
+    pixel_std: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    fold_frozen_bn: bool = True  # fold FrozenBN into convolutions for inference
+    anchor: AnchorConfig = field(default_factory=AnchorConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_heads: ROIHeadsConfig = field(default_factory=ROIHeadsConfig)
+
+
+@dataclass
+class InputConfig:
+    # Appendix A: single scale, shorter side 600 (longer side at most 1000).
+    min_size_train: List[int] = field(default_factory=lambda: [600])
+    max_size_train: int = 1000
+    min_size_test: int = 600
+    max_size_test: int = 1000
+    hflip_prob: float = 0.5
+    photometric: bool = False
+    size_divisibility: int = 32
+
+
+@dataclass
+class DatasetSpec:
+    """A user's own dataset, declared by format and paths (datasets/README.md)."""
+
+    format: str = ""  # coco | voc | yolo
+    image_root: str = ""  # coco: folder of the images
+    annotation_file: str = ""  # coco: instances json
+    voc_root: str = ""  # voc: the VOC2007-like folder (Annotations/, ImageSets/, JPEGImages/)
+    year: str = ""  # voc: decides the VOC metric (2007 -> 11-point)
+    split: str = ""  # voc: ImageSets/Main/<split>.txt; yolo: sub-folder
+    yolo_root: str = ""  # yolo: folder with images/ and labels/
+    class_names_file: str = ""  # yolo: one class name per line
+    class_names: List[str] = field(default_factory=list)  # optional override
+
+
+@dataclass
+class DataConfig:
+    train: List[str] = field(default_factory=list)  # dataset names, concatenated
+    test: List[str] = field(default_factory=list)  # dataset names, evaluated separately
+    datasets: Dict[str, DatasetSpec] = field(default_factory=dict)
+    filter_empty: bool = False  # drop training images without annotations
+    use_difficult: bool = False  # train on VOC "difficult" objects
+    num_workers: int = 2
+    aspect_ratio_grouping: bool = True
+
+
+@dataclass
+class AMPConfig:
+    enabled: bool = False  # CUDA only
+    dtype: str = "bf16"  # bf16 | fp16 (fp16 uses a grad scaler)
+
+
+@dataclass
+class SolverConfig:
+    ims_per_batch: int = 2  # GLOBAL batch, split evenly across processes
+    base_lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    weight_decay_norm: float = 0.0
+    weight_decay_bias: float = 0.0005
+    warmup_iters: int = 0
+    warmup_factor: float = 0.001
+    steps: List[int] = field(default_factory=lambda: [60000])
+    gamma: float = 0.1
+    max_iter: int = 80000
+    clip_grad_norm: float = 0.0  # 0 disables clipping
+    checkpoint_period: int = 5000
+    keep_last: int = 3
+    amp: AMPConfig = field(default_factory=AMPConfig)
+
+
+@dataclass
+class TestConfig:
+    eval_period: int = 0  # 0 = evaluate only at the end of training
+    evaluators: List[str] = field(default_factory=list)  # empty = by dataset format
+    voc_year: str = ""  # "" = from the dataset; 2007 selects the 11-point metric
+    best_metric: str = ""  # e.g. "voc/mAP50": keep model_best.pth by this metric
+    images_per_batch: int = 1
+
+
+@dataclass
+class DistConfig:
+    timeout_s: int = 600  # a rank that hears nothing from the others this long exits
+    backend: str = ""  # "" = nccl on CUDA, gloo on CPU
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    output_dir: str = "output/default"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    log_period: int = 20
+
+
+# Values that must be one of a few names, checked after loading so that the error
+# names the key (OmegaConf would accept any string).
+CHOICES: Dict[str, Sequence[str]] = {
+    "model.backbone.name": ("resnet", "vgg16"),
+    "model.backbone.norm": ("FrozenBN", "BN", "SyncBN", "GN"),
+    "model.backbone.shortcut": ("A", "B", "C"),
+    "model.input_format": ("BGR", "RGB"),
+    "model.roi_heads.pooler_type": ("ROIPool", "ROIAlign", "ROIAlignV2"),
+    "solver.amp.dtype": ("bf16", "fp16"),
+}
+
+
+# ----------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------
+def resolve_config_path(path_or_name: str | os.PathLike) -> Path:
+    """Find a config by path, or by bare name under ``configs/``.
+
+    ``coco_r101.yaml`` and ``coco_r101`` both find ``configs/coco_r101.yaml``.
+    """
+    text = str(path_or_name)
+    candidates = [Path(text)]
+    for root in (Path.cwd() / "configs", CONFIG_DIR):
+        candidates += [root / text, root / f"{text}.yaml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    available = sorted(p.name for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
+    hint = difflib.get_close_matches(Path(text).name, available, n=1)
+    suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+    raise ConfigError(f"config file '{text}' not found (looked in ./, ./configs/ and {CONFIG_DIR}){suggestion}")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: malformed YAML: {e.problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: malformed YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections at the top level, got {type(data).__name__}")
+    return data
+
+
+def _all_keys(schema_type: type, prefix: str = "") -> List[str]:
+    """Every valid dotted key of the schema (leaves and sections)."""
+    keys = []
+    for f in dataclasses.fields(schema_type):
+        dotted = f"{prefix}{f.name}"
+        keys.append(dotted)
+        ftype = typing.get_type_hints(schema_type)[f.name]
+        if dataclasses.is_dataclass(ftype):
+            keys += _all_keys(ftype, dotted + ".")
+    return keys
+
+
+def _expected_type(full_key: str) -> str:
+    """The schema's type annotation for a dotted key, as text ("int", "List[int]")."""
+    current: Any = Config
+    annotation: Any = Config
+    for part in full_key.split("."):
+        if dataclasses.is_dataclass(current):
+            hints = typing.get_type_hints(current)
+            if part not in hints:
+                return "?"
+            annotation = hints[part]
+        elif typing.get_origin(current) in (dict, Dict):
+            annotation = typing.get_args(current)[1]
+        elif typing.get_origin(current) in (list, List):
+            annotation = typing.get_args(current)[0]
+        current = annotation
+    text = getattr(annotation, "__name__", None) if not typing.get_args(annotation) else None
+    return text or str(annotation).replace("typing.", "")
+
+
+def _suggest(full_key: str) -> str:
+    valid = _all_keys(Config)
+    # DatasetSpec fields are valid under data.datasets.<any name>.
+    parts = full_key.split(".")
+    if parts[:2] == ["data", "datasets"] and len(parts) >= 4:
+        spec_keys = [f.name for f in dataclasses.fields(DatasetSpec)]
+        close = difflib.get_close_matches(parts[3], spec_keys, n=1)
+        return f"; closest valid key: '{'.'.join(parts[:3] + close)}'" if close else ""
+    close = difflib.get_close_matches(full_key, valid, n=1, cutoff=0.6)
+    return f"; closest valid key: '{close[0]}'" if close else ""
+
+
+def _merge(base: DictConfig, update: Any, source: str, user_key: Optional[str] = None) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, update)
+    except ConfigKeyError as e:
+        key = getattr(e, "full_key", None) or str(e)
+        if user_key and user_key.startswith(key):
+            key = user_key  # name the whole path the user typed, not just its first unknown part
+        raise ConfigError(f"{source}: unknown config key '{key}'{_suggest(key)}") from None
+    except ValidationError as e:
+        key = getattr(e, "full_key", None) or "?"
+        value = getattr(e, "value", None)
+        if hasattr(value, "_value"):  # an OmegaConf node wrapping the raw value
+            value = value._value()
+        got = f"{value!r} ({type(value).__name__})" if value is not None else str(e).splitlines()[0]
+        raise ConfigError(f"{source}: config key '{key}' expects {_expected_type(key)}, got {got}") from None
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"{source}: invalid value for config key '{key}': {str(e).splitlines()[0]}") from None
+
+
+def _check_choices(cfg: DictConfig) -> None:
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got {value!r}")
+    for name, spec in cfg.data.datasets.items():
+        if spec.format not in ("coco", "voc", "yolo"):
+            raise ConfigError(f"config key 'data.datasets.{name}.format' must be one of coco, voc, yolo; got {spec.format!r}")
+    if cfg.solver.ims_per_batch < 1:
+        raise ConfigError(f"config key 'solver.ims_per_batch' must be >= 1; got {cfg.solver.ims_per_batch}")
+    if list(cfg.solver.steps) != sorted(cfg.solver.steps):
+        raise ConfigError(f"config key 'solver.steps' must be increasing; got {list(cfg.solver.steps)}")
+
+
+def _parse_overrides(overrides: Sequence[str]) -> List[tuple]:
+    parsed = []
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"command-line override '{item}': expected section.key=value")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text  # not YAML: keep the raw string, the schema decides
+        parsed.append((key.strip(), value, item))
+    return parsed
+
+
+def load_config(path_or_name: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> DictConfig:
+    """Load the schema defaults, then a YAML file (with its ``_base_``), then overrides.
+
+    Args:
+        path_or_name: a path, or a bare name found under ``configs/``; None uses
+            the schema defaults alone.
+        overrides: ``section.key=value`` strings; values are parsed as YAML
+            (``input.min_size_train=[480,600]``).
+    Returns:
+        A read-only-typed OmegaConf config: attribute access, types enforced.
+    """
+    cfg = OmegaConf.structured(Config)
+    if path_or_name is not None:
+        path = resolve_config_path(path_or_name)
+        data = _read_yaml(path)
+        base_name = data.pop("_base_", None)
+        if base_name is not None:
+            if not isinstance(base_name, str):
+                raise ConfigError(f"{path}: '_base_' must be a file name, got {base_name!r}")
+            base_path = path.parent / base_name
+            if not base_path.is_file():
+                raise ConfigError(f"{path}: _base_ file '{base_name}' not found (looked for {base_path})")
+            base_data = _read_yaml(base_path)
+            if "_base_" in base_data:
+                raise ConfigError(
+                    f"{base_path}: a _base_ file may not have its own _base_ (one level of inheritance only)"
+                )
+            cfg = _merge(cfg, base_data, str(base_path))
+        cfg = _merge(cfg, data, str(path))
+    for key, value, text in _parse_overrides(overrides):
+        update = OmegaConf.create()
+        try:
+            OmegaConf.update(update, key, value, force_add=True)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"command-line override '{text}': {str(e).splitlines()[0]}") from None
+        cfg = _merge(cfg, update, f"command-line override '{text}'", user_key=key)
+    _check_choices(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: DictConfig) -> dict:
+    """The resolved config as plain Python containers (for checkpoints, JSON)."""
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def config_from_dict(data: dict, source: str = "checkpoint") -> DictConfig:
+    """Rebuild a typed config from :func:`config_to_dict` output."""
+    cfg = _merge(OmegaConf.structured(Config), data, source)
+    _check_choices(cfg)
+    return cfg
+
+
+def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(OmegaConf.to_yaml(cfg))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------
+def add_config_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """Add ``--config``, ``--print-config`` and trailing ``key=value`` overrides."""
+    parser.add_argument(
+        "--config",
+        required=required,
+        help="config file: a path, or a name under configs/ (e.g. coco_r101.yaml)",
+    )
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="override config keys, e.g. solver.base_lr=0.002 input.min_size_train=[480,600]",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> DictConfig:
+    """Load the config named by parsed arguments; exit with one line on a mistake.
+
+    Handles ``--print-config`` (prints the YAML and exits 0).
+    """
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if getattr(args, "print_config", False):
+        print(OmegaConf.to_yaml(cfg), end="")
+        raise SystemExit(0)
+    return cfg
