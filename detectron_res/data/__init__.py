@@ -1,0 +1,1 @@
+"""Datasets (COCO json, PASCAL VOC, YOLO txt), validation, augmentation and loaders."""

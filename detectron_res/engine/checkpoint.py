@@ -1,0 +1,359 @@
+"""Training checkpoints: atomic writes, retention, the ``last_checkpoint`` pointer,
+RNG state capture, and weight loading for fine-tuning.
+
+Checkpoint file format (``format_version`` 1), a plain dict that loads with
+``torch.load(path, weights_only=True)``::
+
+    {
+      "format_version": 1,
+      "model":      state_dict of the detector (unwrapped from DDP),
+      "optimizer":  optimizer.state_dict(),
+      "scheduler":  lr scheduler state_dict,
+      "scaler":     GradScaler state_dict ({} when AMP fp16 is off),
+      "iteration":  0-based index of the last COMPLETED iteration
+                    (-1 before any); training resumes at iteration + 1,
+      "rng":        {"python": [...], "numpy": {...}, "torch": ByteTensor, "cuda": [ByteTensor, ...]},
+      "sampler":    {"batches_consumed": int, "seed": int},
+      "config":     resolved config as a plain dict,
+      "class_names":  [str, ...]     (class_names[i] is label i + 1),
+      "category_ids": [int|str, ...] (dataset's original ids, same order),
+      "input":      {"format": "BGR"|"RGB", "pixel_mean": [...], "pixel_std": [...]},
+    }
+
+Only tensors, numbers, strings, lists and dicts are stored, so the restricted
+``weights_only`` unpickler can read every file (no arbitrary code runs on load).
+
+Files are named ``model_{iteration:07d}.pth`` (``model_0000999.pth`` after 1000
+iterations), ``model_final.pth`` at the end of training and ``model_best.pth``
+for the best evaluation; ``last_checkpoint`` is a text file holding the file name
+of the newest one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT_VERSION = 1
+LAST_CHECKPOINT_FILE = "last_checkpoint"
+_REQUIRED_KEYS = ("format_version", "model")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable detectron_res checkpoint (one-line message)."""
+
+
+# ---------------------------------------------------------------------------
+# atomic writes
+# ---------------------------------------------------------------------------
+def _fsync_dir(directory: Path) -> None:
+    # Make the rename itself durable: without this a power loss right after
+    # os.replace can leave the directory entry pointing at the old file.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. directories cannot be opened on some filesystems
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, write_fn) -> None:
+    """Write a file atomically: ``write_fn(fileobj)`` fills a temporary file in the
+    same directory, which is flushed, fsync'ed and renamed over ``path``.
+
+    A crash (SIGKILL, power loss, full disk) at any moment leaves either the old
+    file or the new one, never a truncated file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Atomically write ``state`` (a checkpoint dict, see module docstring) to ``path``."""
+    state = dict(state)
+    state.setdefault("format_version", CHECKPOINT_FORMAT_VERSION)
+    atomic_write_bytes(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load and validate a checkpoint written by :func:`save_checkpoint`.
+
+    Args:
+        path: a ``.pth`` file, or a directory holding a ``last_checkpoint`` pointer.
+        map_location: where tensors are placed (default CPU).
+
+    Returns:
+        The checkpoint dict (see module docstring).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: corrupt file, not a detectron_res checkpoint, or an
+            unsupported ``format_version``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        resolved = find_last_checkpoint(path)
+        if resolved is None:
+            raise FileNotFoundError(f"{path}: directory has no '{LAST_CHECKPOINT_FILE}' pointer; pass a .pth file")
+        path = resolved
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint file not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for truncated / foreign pickles
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint ({type(e).__name__}: {msg}); the file is corrupt or not a torch file"
+        ) from None
+    if not isinstance(state, dict) or any(k not in state for k in _REQUIRED_KEYS):
+        keys = sorted(state.keys())[:8] if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f"{path}: not a detectron_res checkpoint (expected a dict with keys {list(_REQUIRED_KEYS)}, got {keys}); "
+            "ImageNet classifier weights go to model.weights / --weights instead"
+        )
+    version = state["format_version"]
+    if version != CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format_version={version!r} is not supported "
+            f"(this version of detectron_res reads format_version={CHECKPOINT_FORMAT_VERSION})"
+        )
+    return state
+
+
+def is_detector_checkpoint(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a file that :func:`load_checkpoint` accepts."""
+    try:
+        load_checkpoint(path)
+    except (CheckpointError, FileNotFoundError, IsADirectoryError):
+        return False
+    return True
+
+
+def find_last_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The checkpoint named by ``directory/last_checkpoint``, or None when there is none.
+
+    Raises:
+        CheckpointError: the pointer names a file that does not exist.
+    """
+    directory = Path(directory)
+    pointer = directory / LAST_CHECKPOINT_FILE
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text().strip()
+    target = directory / name
+    if not name or not target.is_file():
+        raise CheckpointError(f"{pointer}: points to {name!r}, which does not exist in {directory}")
+    return target
+
+
+# ---------------------------------------------------------------------------
+# RNG state
+# ---------------------------------------------------------------------------
+def capture_rng_state() -> dict:
+    """Python, NumPy, torch CPU and CUDA generator states, as weights_only-loadable values."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_state = np.random.get_state(legacy=True)
+    state = {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    py_version, py_state, py_gauss = state["python"]
+    random.setstate((py_version, tuple(py_state), py_gauss))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    cuda_states = state.get("cuda") or []
+    if cuda_states and torch.cuda.is_available():
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+        else:
+            # A different GPU count on resume: the per-device streams cannot map
+            # one-to-one, so only the current device is restored.
+            torch.cuda.set_rng_state(cuda_states[0])
+
+
+# ---------------------------------------------------------------------------
+# retention + pointer
+# ---------------------------------------------------------------------------
+class Checkpointer:
+    """Writes checkpoints into ``output_dir``, keeps the last ``keep_last`` periodic ones
+    and maintains the ``last_checkpoint`` pointer.
+
+    Only the main process writes (``save_to_disk=False`` elsewhere); every process
+    may read.
+
+    Args:
+        output_dir: directory receiving ``model_*.pth`` and ``last_checkpoint``.
+        keep_last: number of periodic ``model_NNNNNNN.pth`` files kept (<= 0 keeps all);
+            ``model_final.pth`` and ``model_best.pth`` are never deleted.
+        save_to_disk: False on non-main ranks.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, *, keep_last: int = 3, save_to_disk: bool = True) -> None:
+        self.output_dir = Path(output_dir)
+        self.keep_last = int(keep_last)
+        self.save_to_disk = save_to_disk
+
+    def save(self, name: str, state: Mapping[str, Any], *, update_pointer: bool = True) -> Path | None:
+        """Write ``output_dir/<name>.pth`` atomically; then update the pointer and prune.
+
+        The pointer is updated only after the file is complete, so it never names a
+        partial file, and pruning happens last, so the previous checkpoint survives
+        until the new one is on disk.
+        """
+        if not self.save_to_disk:
+            return None
+        path = self.output_dir / f"{name}.pth"
+        save_checkpoint(state, path)
+        if update_pointer:
+            atomic_write_bytes(self.output_dir / LAST_CHECKPOINT_FILE, lambda f: f.write(path.name.encode()))
+        self._prune()
+        logger.info("Saved checkpoint %s", path)
+        return path
+
+    def periodic_checkpoints(self) -> list[Path]:
+        """Periodic checkpoint files, oldest first."""
+        files = [p for p in self.output_dir.glob("model_*.pth") if p.stem[len("model_"):].isdigit()]
+        return sorted(files, key=lambda p: int(p.stem[len("model_"):]))
+
+    def _prune(self) -> None:
+        if self.keep_last <= 0:
+            return
+        files = self.periodic_checkpoints()
+        pointed = None
+        pointer = self.output_dir / LAST_CHECKPOINT_FILE
+        if pointer.is_file():
+            pointed = pointer.read_text().strip()
+        for p in files[: max(0, len(files) - self.keep_last)]:
+            if p.name == pointed:  # never delete what the pointer names
+                continue
+            p.unlink(missing_ok=True)
+
+    def last_checkpoint(self) -> Path | None:
+        return find_last_checkpoint(self.output_dir)
+
+
+# ---------------------------------------------------------------------------
+# weight loading for fine-tuning
+# ---------------------------------------------------------------------------
+@dataclass
+class LoadReport:
+    """What :func:`load_model_weights` did.
+
+    Attributes:
+        loaded: keys copied into the model.
+        skipped_shape: ``(key, checkpoint shape, model shape)`` for keys present in both
+            but with different shapes (the class-specific layers when the number of
+            classes differs); these keep their fresh initialization.
+        missing: model keys absent from the checkpoint (keep their initialization).
+        unexpected: checkpoint keys the model does not have (ignored).
+    """
+
+    loaded: list[str] = field(default_factory=list)
+    skipped_shape: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"loaded {len(self.loaded)} tensors"]
+        if self.skipped_shape:
+            lines.append(f"skipped {len(self.skipped_shape)} with a different shape (re-initialized):")
+            lines += [f"  {k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in self.skipped_shape]
+        if self.missing:
+            lines.append(f"{len(self.missing)} model keys not in the checkpoint (initialized): " + ", ".join(self.missing))
+        if self.unexpected:
+            lines.append(f"{len(self.unexpected)} checkpoint keys not in the model (ignored): " + ", ".join(self.unexpected))
+        return "\n".join(lines)
+
+
+def _strip_ddp_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        return {k[len("module."):]: v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def load_model_weights(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    strict_shapes: bool = False,
+    ignore_missing: Iterable[str] = (),
+) -> LoadReport:
+    """Copy matching tensors from ``state_dict`` into ``model``, skipping shape mismatches.
+
+    Used to fine-tune a detector checkpoint on a dataset with another number of
+    classes: the classification and class-specific box-regression layers have a
+    different shape and keep their fresh initialization; everything else is copied.
+    Keys must match exactly (no heuristic renaming).
+
+    Args:
+        model: the detector (unwrapped, not DDP).
+        state_dict: a checkpoint's ``"model"`` entry (a ``module.`` prefix is removed).
+        strict_shapes: raise instead of skipping on a shape mismatch.
+        ignore_missing: key prefixes that may be missing without being reported.
+    """
+    state_dict = _strip_ddp_prefix(state_dict)
+    own = model.state_dict()
+    report = LoadReport()
+    to_load: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key not in own:
+            report.unexpected.append(key)
+            continue
+        if tuple(own[key].shape) != tuple(value.shape):
+            if strict_shapes:
+                raise ValueError(
+                    f"weight {key!r}: checkpoint shape {list(value.shape)} does not match model shape {list(own[key].shape)}"
+                )
+            report.skipped_shape.append((key, tuple(value.shape), tuple(own[key].shape)))
+            continue
+        to_load[key] = value
+        report.loaded.append(key)
+    ignore = tuple(ignore_missing)
+    report.missing = [k for k in own if k not in state_dict and not (ignore and k.startswith(ignore))]
+    model.load_state_dict(to_load, strict=False)
+    return report

@@ -1,0 +1,387 @@
+"""Hooks run around :meth:`Trainer.run_step`: LR schedule, timing, checkpoints,
+evaluation, best-model selection, preemption signals and metric writers.
+
+Register them in this order (``build_hooks`` in :mod:`detectron_res.engine.defaults`
+does): timer, LR scheduler, periodic checkpointer, evaluation, best checkpointer,
+preemption handler, metrics writer.  The checkpoint of an iteration is written
+before its evaluation, so a crash in evaluation never costs the checkpoint, and
+the writer runs last so that a log line holds everything recorded in the step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+
+from . import distributed as comm
+from .checkpoint import Checkpointer, CheckpointError, load_checkpoint
+from .events import JSONWriter, TensorboardWriter, format_eta, plot_training_curves
+from .trainer import HookBase, run_without_rng_side_effects
+
+logger = logging.getLogger(__name__)
+
+
+class IterationTimer(HookBase):
+    """Records ``time`` (seconds per iteration, data loading included) and the total."""
+
+    def __init__(self) -> None:
+        self._step_start = 0.0
+        self._train_start = 0.0
+        self._steps = 0
+        self._step_time_total = 0.0
+
+    def before_train(self) -> None:
+        self._train_start = time.perf_counter()
+
+    def before_step(self) -> None:
+        self._step_start = time.perf_counter()
+
+    def after_step(self) -> None:
+        elapsed = time.perf_counter() - self._step_start
+        self.trainer.storage.put_scalar("time", elapsed)
+        self._steps += 1
+        self._step_time_total += elapsed
+
+    def after_train(self) -> None:
+        total = time.perf_counter() - self._train_start
+        if self._steps:
+            logger.info(
+                "Trained %d iterations in %s (%.4f s/it; hooks and evaluation included: %s)",
+                self._steps, format_eta(self._step_time_total), self._step_time_total / self._steps, format_eta(total),
+            )
+
+
+class LRScheduler(HookBase):
+    """Records the LR used by the step (``lr``), then steps the scheduler once per iteration."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+
+    def after_step(self) -> None:
+        # param group 0 holds the weights (see build_optimizer); all groups share one LR.
+        self.trainer.storage.put_scalar("lr", self.optimizer.param_groups[0]["lr"], smooth=False)
+        self.scheduler.step()
+
+
+class PeriodicCheckpointer(HookBase):
+    """Writes ``model_{iter:07d}.pth`` every ``period`` iterations and ``model_final.pth`` at the end.
+
+    All ranks call :meth:`Trainer.checkpoint_state` (it gathers every rank's RNG
+    state); only the main process writes.  No final checkpoint is written when
+    training stopped with an error, so the last good one stays the newest.
+    """
+
+    def __init__(self, checkpointer: Checkpointer, period: int) -> None:
+        self.checkpointer = checkpointer
+        self.period = int(period)
+        self.last_saved_iter: int | None = None
+
+    def save(self, name: str | None = None) -> None:
+        it = self.trainer.iter
+        state = self.trainer.checkpoint_state()
+        self.checkpointer.save(name or f"model_{it:07d}", state)
+        self.last_saved_iter = it
+
+    def after_step(self) -> None:
+        it = self.trainer.iter
+        if self.period > 0 and (it + 1) % self.period == 0 and it + 1 < self.trainer.max_iter:
+            self.save()
+
+    def after_train(self) -> None:
+        if self.trainer.completed:
+            self.save("model_final")
+
+
+def _flatten_metrics(metrics: Mapping, prefix: str = "") -> dict[str, float]:
+    """``{"coco": {"AP": 1.0}}`` -> ``{"coco/AP": 1.0}`` (non-numbers dropped)."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten_metrics(value, name + "/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+class EvalHook(HookBase):
+    """Evaluates every ``period`` iterations (0 = only at the end) and at the end of training.
+
+    Args:
+        period: evaluation period in iterations (config ``test.eval_period``).
+        eval_fn: called on EVERY rank with the model in eval mode; returns the
+            metrics (nested dicts of numbers, e.g. ``{"voc": {"mAP50": 0.91}}``) on
+            the main process.  They are broadcast, flattened to ``"voc/mAP50"`` and
+            recorded in the trainer's storage.
+    """
+
+    def __init__(self, period: int, eval_fn: Callable[[], Mapping]) -> None:
+        self.period = int(period)
+        self.eval_fn = eval_fn
+        self.latest: dict[str, float] = {}
+
+    def _evaluate(self) -> None:
+        model = self.trainer.model
+        model.eval()
+        try:
+            # Keep training randomness independent of evaluation (exact resume).
+            results = run_without_rng_side_effects(self.eval_fn)
+        finally:
+            model.train()
+        metrics = comm.broadcast_object(_flatten_metrics(results or {}) if comm.is_main_process() else None)
+        self.latest = metrics
+        for name, value in metrics.items():
+            self.trainer.storage.put_scalar(name, value, smooth=False)
+        if metrics:
+            logger.info(
+                "Evaluation at iteration %d: %s",
+                self.trainer.iter, ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())),
+            )
+        comm.synchronize()
+
+    def after_step(self) -> None:
+        it = self.trainer.iter
+        if self.period > 0 and (it + 1) % self.period == 0 and it + 1 < self.trainer.max_iter:
+            self._evaluate()
+
+    def after_train(self) -> None:
+        if self.trainer.completed:
+            self._evaluate()
+
+
+class BestCheckpointer(HookBase):
+    """Keeps ``model_best.pth``: the checkpoint with the best value of ``metric``.
+
+    Runs after :class:`EvalHook` and looks for ``metric`` among the values recorded
+    at the current iteration.  On resume, the best value so far is read back from
+    an existing ``model_best.pth`` of an earlier iteration.
+
+    Args:
+        checkpointer: where to write.
+        metric: flattened metric name, e.g. ``"voc/mAP50"`` or ``"coco/AP"``
+            (config ``test.best_metric``).
+        mode: ``"max"`` (accuracy-like) or ``"min"`` (loss-like).
+    """
+
+    def __init__(self, checkpointer: Checkpointer, metric: str, mode: str = "max") -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"BestCheckpointer mode={mode!r}: expected 'max' or 'min'")
+        self.checkpointer = checkpointer
+        self.metric = metric
+        self.mode = mode
+        self.best_value: float | None = None
+        self.best_iter: int | None = None
+
+    def before_train(self) -> None:
+        path = self.checkpointer.output_dir / "model_best.pth"
+        if self.trainer.start_iter > 0 and path.is_file():
+            try:
+                state = load_checkpoint(path)
+            except CheckpointError as e:
+                logger.warning("Ignoring unreadable %s: %s", path, e)
+                return
+            best = state.get("best_metric") or {}
+            if best.get("name") == self.metric and state["iteration"] < self.trainer.start_iter:
+                self.best_value, self.best_iter = float(best["value"]), int(state["iteration"])
+
+    def _better(self, value: float) -> bool:
+        if self.best_value is None:
+            return True
+        return value > self.best_value if self.mode == "max" else value < self.best_value
+
+    def _check(self) -> None:
+        recorded = self.trainer.storage.latest_at(self.trainer.iter)
+        evaluated = [k for k in recorded if "/" in k]
+        if not evaluated:
+            return  # no evaluation at this iteration
+        if self.metric not in recorded:
+            raise ValueError(
+                f"test.best_metric={self.metric!r} is not among the evaluation metrics: {', '.join(sorted(evaluated))}"
+            )
+        value = recorded[self.metric]
+        if math.isfinite(value) and self._better(value):
+            self.best_value, self.best_iter = value, self.trainer.iter
+            state = self.trainer.checkpoint_state()
+            state["best_metric"] = {"name": self.metric, "value": value, "mode": self.mode}
+            self.checkpointer.save("model_best", state, update_pointer=False)
+            logger.info("New best %s=%.4f at iteration %d: saved model_best.pth", self.metric, value, self.trainer.iter)
+
+    def after_step(self) -> None:
+        self._check()
+
+    def after_train(self) -> None:
+        if self.trainer.completed:
+            self._check()
+
+
+class PreemptionHandler(HookBase):
+    """On SIGTERM or SIGUSR1 (sent by cluster schedulers before preemption), finish the
+    current iteration, write a checkpoint and leave the loop cleanly.
+
+    The signal only sets a flag; the decision is shared across ranks each
+    iteration (one tiny all-reduce) so that all ranks stop at the same iteration
+    even when the scheduler signals only some of them.
+    """
+
+    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s is not None)
+
+    def __init__(self, periodic: PeriodicCheckpointer) -> None:
+        self.periodic = periodic
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+        logger.warning("Received %s: will checkpoint and stop after iteration %d",
+                       signal.Signals(signum).name, self.trainer.iter)
+
+    def before_train(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            logger.warning("Trainer not in the main thread: SIGTERM/SIGUSR1 checkpointing disabled")
+            return
+        for s in self.SIGNALS:
+            self._previous[s] = signal.signal(s, self._handle)
+
+    def after_step(self) -> None:
+        if not comm.any_rank(self.received is not None):
+            return
+        it = self.trainer.iter
+        if self.periodic.last_saved_iter != it:
+            self.periodic.save()
+        self.trainer.stop_requested = True
+        name = signal.Signals(self.received).name if self.received is not None else "a signal on another rank"
+        logger.warning("Stopped by %s after iteration %d; checkpoint written, continue with --resume", name, it)
+
+    def after_train(self) -> None:
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
+        self._previous.clear()
+
+
+class MetricsWriter(HookBase):
+    """Console lines, ``metrics.json`` (JSON lines) and TensorBoard events, every
+    ``period`` iterations, at evaluations and at the end; the training-curves PNG
+    after training.  Only constructed on the main process.
+
+    Args:
+        output_dir: run directory.
+        period: log every this many iterations (config ``log_period``).
+        resume_from_iter: checkpoint iteration when resuming (keeps earlier JSON
+            lines), None for a fresh run (the file is started over).
+        tensorboard: write TensorBoard events under ``output_dir/tensorboard``.
+    """
+
+    def __init__(self, output_dir: str | Path, *, period: int = 20, resume_from_iter: int | None = None,
+                 tensorboard: bool = True) -> None:
+        self.output_dir = Path(output_dir)
+        self.period = max(1, int(period))
+        self.json = JSONWriter(self.output_dir / "metrics.json", resume_from_iter=resume_from_iter)
+        self.tb = TensorboardWriter(self.output_dir / "tensorboard") if tensorboard else None
+        self._last_written = -1
+        self._written_names: set[str] = set()
+
+    def _write(self) -> None:
+        trainer = self.trainer
+        it = trainer.iter
+        values = trainer.storage.latest_at(it)
+        if it == self._last_written:
+            # Second write at one iteration (the final evaluation after the last
+            # step's line): only what was not written yet.
+            values = {k: v for k, v in values.items() if k not in self._written_names}
+        else:
+            self._written_names = set()
+        if not values:
+            return
+        self._last_written = it
+        self._written_names |= set(values)
+        self.json.write(it, values)
+        if self.tb is not None:
+            self.tb.write(it, values)
+        self._console(it, values)
+
+    def _console(self, it: int, values: dict[str, float]) -> None:
+        storage = self.trainer.storage
+        losses = "  ".join(f"{k}: {v:.4g}" for k, v in values.items() if k.startswith("loss") or k == "total_loss")
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(values.items()) if "/" in k)
+        parts = [f"iter: {it + 1}/{self.trainer.max_iter}", losses, metrics]
+        if "lr" in values:
+            parts.append(f"lr: {values['lr']:.3g}")
+        if "time" in values:
+            remaining = self.trainer.max_iter - it - 1
+            parts.append(f"time: {values['time']:.3f} s/it")
+            parts.append(f"data_time: {values.get('data_time', 0.0):.3f}")
+            # ETA from the median iteration time of the recent window.
+            parts.append(f"eta: {format_eta(storage.median('time') * remaining)}")
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            parts.append(f"max_mem: {torch.cuda.max_memory_allocated() / 2**20:.0f}M")
+        logger.info("  ".join(p for p in parts if p))
+
+    def after_step(self) -> None:
+        it = self.trainer.iter
+        evaluated = any("/" in k for k in self.trainer.storage.latest_at(it))
+        if (it + 1) % self.period == 0 or it + 1 == self.trainer.max_iter or evaluated or self.trainer.stop_requested:
+            self._write()
+
+    def after_train(self) -> None:
+        self._write()  # the final evaluation's metrics, or the step where training stopped
+        self.json.close()
+        if self.tb is not None:
+            self.tb.close()
+        png = plot_training_curves(self.output_dir / "metrics.json", self.output_dir / "training_curves.png")
+        if png is not None:
+            logger.info("Training curves: %s", png)
+
+
+def default_hooks(
+    *,
+    checkpointer: Checkpointer,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    checkpoint_period: int,
+    output_dir: str | Path,
+    log_period: int = 20,
+    eval_period: int = 0,
+    eval_fn: Callable[[], Mapping] | None = None,
+    best_metric: str = "",
+    resume_from_iter: int | None = None,
+    is_main: bool = True,
+    tensorboard: bool = True,
+) -> list[HookBase]:
+    """The standard hooks in their required order (see the module docstring).
+
+    Args:
+        checkpointer: writes into the run directory (``save_to_disk`` only on rank 0).
+        optimizer, scheduler: the scheduler is stepped once per iteration.
+        checkpoint_period: ``solver.checkpoint_period``.
+        output_dir: run directory for metrics.json, TensorBoard and the curves PNG.
+        log_period: ``log_period``.
+        eval_period: ``test.eval_period`` (0 = only at the end).
+        eval_fn: evaluation callable (None = no evaluation).
+        best_metric: ``test.best_metric`` ("" = no model_best.pth).
+        resume_from_iter: iteration of the checkpoint resumed from, or None.
+        is_main: only the main process gets a metrics writer.
+    """
+    periodic = PeriodicCheckpointer(checkpointer, checkpoint_period)
+    hooks: list[HookBase] = [IterationTimer()]
+    if scheduler is not None:
+        hooks.append(LRScheduler(optimizer, scheduler))
+    hooks.append(periodic)
+    if eval_fn is not None:
+        hooks.append(EvalHook(eval_period, eval_fn))
+        if best_metric:
+            hooks.append(BestCheckpointer(checkpointer, best_metric))
+    elif best_metric:
+        raise ValueError(f"test.best_metric={best_metric!r} needs evaluation: set data.test to a dataset")
+    hooks.append(PreemptionHandler(periodic))
+    if is_main:
+        hooks.append(MetricsWriter(output_dir, period=log_period, resume_from_iter=resume_from_iter,
+                                   tensorboard=tensorboard))
+    return hooks

@@ -1,0 +1,312 @@
+"""Exporting a trained detector to ONNX (and TorchScript) with pre- and post-processing inside.
+
+The exported graph does, for ONE image of any size, everything
+:class:`~detectron_res.modeling.faster_rcnn.FasterRCNN` does in evaluation:
+
+    uint8 image [H, W, 3]  (channel order of the weights: model.input_format)
+      -> float, subtract pixel mean, divide by std
+      -> bilinear resize (shorter side to input.min_size_test, longer side at most
+         input.max_size_test), zero padding to input.size_divisibility
+      -> backbone -> RPN (anchors, top-k, decode, clip, min size, NMS, top-k)
+      -> RoI pooling -> res5 / fc6-fc7 -> softmax, class-specific decode, clip,
+         score threshold, per-class NMS, top detections_per_image
+      -> boxes mapped back to the original image and clipped to it
+    outputs: boxes [M, 4] float32 (x1, y1, x2, y2, original-image pixels, 0-based,
+             continuous), scores [M] float32 (descending), labels [M] int64 (1..K)
+
+What the caller must still do (the formats have no operators for it):
+
+* decode the file (JPEG/PNG/...), apply its EXIF orientation, turn grayscale /
+  RGBA / 16-bit into 3-channel uint8: ``detectron_res.data.image_io.read_image``
+  does all of it (or ``cv2.imread`` for plain files);
+* give the channels in the model's order (``input_format`` in the exported
+  metadata; BGR for MSRA weights, which is what OpenCV returns);
+* map labels to names (``class_names`` in the metadata; label ``i`` is
+  ``class_names[i - 1]``) and drop scores below the threshold they want: the
+  graph keeps scores above ``model.roi_heads.score_thresh_test`` (0.05).
+
+One image per call: the padded batch of the PyTorch model would make the outputs
+of one image depend on the size of the others, which a caller of an exported
+graph never expects.
+
+Why a separate module instead of tracing ``FasterRCNN`` itself: its evaluation
+path turns tensor sizes into Python numbers (image sizes, per-image counts for
+``split``), which tracing freezes to the sizes of the example image.
+:class:`ExportableDetector` re-expresses that path with tensor-only size
+arithmetic, calling the model's own submodules (backbone, RPN head, box coders,
+pooler, res5 / fc head, predictor) for every learned or numerical step, so that
+the weights and the numerics are shared; ``tests/test_export.py`` checks that
+both give the same detections.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms, nms
+
+from .structures import clip_boxes, nonempty_mask
+
+__all__ = ["ExportableDetector", "export_onnx", "export_torchscript", "EXPORT_FORMATS", "OnnxDetector"]
+
+#: Formats of ``tools/export.py --format``.
+EXPORT_FORMATS = ("onnx", "torchscript")
+# ROIAlign(aligned=True) needs opset 16; 17 is supported by every onnxruntime >= 1.14.
+DEFAULT_OPSET = 17
+
+
+def _shape(x: Tensor) -> Tensor:
+    """``x.shape`` as an int64 tensor: traced as a graph value, not a constant."""
+    return torch._shape_as_tensor(x)
+
+
+class ExportableDetector(nn.Module):
+    """Single-image evaluation path of a ``FasterRCNN``, with tensor-only size arithmetic.
+
+    Args:
+        model: a ``FasterRCNN`` (``detectron_res.modeling.build.build_model``) with
+            trained weights; it is used in evaluation mode and shares its modules
+            (no copy).
+    Input of ``forward``: ``uint8 [H, W, 3]`` image in ``model.input_format`` order.
+    Outputs: ``boxes [M, 4]`` float32, ``scores [M]`` float32, ``labels [M]`` int64
+    (see the module docstring).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        for attr in ("preprocessor", "backbone", "backbone_feature", "rpn", "roi_heads"):
+            if not hasattr(model, attr):
+                raise TypeError(f"ExportableDetector: expected a detectron_res FasterRCNN, got {type(model).__name__} without '{attr}'")
+        self.model = model.eval()
+        pre = model.preprocessor
+        self.min_size = float(pre.min_size[False])
+        self.max_size = float(pre.max_size[False])
+        self.size_divisibility = int(pre.size_divisibility)
+        rpn = model.rpn
+        self.pre_nms_topk = int(rpn.pre_nms_topk[False])
+        self.post_nms_topk = int(rpn.post_nms_topk[False])
+
+    # ------------------------------------------------------------------
+    def preprocess(self, image: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """``uint8 [H, W, 3]`` -> padded ``[1, 3, Hp, Wp]``, resized size ``(h, w)`` and
+        original size ``(H, W)`` as int64 tensors."""
+        pre = self.model.preprocessor
+        orig_size = _shape(image)[:2]  # [2] (H, W)
+        x = image.permute(2, 0, 1).to(torch.float32)
+        x = (x - pre.pixel_mean) / pre.pixel_std
+        # Same formula as preprocess.resized_size, in float64 like Python's floats,
+        # with round-half-to-even like Python's round().
+        size64 = orig_size.to(torch.float64)
+        scale = torch.minimum(self.min_size / size64.min(), self.max_size / size64.max())
+        new_size = torch.clamp(torch.round(size64 * scale), min=1).to(torch.int64)  # [2] (h, w)
+        x = F.interpolate(x[None], size=(new_size[0], new_size[1]), mode="bilinear", align_corners=False)
+        d = self.size_divisibility
+        padded = torch.div(new_size + (d - 1), d, rounding_mode="floor") * d
+        pad = padded - new_size
+        x = F.pad(x, (0, pad[1], 0, pad[0]))  # bottom/right, zeros after normalization as the model does
+        return x, new_size, orig_size
+
+    def proposals(self, features: Tensor, new_size: Tensor, image_scale: Tensor) -> Tensor:
+        """RPN on one image's ``[1, C, Hf, Wf]`` features -> ``[R, 4]`` proposals in input pixels."""
+        rpn = self.model.rpn
+        pred_logits, pred_deltas = rpn.head(features)
+        # (1, A, Hf, Wf) -> (Hf, Wf, A) -> (P,); (1, A*4, Hf, Wf) -> (Hf, Wf, A*4) -> (P, 4):
+        # the anchor order of AnchorGenerator (location-major, then anchor).
+        pred_logits = pred_logits.permute(0, 2, 3, 1).reshape(-1)
+        pred_deltas = pred_deltas.permute(0, 2, 3, 1).reshape(-1, 4)
+        anchors = self.anchors(features)
+
+        num_anchors = _shape(pred_logits)[0]
+        k = torch.clamp(num_anchors, max=self.pre_nms_topk)
+        scores, topk_idx = pred_logits.float().topk(k)
+        boxes = rpn.box_coder.decode(pred_deltas[topk_idx], anchors[topk_idx])
+        boxes = clip_boxes(boxes, new_size.to(torch.float32))
+        keep = nonempty_mask(boxes, rpn.min_size * image_scale) & torch.isfinite(scores)
+        boxes, scores = boxes[keep], scores[keep]
+        kept = nms(boxes, scores, rpn.nms_thresh)[: self.post_nms_topk]
+        return boxes[kept]
+
+    def anchors(self, features: Tensor) -> Tensor:
+        """``[Hf * Wf * A, 4]`` anchors, as ``AnchorGenerator.forward`` computes them."""
+        gen = self.model.rpn.anchor_generator
+        size = _shape(features)
+        shift_x = (torch.arange(size[3], dtype=torch.float32, device=features.device) + gen.offset) * gen.stride
+        shift_y = (torch.arange(size[2], dtype=torch.float32, device=features.device) + gen.offset) * gen.stride
+        grid_y, grid_x = torch.meshgrid(shift_y, shift_x, indexing="ij")  # [Hf, Wf] each
+        shifts = torch.stack((grid_x, grid_y, grid_x, grid_y), dim=-1).reshape(-1, 1, 4)  # [Hf*Wf, 1, 4]
+        return (shifts + gen.cell_anchors[None]).reshape(-1, 4)
+
+    def detections(self, features: Tensor, proposals: Tensor, new_size: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Fast R-CNN stage on one image, as ``ROIHeads.predict`` + ``ROIHeads.inference``."""
+        heads = self.model.roi_heads
+        num_classes = heads.num_classes
+        rois = torch.cat((torch.zeros_like(proposals[:, :1]), proposals), dim=1)  # [R, 5], image 0
+        pooled = heads.pooler(features, rois)
+        if hasattr(heads, "res5"):
+            region_features = heads.res5(pooled).mean(dim=(2, 3))
+        else:
+            region_features = heads.box_head(pooled)
+        pred_logits, pred_deltas = heads.predictor(region_features)
+
+        scores = F.softmax(pred_logits.float(), dim=1)[:, 1:]  # [R, K]
+        boxes = heads.box_coder.decode(pred_deltas.reshape(-1, num_classes, 4), proposals[:, None, :])  # [R, K, 4]
+        boxes = clip_boxes(boxes, new_size.to(torch.float32))
+        labels = torch.arange(1, num_classes + 1, device=scores.device)[None].expand_as(scores)  # [R, K]
+        keep = (scores > heads.score_thresh) & nonempty_mask(boxes)
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        kept = batched_nms(boxes, scores, labels - 1, heads.nms_thresh)[: heads.detections_per_image]
+        return boxes[kept], scores[kept], labels[kept]
+
+    def forward(self, image: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        x, new_size, orig_size = self.preprocess(image)
+        # Resize factor per axis and their geometric mean, in float64 like the
+        # Preprocessor's Python arithmetic, then float32.
+        ratio = new_size.to(torch.float64) / orig_size.to(torch.float64)  # (h / H, w / W)
+        image_scale = torch.sqrt(ratio[0] * ratio[1]).to(torch.float32)
+        features = self.model.backbone(x)[self.model.backbone_feature]
+        proposals = self.proposals(features, new_size, image_scale)
+        boxes, scores, labels = self.detections(features, proposals, new_size)
+        # Back to the original image: x by W / w, y by H / h, then clip.
+        back = (orig_size.to(torch.float64) / new_size.to(torch.float64)).to(torch.float32)  # (H/h, W/w)
+        boxes = boxes * torch.stack((back[1], back[0], back[1], back[0]))
+        boxes = clip_boxes(boxes, orig_size.to(torch.float32))
+        return boxes, scores, labels
+
+
+# ----------------------------------------------------------------------------
+# Exporters
+# ----------------------------------------------------------------------------
+def _example_image(height: int = 75, width: int = 100) -> Tensor:
+    # Any image works: the graph has no size-dependent branches. A textured one
+    # keeps every stage populated while tracing (so no op is pruned as dead).
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=generator)
+
+
+def export_metadata(model: nn.Module, class_names: Sequence[str]) -> Dict[str, Any]:
+    """What a caller needs besides the graph (stored in the ONNX file and a sidecar JSON)."""
+    return {
+        "input": "image: uint8 [H, W, 3], channels in input_format order, one image per call",
+        "outputs": "boxes float32 [M, 4] x1,y1,x2,y2 original-image pixels; scores float32 [M]; labels int64 [M] in 1..K",
+        "input_format": str(model.input_format),
+        "class_names": [str(n) for n in class_names],
+        "score_thresh": float(model.roi_heads.score_thresh),
+        "min_size_test": int(model.preprocessor.min_size[False]),
+        "max_size_test": int(model.preprocessor.max_size[False]),
+    }
+
+
+def export_onnx(
+    model: nn.Module,
+    path: Union[str, os.PathLike],
+    *,
+    class_names: Sequence[str] = (),
+    opset: int = DEFAULT_OPSET,
+    example_size: Tuple[int, int] = (75, 100),
+) -> Path:
+    """Write ``model`` as an ONNX graph with a dynamic image size.
+
+    Uses the TorchScript-based exporter (``dynamo=False``): it records the
+    tensor size arithmetic of :class:`ExportableDetector` as graph operations and
+    has the translations of torchvision's ``nms``, ``roi_align`` and ``roi_pool``.
+
+    Args:
+        model: a trained ``FasterRCNN`` (``prepare_for_inference()`` already
+            called or not; the export runs it in evaluation mode).
+        path: output ``.onnx`` file.
+        class_names: stored in the metadata (``class_names[i]`` names label ``i + 1``).
+        opset: ONNX opset, >= 16 (ROIAlign with ``aligned=True``).
+        example_size: ``(H, W)`` of the image used for tracing.
+    Returns:
+        ``path``. The ONNX model has input ``image`` (``uint8 [H, W, 3]``, H and W
+        dynamic) and outputs ``boxes``, ``scores``, ``labels``; its
+        ``metadata_props`` hold :func:`export_metadata` as JSON under ``detectron_res``.
+    """
+    import onnx
+
+    if opset < 16:
+        raise ValueError(f"ONNX opset {opset} is too old; expected >= 16 (ROIAlign aligned=True needs opset 16)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = ExportableDetector(model).eval()
+    example = _example_image(*example_size).to(model.preprocessor.pixel_mean.device)
+    with warnings.catch_warnings():
+        # The tracer warns about every tensor->Python conversion it can see; the
+        # size arithmetic above avoids them, and the parity test is the check.
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=int(opset),
+                input_names=["image"],
+                output_names=["boxes", "scores", "labels"],
+                dynamic_axes={
+                    "image": {0: "height", 1: "width"},
+                    "boxes": {0: "num_detections"},
+                    "scores": {0: "num_detections"},
+                    "labels": {0: "num_detections"},
+                },
+                do_constant_folding=True,
+            )
+    onnx_model = onnx.load(str(path))
+    entry = onnx_model.metadata_props.add()
+    entry.key = "detectron_res"
+    entry.value = json.dumps(export_metadata(model, class_names))
+    onnx.save(onnx_model, str(path))
+    return path
+
+
+def export_torchscript(
+    model: nn.Module, path: Union[str, os.PathLike], *, example_size: Tuple[int, int] = (75, 100)
+) -> Path:
+    """Write ``model`` as a traced TorchScript module (``torch.jit.load`` runs it without this package).
+
+    Same input and outputs as the ONNX graph. Tracing records the tensor size
+    arithmetic of :class:`ExportableDetector`, so other image sizes work too.
+    TorchScript is deprecated in recent PyTorch releases; prefer ONNX for deployment.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = ExportableDetector(model).eval()
+    example = _example_image(*example_size).to(model.preprocessor.pixel_mean.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            traced = torch.jit.trace(wrapper, (example,), check_trace=False)
+    traced.save(str(path))
+    return path
+
+
+class OnnxDetector:
+    """Run an exported ``.onnx`` detector with onnxruntime (no PyTorch needed).
+
+    Args:
+        path: file written by :func:`export_onnx`.
+        providers: onnxruntime execution providers (default: CPU).
+    Call it with a ``uint8 [H, W, 3]`` array in ``input_format`` order; returns
+    ``(boxes, scores, labels)`` numpy arrays.
+    """
+
+    def __init__(self, path: Union[str, os.PathLike], providers: Optional[Sequence[str]] = None) -> None:
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(str(path), providers=list(providers or ["CPUExecutionProvider"]))
+        meta = self.session.get_modelmeta().custom_metadata_map.get("detectron_res")
+        self.metadata: Dict[str, Any] = json.loads(meta) if meta else {}
+
+    def __call__(self, image: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            what = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            raise TypeError(f"OnnxDetector: expected a uint8 image [H, W, 3], got {what}")
+        boxes, scores, labels = self.session.run(None, {"image": np.ascontiguousarray(image)})
+        return boxes, scores, labels

@@ -1,0 +1,183 @@
+"""Faster R-CNN in the ResNet paper's "C4" form (Appendix A).
+
+    images -> Preprocessor -> backbone (stem..res4, or VGG-16 conv1_1..conv5_3; stride 16)
+           -> RegionProposalNetwork (anchors on the conv4 map)      -> proposals
+           -> ROIHeads (RoI pool -> res5 + average pool, or fc6/fc7 -> cls / box)
+           -> detections in original-image coordinates
+
+Inputs: a loader ``Batch`` or a list of ``[3, H, W]`` images (+ targets); see
+``preprocess.py``. Training returns ``{"loss_rpn_cls", "loss_rpn_loc", "loss_cls",
+"loss_box_reg"}``; evaluation returns one dict per image with ``boxes`` ``[M, 4]``
+float32 ``(x1, y1, x2, y2)`` in that image's original pixels, ``scores`` ``[M]`` and
+``labels`` ``[M]`` int64 in 1..K. Evaluation runs under ``torch.inference_mode()``.
+
+Build one from a config with :func:`detectron_res.modeling.build.build_model`.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..weights import ImageNetWeights, LoadReport, load_into
+from .backbone import fold_frozen_batchnorm
+from .preprocess import Preprocessor
+from .roi_heads import ROIHeads
+from .rpn import RegionProposalNetwork
+
+__all__ = ["FasterRCNN"]
+
+
+def _exporting_or_compiling() -> bool:
+    """Tracing, ONNX export and torch.compile cannot run under inference_mode."""
+    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.onnx.is_in_onnx_export()
+        or (compiling is not None and compiling())
+    )
+
+
+class FasterRCNN(nn.Module):
+    """The two-stage detector; parameters named ``backbone.*``, ``rpn.*``, ``roi_heads.*``."""
+
+    def __init__(
+        self,
+        *,
+        preprocessor: Preprocessor,
+        backbone: nn.Module,
+        backbone_feature: str,
+        rpn: RegionProposalNetwork,
+        roi_heads: ROIHeads,
+        input_format: str,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        stride_in_1x1: Optional[bool] = None,
+        fold_frozen_bn: bool = True,
+    ):
+        """
+        Args:
+            preprocessor: input resizing / normalization / padding and the way back.
+            backbone: returns a dict of feature maps; ``backbone_feature`` is used.
+            backbone_feature: ``"res4"`` (ResNet) or ``"conv5_3"`` (VGG-16), stride 16.
+            rpn: the region proposal network.
+            roi_heads: the per-region stage.
+            input_format: channel order the model expects (``"BGR"`` or ``"RGB"``),
+                checked against ImageNet weights when they are loaded.
+            pixel_mean, pixel_std: the normalization, 0..255 scale, checked likewise.
+            stride_in_1x1: ResNet bottleneck layout (None for VGG-16), checked likewise.
+            fold_frozen_bn: whether :meth:`prepare_for_inference` folds FrozenBN
+                into the convolutions (``model.fold_frozen_bn``).
+        """
+        super().__init__()
+        if input_format not in ("BGR", "RGB"):
+            raise ValueError(f"model.input_format must be BGR or RGB, got {input_format!r}")
+        self.preprocessor = preprocessor
+        self.backbone = backbone
+        self.backbone_feature = backbone_feature
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.input_format = input_format
+        self.pixel_mean = tuple(float(v) for v in pixel_mean)
+        self.pixel_std = tuple(float(v) for v in pixel_std)
+        self.stride_in_1x1 = stride_in_1x1
+        self._fold_frozen_bn = bool(fold_frozen_bn)
+        self._folded = False
+
+    @property
+    def device(self) -> torch.device:
+        return self.preprocessor.pixel_mean.device
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, inputs: Any, targets: Optional[Sequence[Dict[str, Tensor]]] = None):
+        """
+        Args:
+            inputs: a loader ``Batch`` (its own targets are used in training), or a
+                list of ``[3, H, W]`` images in 0..255 in ``input_format`` order.
+            targets: with a list of images, in training: one dict per image with
+                ``boxes`` ``[G, 4]`` float32 ``(x1, y1, x2, y2)`` in that image's
+                pixels and ``labels`` ``[G]`` int64 in 1..K (``G`` may be 0).
+        Returns:
+            training: dict of the four scalar losses; evaluation: one dict per image
+            with ``boxes``, ``scores``, ``labels`` (see module doc).
+        """
+        if self.training:
+            return self._forward(inputs, targets)
+        # Evaluation needs no autograd bookkeeping at all.
+        with torch.inference_mode(not _exporting_or_compiling()):
+            return self._forward(inputs, targets)
+
+    def _forward(self, inputs: Any, targets: Optional[Sequence[Dict[str, Tensor]]]):
+        prepared = self.preprocessor(inputs, targets)
+        image_sizes = prepared.images.image_sizes
+        features = self.backbone(prepared.images.tensor)[self.backbone_feature]  # [N, C, H/16, W/16]
+        proposals, rpn_losses = self.rpn(features, image_sizes, prepared.gt_boxes, prepared.image_scales)
+        detections, head_losses = self.roi_heads(
+            features, proposals, image_sizes, prepared.gt_boxes, prepared.gt_labels
+        )
+        if self.training:
+            return {**rpn_losses, **head_losses}
+        return self.preprocessor.postprocess(detections, image_sizes, prepared.orig_sizes)
+
+    # -------------------------------------------------------------- inference
+    def train(self, mode: bool = True) -> "FasterRCNN":
+        if mode and self._folded:
+            raise RuntimeError(
+                "this FasterRCNN had FrozenBN folded into its convolutions by prepare_for_inference() and cannot be "
+                "trained again; build a new model (build_model(cfg)) and load the checkpoint into it"
+            )
+        return super().train(mode)
+
+    def prepare_for_inference(self) -> "FasterRCNN":
+        """Switch to evaluation for good: ``eval()`` and, if ``model.fold_frozen_bn``,
+        fold every FrozenBN into its convolution (outputs equal within float rounding,
+        one elementwise pass per conv saved).
+
+        Folding changes the weights in place (``W * scale``, ``b * scale + shift``),
+        so a folded model must not be trained again (``train()`` then raises) nor
+        saved as a training checkpoint. Use it in inference tools, not in the
+        evaluation hook of a training run. Calling it twice folds once.
+        """
+        self.eval()
+        if self._fold_frozen_bn and not self._folded:
+            fold_frozen_batchnorm(self)
+            self._folded = True
+        return self
+
+    # ---------------------------------------------------------------- weights
+    def load_imagenet_backbone(self, weights: ImageNetWeights) -> LoadReport:
+        """Initialize the trunk and the per-region head from an ImageNet classifier.
+
+        ResNet: ``stem, res2..res4 -> backbone.*`` and ``res5 -> roi_heads.res5.*``
+        (Appendix A: conv5_x runs per region). VGG-16: ``conv*_* -> backbone.*`` and
+        ``fc6, fc7 -> roi_heads.box_head.*``. The classifier (``fc`` / ``fc8``) is
+        not used. RPN and predictor keep their initialization.
+
+        Args:
+            weights: a ``detectron_res.weights.ImageNetWeights``.
+        Returns:
+            the ``LoadReport`` of ``detectron_res.weights.load_into``.
+        Raises:
+            detectron_res.weights.WeightsMismatchError (a ValueError): if the
+                weights were made for another bottleneck layout, channel order or
+                normalization than the config builds; the message names the config
+                keys to change.
+        """
+        # Weights trained with another bottleneck layout, channel order or
+        # normalization would load without error and compute something else.
+        weights.check_input_settings(
+            input_format=self.input_format,
+            pixel_mean=self.pixel_mean,
+            pixel_std=self.pixel_std,
+            stride_in_1x1=self.stride_in_1x1,
+        )
+        if hasattr(self.roi_heads, "res5"):
+            prefix_map = {f"{s}.": f"backbone.{s}." for s in ("stem", "res2", "res3", "res4")}
+            prefix_map["res5."] = "roi_heads.res5."
+        else:
+            convs = [n for n, m in self.backbone.named_children() if isinstance(m, nn.Conv2d)]
+            prefix_map = {f"{n}.": f"backbone.{n}." for n in convs}
+            prefix_map.update({"fc6.": "roi_heads.box_head.fc6.", "fc7.": "roi_heads.box_head.fc7."})
+        return load_into(self, weights, prefix_map=prefix_map)

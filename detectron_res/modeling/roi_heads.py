@@ -1,0 +1,274 @@
+"""The Fast R-CNN stage of the C4 detector: RoI pooling, per-region head, predictor.
+
+ResNet paper, Appendix A: "we RoI-pool ... before conv5_1. On this RoI-pooled
+feature, all layers of conv5_x and up are adopted for each region, playing the
+roles of VGG-16's fc layers. The final classification layer is replaced by two
+sibling layers (classification and box regression)." For VGG-16 the per-region
+head is fc6/fc7 on a 7x7 RoI-pooled conv5_3 map, as in Faster R-CNN.
+
+Shape shorthand:
+    N: images          R: RoIs of the whole batch       K: foreground classes
+    C: conv4 channels  S: pooler resolution             D: per-region feature size
+
+Labels are 1..K for objects and 0 for background; the predictor gives ``K + 1``
+class scores (column 0 = background) and class-specific deltas ``[R, K * 4]``
+(columns ``4 * (c - 1) .. 4 * c - 1`` for class ``c``; none for background).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms, box_iou
+
+from ..structures import clip_boxes, nonempty_mask, sizes_tensor
+from .box_coder import BoxCoder
+from .poolers import ROIPooler, boxes_to_rois
+from .rpn import keep_topk_per_image
+from .sampling import BalancedSampler, Matcher
+
+__all__ = ["FastRCNNPredictor", "ROIHeads"]
+
+
+class FastRCNNPredictor(nn.Module):
+    """The two sibling layers: ``K + 1`` class scores and ``K * 4`` class-specific deltas."""
+
+    def __init__(self, *, in_channels: int, num_classes: int):
+        """
+        Args:
+            in_channels: ``D`` (2048 after res5 + global average pooling, 4096 after fc7).
+            num_classes: ``K`` foreground classes.
+        """
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"model.roi_heads.num_classes must be >= 1, got {num_classes}")
+        self.cls_score = nn.Linear(in_channels, num_classes + 1)
+        self.bbox_pred = nn.Linear(in_channels, num_classes * 4)
+        # py-faster-rcnn's initialization: Gaussian std 0.01 (scores), 0.001 (deltas).
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """``[R, D]`` -> class logits ``[R, K + 1]``, deltas ``[R, K * 4]``."""
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class ROIHeads(nn.Module):
+    """Sampling, pooling, the per-region head, losses and post-processing.
+
+    Exactly one per-region head is given: ``res5`` (ResNet conv5_x, whose first
+    block has stride 2, followed here by global average pooling), stored as
+    ``roi_heads.res5``; or ``box_head`` (VGG-16 fc6/fc7, flattening the pooled map
+    itself), stored as ``roi_heads.box_head``. Either runs once over all RoIs of
+    the batch.
+    """
+
+    def __init__(
+        self,
+        *,
+        pooler: ROIPooler,
+        predictor: FastRCNNPredictor,
+        box_coder: BoxCoder,
+        matcher: Matcher,
+        sampler: BalancedSampler,
+        num_classes: int,
+        smooth_l1_beta: float,
+        score_thresh: float,
+        nms_thresh: float,
+        detections_per_image: int,
+        res5: Optional[nn.Module] = None,
+        box_head: Optional[nn.Module] = None,
+        append_gt_to_proposals: bool = True,
+    ):
+        """
+        Args:
+            pooler: RoI pooling of conv4 features.
+            predictor: class scores and deltas from the per-region features.
+            box_coder: delta parametrization (weights 10, 10, 5, 5).
+            matcher: proposal labelling (foreground IoU >= 0.5, background in [lo, hi)).
+            sampler: RoIs per image and foreground fraction (128, 0.25).
+            num_classes: ``K``.
+            smooth_l1_beta: smooth-L1 transition of the box loss (1.0 = py-faster-rcnn sigma 1).
+            score_thresh: test: keep class scores strictly above this (0.05).
+            nms_thresh: test: per-class NMS IoU threshold (paper 0.3).
+            detections_per_image: test: keep the top this many over all classes (100).
+            res5, box_head: the per-region head (exactly one).
+            append_gt_to_proposals: train on the ground-truth boxes as extra
+                proposals (Faster R-CNN does: it guarantees foreground RoIs early on).
+        """
+        super().__init__()
+        if (res5 is None) == (box_head is None):
+            raise ValueError("ROIHeads needs exactly one per-region head: res5 (ResNet) or box_head (VGG-16)")
+        if predictor.bbox_pred.out_features != num_classes * 4:
+            raise ValueError(
+                f"predictor predicts {predictor.bbox_pred.out_features // 4} classes, expected num_classes={num_classes}"
+            )
+        if detections_per_image < 1:
+            raise ValueError(f"model.roi_heads.detections_per_image must be >= 1, got {detections_per_image}")
+        self.pooler = pooler
+        if res5 is not None:
+            self.res5 = res5
+        else:
+            self.box_head = box_head
+        self.predictor = predictor
+        self.box_coder = box_coder
+        self.matcher = matcher
+        self.sampler = sampler
+        self.num_classes = int(num_classes)
+        self.smooth_l1_beta = float(smooth_l1_beta)
+        self.score_thresh = float(score_thresh)
+        self.nms_thresh = float(nms_thresh)
+        self.detections_per_image = int(detections_per_image)
+        self.append_gt_to_proposals = bool(append_gt_to_proposals)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        features: Tensor,
+        proposals: List[Tensor],
+        image_sizes: Sequence[Tuple[int, int]],
+        gt_boxes: Optional[Sequence[Tensor]] = None,
+        gt_labels: Optional[Sequence[Tensor]] = None,
+    ) -> Tuple[List[Dict[str, Tensor]], Dict[str, Tensor]]:
+        """
+        Args:
+            features: ``[N, C, Hf, Wf]`` conv4 features.
+            proposals: ``N`` tensors ``[R_i, 4]`` in input pixels (detached).
+            image_sizes: ``N`` pairs ``(h, w)``, valid region of each image.
+            gt_boxes, gt_labels: in training, ``N`` tensors ``[G, 4]`` (input
+                pixels) and ``[G]`` int64 in 1..K.
+        Returns:
+            detections: in evaluation, ``N`` dicts with ``boxes`` ``[M, 4]`` (input
+                pixels, clipped), ``scores`` ``[M]``, ``labels`` ``[M]`` int64 1..K,
+                by decreasing score; empty list in training.
+            losses: ``{"loss_cls", "loss_box_reg"}`` in training; empty otherwise.
+        """
+        if self.training:
+            if gt_boxes is None or gt_labels is None:
+                raise ValueError("ROIHeads in training mode needs gt_boxes and gt_labels (one tensor per image)")
+            proposals, class_labels, regression_targets = self.label_and_sample(proposals, gt_boxes, gt_labels)
+            pred_logits, pred_deltas = self.predict(features, proposals)
+            return [], self.losses(pred_logits, pred_deltas, class_labels, regression_targets)
+        pred_logits, pred_deltas = self.predict(features, proposals)
+        return self.inference(pred_logits, pred_deltas, proposals, image_sizes), {}
+
+    def predict(self, features: Tensor, proposals: List[Tensor]) -> Tuple[Tensor, Tensor]:
+        """Pool every RoI of the batch, run the per-region head once, predict.
+
+        Returns class logits ``[R, K + 1]`` and deltas ``[R, K * 4]``, RoIs in the
+        order of ``torch.cat(proposals)``.
+        """
+        pooled = self.pooler(features, boxes_to_rois(proposals))  # [R, C, S, S]
+        if hasattr(self, "res5"):
+            # [R, C, S, S] -> [R, C5, S/2, S/2] -> global average pool -> [R, C5]
+            region_features = self.res5(pooled).mean(dim=(2, 3))
+        else:
+            region_features = self.box_head(pooled)  # [R, 4096]
+        return self.predictor(region_features)
+
+    # ----------------------------------------------------------------- training
+    @torch.no_grad()
+    def label_and_sample(
+        self, proposals: List[Tensor], gt_boxes: Sequence[Tensor], gt_labels: Sequence[Tensor]
+    ) -> Tuple[List[Tensor], Tensor, Tensor]:
+        """Match proposals to ground truth and sample the RoIs of each image.
+
+        Returns:
+            sampled proposals (``N`` tensors ``[S_i, 4]``, foreground first),
+            class labels ``[sum S_i]`` int64 (0 = background), and regression
+            targets ``[sum S_i, 4]`` (rows of background RoIs are zeros, unused).
+        """
+        sampled_proposals, class_labels, regression_targets = [], [], []
+        for boxes, gt, labels in zip(proposals, gt_boxes, gt_labels):
+            gt = gt.to(torch.float32)
+            if self.append_gt_to_proposals:
+                boxes = torch.cat((boxes, gt))
+            matched_idxs, match_labels = self.matcher(box_iou(gt, boxes))
+            if gt.shape[0] > 0:
+                roi_labels = labels[matched_idxs].to(torch.int64)
+                matched_gt = gt[matched_idxs]
+            else:  # no objects: everything that is not ignored is background
+                roi_labels = torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
+                matched_gt = boxes
+            roi_labels[match_labels == 0] = 0
+            roi_labels[match_labels == -1] = -1
+            pos, neg = self.sampler(roi_labels)
+            idx = torch.cat((pos, neg))
+            sampled_proposals.append(boxes[idx])
+            class_labels.append(roi_labels[idx])
+            targets = torch.zeros((idx.numel(), 4), dtype=torch.float32, device=boxes.device)
+            targets[: pos.numel()] = self.box_coder.encode(boxes[pos], matched_gt[pos])
+            regression_targets.append(targets)
+        return sampled_proposals, torch.cat(class_labels), torch.cat(regression_targets)
+
+    def losses(
+        self, pred_logits: Tensor, pred_deltas: Tensor, class_labels: Tensor, regression_targets: Tensor
+    ) -> Dict[str, Tensor]:
+        """Softmax cross-entropy over the sampled RoIs and smooth-L1 of the class-specific
+        deltas of the foreground RoIs, both divided by the number of sampled RoIs
+        (py-faster-rcnn's ``SmoothL1Loss`` normalization). ``loss_box_reg`` is exactly
+        0 when no RoI is foreground."""
+        normalizer = max(class_labels.numel(), 1)
+        loss_cls = F.cross_entropy(pred_logits.float(), class_labels, reduction="sum") / normalizer
+
+        foreground = torch.nonzero(class_labels > 0).squeeze(1)
+        # Deltas of each foreground RoI's own class: [R, K*4] -> [R, K, 4] -> [F, 4]
+        deltas = pred_deltas.view(pred_deltas.shape[0], self.num_classes, 4)[foreground, class_labels[foreground] - 1]
+        loss_box_reg = (
+            F.smooth_l1_loss(deltas.float(), regression_targets[foreground], beta=self.smooth_l1_beta, reduction="sum")
+            / normalizer
+        )
+        return {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg}
+
+    # ---------------------------------------------------------------- inference
+    def inference(
+        self,
+        pred_logits: Tensor,
+        pred_deltas: Tensor,
+        proposals: List[Tensor],
+        image_sizes: Sequence[Tuple[int, int]],
+    ) -> List[Dict[str, Tensor]]:
+        """Softmax, per-class decoding and clipping, score threshold, per-class NMS,
+        top detections per image; vectorized over RoIs, classes and images.
+
+        Args:
+            pred_logits: ``[R, K + 1]``.
+            pred_deltas: ``[R, K * 4]``.
+            proposals: ``N`` tensors ``[R_i, 4]``, ``sum R_i = R``.
+            image_sizes: ``N`` pairs ``(h, w)``.
+        Returns:
+            ``N`` dicts ``boxes`` ``[M, 4]``, ``scores`` ``[M]``, ``labels`` ``[M]``.
+        """
+        num_images = len(proposals)
+        num_classes = self.num_classes
+        device = pred_logits.device
+        num_rois = pred_logits.shape[0]
+        roi_image = torch.cat(
+            [torch.full((len(p),), i, dtype=torch.int64, device=device) for i, p in enumerate(proposals)]
+        )  # [R]
+
+        scores = F.softmax(pred_logits.float(), dim=1)[:, 1:]  # [R, K], background dropped
+        # [R, K*4] -> [R, K, 4], decoded against [R, 1, 4] proposals
+        boxes = self.box_coder.decode(pred_deltas.view(num_rois, num_classes, 4), torch.cat(proposals)[:, None, :])
+        sizes = sizes_tensor(image_sizes, device)  # [N, 2]
+        boxes = clip_boxes(boxes, sizes[roi_image][:, None, :])  # [R, K, 4]
+
+        labels = torch.arange(1, num_classes + 1, device=device).expand(num_rois, num_classes)  # [R, K]
+        image_idx = roi_image[:, None].expand(num_rois, num_classes)  # [R, K]
+        # py-faster-rcnn keeps scores strictly above the threshold.
+        keep = (scores > self.score_thresh) & nonempty_mask(boxes)  # [R, K]
+        boxes, scores, labels, image_idx = boxes[keep], scores[keep], labels[keep], image_idx[keep]
+
+        # One NMS call for all (image, class) groups.
+        kept = batched_nms(boxes, scores, image_idx * num_classes + (labels - 1), self.nms_thresh)
+        kept, num_per_image = keep_topk_per_image(kept, image_idx[kept], num_images, self.detections_per_image)
+        return [
+            {"boxes": b, "scores": s, "labels": l}
+            for b, s, l in zip(
+                boxes[kept].split(num_per_image), scores[kept].split(num_per_image), labels[kept].split(num_per_image)
+            )
+        ]

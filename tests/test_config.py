@@ -1,0 +1,133 @@
+"""The config system: schema, _base_ inheritance, overrides, and every error message."""
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from detectron_res.config import (
+    CONFIG_DIR,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    resolve_config_path,
+    save_config,
+)
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_defaults_are_the_papers_voc_values():
+    cfg = load_config()
+    assert list(cfg.model.anchor.sizes) == [128, 256, 512]
+    assert cfg.model.rpn.pre_nms_topk_train == 12000 and cfg.model.rpn.post_nms_topk_test == 300
+    assert cfg.model.roi_heads.nms_thresh_test == 0.3
+    assert list(cfg.model.roi_heads.box_reg_weights) == [10, 10, 5, 5]
+    assert list(cfg.input.min_size_train) == [600] and cfg.input.max_size_test == 1000
+
+
+def test_base_inheritance_and_overrides(tmp_path):
+    write(tmp_path, "base.yaml", "model:\n  backbone:\n    depth: 50\nsolver:\n  base_lr: 0.01\n")
+    child = write(tmp_path, "child.yaml", "_base_: base.yaml\nsolver:\n  base_lr: 0.02\n")
+    cfg = load_config(child, ["solver.max_iter=10", "input.min_size_train=[480, 600]"])
+    assert cfg.model.backbone.depth == 50  # from the base
+    assert cfg.solver.base_lr == 0.02  # the child wins over its base
+    assert cfg.solver.max_iter == 10  # the override wins over both
+    assert list(cfg.input.min_size_train) == [480, 600]
+
+
+def test_bare_name_finds_configs_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the project root: the package's configs/ must still be found
+    some = sorted(CONFIG_DIR.glob("*.yaml"))
+    if not some:
+        pytest.skip("no config files yet")
+    assert resolve_config_path(some[0].name) == some[0].resolve()
+    assert resolve_config_path(some[0].stem) == some[0].resolve()
+
+
+def test_user_datasets_are_typed():
+    cfg = load_config(None, ["data.datasets.mine.format=yolo", "data.datasets.mine.yolo_root=/data/mine"])
+    assert cfg.data.datasets.mine.yolo_root == "/data/mine"
+    assert cfg.data.datasets.mine.class_names_file == ""
+
+
+def test_round_trip_through_dict_and_yaml(tmp_path):
+    cfg = load_config(None, ["model.backbone.depth=18", "data.datasets.x.format=coco"])
+    again = config_from_dict(config_to_dict(cfg))
+    assert config_to_dict(again) == config_to_dict(cfg)
+    save_config(cfg, tmp_path / "out" / "config.yaml")
+    reloaded = load_config(tmp_path / "out" / "config.yaml")
+    assert config_to_dict(reloaded) == config_to_dict(cfg)
+
+
+@pytest.mark.parametrize(
+    "file_text, overrides, expected",
+    [
+        # unknown key in a file: file, full dotted path, closest valid key
+        ("model:\n  backbone:\n    depht: 50\n", [], r"bad\.yaml: unknown config key 'model\.backbone\.depht'; closest valid key: 'model\.backbone\.depth'"),
+        # unknown key in an override
+        ("", ["solver.bas_lr=0.1"], r"command-line override 'solver\.bas_lr=0\.1': unknown config key 'solver\.bas_lr'; closest valid key: 'solver\.base_lr'"),
+        ("", ["data.datasets.x.format=coco", "data.datasets.x.anotation_file=a.json"], r"closest valid key: 'data\.datasets\.x\.annotation_file'"),
+        # wrong type: expected vs got
+        ("solver:\n  max_iter: ten\n", [], r"bad\.yaml: config key 'solver\.max_iter' expects int, got 'ten' \(str\)"),
+        ("", ["input.min_size_train=600"], r"config key 'input\.min_size_train' expects List\[int\], got 600 \(int\)"),
+        # malformed YAML: file and line
+        ("model:\n  backbone:\n    depth: [1,\n", [], r"bad\.yaml:4:1: malformed YAML"),
+        # an invalid choice names the key and the valid names
+        ("model:\n  backbone:\n    norm: batchnorm\n", [], r"'model\.backbone\.norm' must be one of FrozenBN, BN, SyncBN, GN; got 'batchnorm'"),
+        ("", ["solver.max_iter"], r"expected section\.key=value"),
+    ],
+)
+def test_config_errors(tmp_path, file_text, overrides, expected):
+    path = write(tmp_path, "bad.yaml", file_text)
+    with pytest.raises(ConfigError, match=expected) as info:
+        load_config(path, overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_base_and_nested_base(tmp_path):
+    missing = write(tmp_path, "a.yaml", "_base_: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml: _base_ file 'nowhere\.yaml' not found"):
+        load_config(missing)
+    write(tmp_path, "grand.yaml", "seed: 1\n")
+    write(tmp_path, "parent.yaml", "_base_: grand.yaml\n")
+    child = write(tmp_path, "child.yaml", "_base_: parent.yaml\n")
+    with pytest.raises(ConfigError, match=r"parent\.yaml: a _base_ file may not have its own _base_"):
+        load_config(child)
+
+
+def test_missing_config_file_suggests_a_name():
+    with pytest.raises(ConfigError, match=r"config file 'no_such_config\.yaml' not found"):
+        load_config("no_such_config.yaml")
+
+
+def test_command_line_error_is_one_line_without_traceback(tmp_path):
+    """Tools print 'config error: ...' and exit 2; --print-config prints YAML and exits 0."""
+    script = textwrap.dedent(
+        """
+        import argparse
+        from detectron_res.config import add_config_arguments, config_from_args
+        parser = argparse.ArgumentParser()
+        add_config_arguments(parser)
+        config_from_args(parser.parse_args())
+        """
+    )
+    good = write(tmp_path, "good.yaml", "seed: 3\n")
+    bad = subprocess.run(
+        [sys.executable, "-c", script, "--config", str(good), "model.backbone.dpth=5"],
+        capture_output=True, text=True,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0, bad.stderr
+    assert "Traceback" not in bad.stderr
+    assert "unknown config key 'model.backbone.dpth'" in bad.stderr
+    shown = subprocess.run(
+        [sys.executable, "-c", script, "--config", str(good), "--print-config"], capture_output=True, text=True
+    )
+    assert shown.returncode == 0 and "seed: 3" in shown.stdout

@@ -1,0 +1,116 @@
+"""tools/reproduce_tables.py on fabricated run directories."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from detectron_res.evaluation.paper_tables import PAPER_TABLE7, PAPER_TABLE8, collect_runs, format_tables
+from detectron_res.evaluation.report import write_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_run(root: Path, name: str, *, backbone: str, depth: int = 101, test, train, metrics=None, lines=None):
+    run = root / name
+    run.mkdir(parents=True)
+    cfg = {"model": {"backbone": {"name": backbone, "depth": depth}}, "data": {"train": train, "test": test},
+           "output_dir": str(run)}  # fmt: skip
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    if metrics is not None:
+        write_metrics(metrics, run)
+    if lines is not None:  # a training log: JSON lines with flat keys
+        (run / "metrics.json").write_text("".join(json.dumps(r) + "\n" for r in lines) + "{broken\n")
+    return run
+
+
+def run_tool(argv):
+    spec = importlib.util.spec_from_file_location("reproduce_tables", ROOT / "tools" / "reproduce_tables.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = tool.main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def row(text: str, title_prefix: str, method: str) -> str:
+    """The line of ``method`` in the table whose title starts with ``title_prefix``."""
+    block = text[text.index(title_prefix):]
+    return next(line for line in block.splitlines() if line.startswith(method))
+
+
+@pytest.fixture
+def runs(tmp_path):
+    voc0712 = ["voc_2007_trainval", "voc_2012_trainval"]
+    make_run(tmp_path, "r101_voc07", backbone="resnet", test=["voc_2007_test"], train=voc0712,
+             metrics={"voc_2007_test": {"voc": {"mAP50": 75.94, "mAP50_95": 44.0, "per_class": {"cat": 80.0}}}})
+    make_run(tmp_path, "vgg_voc07", backbone="vgg16", test=["voc_2007_test"], train=["voc_2007_trainval"],
+             lines=[{"iteration": 999, "voc/mAP50": 60.0, "loss_cls": 0.3},
+                    {"iteration": 1999, "loss_cls": 0.2},
+                    {"iteration": 2999, "voc/mAP50": 73.46}])
+    make_run(tmp_path, "r101_voc12", backbone="resnet", test=["voc_2012_test"],
+             train=["voc_2007_trainval", "voc_2007_test", "voc_2012_trainval"],
+             metrics={"voc_2012_test": {"voc": {"submission": "voc2012_test_submission.tar.gz", "num_detections": 9}}})
+    make_run(tmp_path, "r101_coco", backbone="resnet", test=["coco_2014_val"], train=["coco_2014_train"],
+             metrics={"coco_2014_val": {"coco": {"AP": 26.84, "AP50": 47.91, "APs": None}}})
+    make_run(tmp_path, "r50_coco", backbone="resnet", depth=50, test=["coco_2014_val"], train=["coco_2014_train"],
+             metrics={"coco_2014_val": {"coco": {"AP": 20.0, "AP50": 40.0}}})  # fmt: skip
+    return tmp_path
+
+
+def test_tables_from_run_dirs(runs):
+    rc, out, err = run_tool([str(p) for p in sorted(runs.iterdir())] + ["--markdown", str(runs / "tables.md")])
+    assert rc == 0, err
+    r101 = row(out, "Table 7", "ResNet-101")
+    assert re.search(r"ResNet-101\s+75\.9\s+76\.4\s+-0\.5\s+server \[1\]\s+73\.8$", r101), r101
+    vgg = row(out, "Table 7", "VGG-16")
+    assert re.search(r"VGG-16\s+73\.5\s+73\.2\s+\+0\.3\s+not run\s+70\.4$", vgg), vgg  # last record wins
+    coco = row(out, "Table 8", "ResNet-101")
+    assert re.search(r"ResNet-101\s+47\.9\s+48\.4\s+-0\.5\s+26\.8\s+27\.2\s+-0\.4$", coco), coco
+    assert re.search(r"VGG-16\s+not run\s+41\.5\s+not run\s+21\.2$", row(out, "Table 8", "VGG-16"))
+    # the submission archive, resolved against its run directory
+    assert f"[1] ResNet-101 VOC 12 test: upload {runs / 'r101_voc12' / 'voc2012_test_submission.tar.gz'}" in out
+    assert "ignored" in out and "r50_coco: backbone resnet-50 is not in Tables 7/8" in out
+    assert "VGG-16 voc07: trained on voc_2007_trainval; the paper trains on" in out
+    md = (runs / "tables.md").read_text()
+    assert "| method | VOC 07 test (train 07+12): ours | VOC 07 test (train 07+12): paper |" in md
+    assert "| ResNet-101 | 47.9 | 48.4 | -0.5 | 26.8 | 27.2 | -0.4 |" in md
+
+
+def test_explicit_slots_server_results_and_errors(runs, tmp_path):
+    bare = tmp_path / "bare_vgg_coco"
+    bare.mkdir()
+    write_metrics({"coco": {"AP": 21.0, "AP50": 41.9}}, bare)  # no config.yaml, single test set
+    rc, out, _ = run_tool([str(runs / "r101_voc12"), "--run", f"vgg16-coco={bare}", "--server-result", "resnet101=73.1"])
+    assert rc == 0
+    assert re.search(r"VGG-16\s+41\.9\s+41\.5\s+\+0\.4\s+21\.0\s+21\.2\s+-0\.2$", row(out, "Table 8", "VGG-16"))
+    assert re.search(r"73\.1 \(server\)\s+73\.8\s+-0\.7$", row(out, "Table 7", "ResNet-101"))
+    # the same slot twice
+    other = tmp_path / "copy"
+    other.mkdir()
+    (other / "config.yaml").write_text((runs / "r101_voc07" / "config.yaml").read_text())
+    rc, _, err = run_tool([str(runs / "r101_voc07"), str(other)])
+    assert rc == 2 and "two runs for resnet101-voc07" in err
+    rc, _, err = run_tool(["--run", "resnet152-voc07=x"])
+    assert rc == 2 and "run slot 'resnet152-voc07' is not valid" in err
+    rc, _, err = run_tool([str(tmp_path / "nope")])
+    assert rc == 2 and "does not exist" in err
+
+
+def test_empty_tables_show_paper_values():
+    text = format_tables({})
+    for (b, t), v in PAPER_TABLE7.items():
+        assert f"{v:.1f}" in text
+    for v50, v in PAPER_TABLE8.values():
+        assert f"{v50:.1f}" in text and f"{v:.1f}" in text
+    assert text.count("not run") == 8
+    runs, notes = collect_runs([])
+    assert runs == {} and notes == []

@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Score a COCO results JSON against a COCO annotation file with pycocotools.
+
+    python tools/eval_coco.py --gt datasets/coco/annotations/instances_val2014.json \\
+        --results output/r101_coco/coco_instances_results.json [--json OUT.json]
+
+The results file is the official format: a list of ``{"image_id", "category_id",
+"bbox": [x, y, w, h], "score"}`` with the annotation file's category ids. Prints
+pycocotools' 12 numbers and a per-category AP table; ``--json`` writes them (percent).
+
+Exit status: 0 on success, 2 on a usage or data error (one line on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from detectron_res.evaluation.coco import evaluate_coco, format_coco_table, load_coco_gt  # noqa: E402
+from detectron_res.evaluation.report import write_json  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gt", required=True, help="COCO instances annotation JSON")
+    p.add_argument("--results", required=True, help="detections in the COCO results format (JSON list)")
+    p.add_argument("--json", help="also write the metrics (percent) to this JSON file")
+    return p
+
+
+def _read_results(path: str) -> list:
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except OSError as e:
+        raise ValueError(f"--results {path}: cannot read ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--results {path}: line {e.lineno} column {e.colno}: invalid JSON ({e.msg})") from None
+    if not isinstance(results, list):
+        raise ValueError(f"--results {path}: top level is a {type(results).__name__}, expected a list of detections")
+    for i, r in enumerate(results):
+        if not isinstance(r, dict) or not {"image_id", "category_id", "bbox", "score"} <= set(r):
+            raise ValueError(
+                f"--results {path}: entry {i} is {str(r)[:80]!r}, expected "
+                '{"image_id", "category_id", "bbox": [x, y, w, h], "score"}'
+            )
+    return results
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        coco_gt = load_coco_gt(args.gt)
+        results = _read_results(args.results)
+        metrics, _, summary = evaluate_coco(coco_gt, results)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{len(results)} detections on {len(coco_gt.getImgIds())} images (pycocotools COCOeval, bbox):")
+    print(summary.rstrip())
+    print(format_coco_table(metrics, title="per-category AP (%):"))
+    if args.json:
+        write_json(args.json, metrics, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

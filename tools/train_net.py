@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""Train (or evaluate) a Faster R-CNN C4 detector from a config.
+
+Examples::
+
+    # the paper's COCO ResNet-101 run on 8 GPUs (Table 8)
+    torchrun --nproc_per_node 8 tools/train_net.py --config coco_r101.yaml
+
+    # continue it after an interruption or preemption
+    torchrun --nproc_per_node 8 tools/train_net.py --config coco_r101.yaml --resume
+
+    # two machines (run on each; HOST is the first machine)
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
+        --rdzv_id myjob tools/train_net.py --config coco_r101.yaml
+
+    # fine-tune a COCO detector on your data (see configs/finetune_custom.yaml)
+    python tools/train_net.py --config finetune_custom.yaml --weights output/coco_r101/model_final.pth
+
+    # evaluate a checkpoint
+    python tools/train_net.py --config voc07_r101.yaml --eval-only --weights model_final.pth
+
+    # any config key can be overridden at the end
+    python tools/train_net.py --config demo_shapes.yaml solver.max_iter=500 test.eval_period=100
+
+Outputs go to ``output/<config name>/`` unless ``--output-dir`` (or the config's
+``output_dir``) says otherwise: checkpoints (``model_*.pth``, ``last_checkpoint``),
+``config.yaml``, ``log.txt``, ``metrics.json``, ``tensorboard/``,
+``training_curves.png`` and ``inference/<dataset>/``.
+
+SIGTERM / SIGUSR1 write a checkpoint after the current iteration and exit with
+status 0 (run again with ``--resume``). A non-finite loss exits with status 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# Runnable from a fresh clone without installing the package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from detectron_res.config import add_config_arguments, config_from_args  # noqa: E402
+
+EXIT_USER_ERROR = 2
+EXIT_NON_FINITE_LOSS = 3
+EXIT_DIST_FAILURE = 4
+_DEFAULT_OUTPUT_DIR = "output/default"  # the schema's default: replaced by output/<config stem>
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train or evaluate a Faster R-CNN C4 detector (ResNet paper, Appendix A).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Outputs go to")[0].split("Examples::")[1],
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--output-dir", default=None,
+                        help="run directory (default: the config's output_dir, else output/<config name>)")
+    parser.add_argument("--weights", default=None,
+                        help="initial weights: a detector checkpoint (.pth written by this tool), ImageNet weights "
+                             "(torchvision://resnet50, msra://R-101, a torchvision/MSRA/Detectron2 file) or a file "
+                             "from tools/convert_weights.py; overrides model.weights. With --eval-only: the "
+                             "checkpoint to evaluate")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from <output-dir>/last_checkpoint (exactly where the run stopped)")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate on data.test and exit")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (overrides the config's device)")
+    return parser
+
+
+def output_dir_for(cfg, args) -> Path:
+    if args.output_dir:
+        return Path(args.output_dir)
+    if str(cfg.output_dir) != _DEFAULT_OUTPUT_DIR:
+        return Path(str(cfg.output_dir))
+    return Path("output") / Path(args.config).stem
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    output_dir = output_dir_for(cfg, args)
+    cfg.output_dir = str(output_dir)
+
+    from detectron_res.engine.distributed import DistributedTimeoutError
+    from detectron_res.engine.launch import evaluate_checkpoint, train
+    from detectron_res.engine.trainer import NonFiniteLossError
+
+    try:
+        if args.eval_only:
+            result = evaluate_checkpoint(cfg, output_dir=output_dir, weights=args.weights, device=args.device)
+        else:
+            result = train(cfg, output_dir=output_dir, resume=args.resume, weights=args.weights,
+                           device=args.device, config_source=str(args.config))
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_NON_FINITE_LOSS
+    except DistributedTimeoutError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_DIST_FAILURE
+    except (ValueError, FileNotFoundError) as e:
+        # User mistakes (config keys, dataset files, checkpoints, weights) carry a
+        # one-line message naming the file / key and what was expected.
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    scalars = result.get("scalars", {})
+    if scalars:
+        shown = ", ".join(f"{k}={v:.2f}" for k, v in sorted(scalars.items()) if k.split("/")[-1] in
+                          ("mAP50", "AP", "AP50", "AP75"))
+        print(f"final evaluation: {shown}")
+    if result.get("stopped_early"):
+        print(f"stopped before the end of the schedule; continue with: --resume (output: {output_dir})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
