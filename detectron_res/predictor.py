@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -246,10 +246,10 @@ class Predictor:
         score_thresh: float = 0.5,
         batch_size: int = 1,
     ) -> None:
-        from detectron_res.config import ConfigError, config_from_dict, load_config
-        from detectron_res.engine.checkpoint import load_checkpoint, load_model_weights
+        from detectron_res.config import config_from_dict, load_config
+        from detectron_res.engine.checkpoint import find_last_checkpoint, load_checkpoint, load_model_weights
         from detectron_res.modeling.build import build_model
-        from omegaconf import DictConfig, OmegaConf
+        from omegaconf import DictConfig
 
         if not 0.0 <= float(score_thresh) <= 1.0:
             raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh}")
@@ -265,15 +265,13 @@ class Predictor:
                 roots = " or ".join(f"{r}/*/last_checkpoint" for r in output_roots())
                 raise NoCheckpointError(
                     f"no trained model found (looked for {roots}); train the demo model with `make demo` "
-                    "(or tools/train_net.py --config ...), or pass the weights of a trained model"
+                    "(or tools/train_net.py --config ...), or name a trained checkpoint (--weights PATH; Predictor(PATH))"
                 )
             weights = found
             logger.info("using the most recent trained model: %s", found)
         checkpoint = load_checkpoint(weights, map_location="cpu")
         path = Path(weights)
-        if path.is_dir():
-            from detectron_res.engine.checkpoint import find_last_checkpoint
-
+        if path.is_dir():  # a run folder: load_checkpoint followed its last_checkpoint pointer
             path = find_last_checkpoint(path) or path
         self.checkpoint_path = path
 
@@ -305,14 +303,20 @@ class Predictor:
         self.class_names = [str(n) for n in names]
 
         model = build_model(cfg)
-        report = load_model_weights(model, checkpoint["model"], strict_shapes=True)
+        try:
+            report = load_model_weights(model, checkpoint["model"], strict_shapes=True)
+        except ValueError as e:  # a shape mismatch: the config builds another architecture
+            raise ValueError(f"{path}: {e}; the config does not match the checkpoint") from None
         if report.missing:
             raise ValueError(
                 f"{path}: the checkpoint lacks {len(report.missing)} weights of the model built from the config "
                 f"(first: {report.missing[0]!r}); the config does not match the checkpoint"
             )
         if report.unexpected:
-            logger.warning("%s: %d checkpoint weights are not used by the model (first: %s)", path, len(report.unexpected), report.unexpected[0])
+            logger.warning(
+                "%s: %d checkpoint weights are not used by the model (first: %s)",
+                path, len(report.unexpected), report.unexpected[0],
+            )
         # eval() and, with model.fold_frozen_bn, FrozenBN folded into the convolutions.
         model.prepare_for_inference()
         self.model = model.to(self.device)
@@ -374,17 +378,20 @@ class Predictor:
 
 
 def _apply_overrides(cfg: Any, overrides: Iterable[str]) -> Any:
-    """Apply ``section.key=value`` overrides to a loaded config, with the loader's errors."""
-    from detectron_res.config import config_from_dict, config_to_dict, load_config
+    """Apply ``section.key=value`` overrides to a loaded config, with the loader's errors.
+
+    ``load_config`` is the one place that parses and validates overrides; it is
+    given the current config as a temporary YAML file, so that error messages name
+    the override exactly as for a config file.
+    """
     import tempfile
+
+    from detectron_res.config import load_config
+    from omegaconf import OmegaConf
 
     overrides = list(overrides)
     if not overrides:
         return cfg
-    # load_config is the single place that parses and validates overrides; feed it
-    # the current config as a temporary YAML file so that messages stay the same.
-    from omegaconf import OmegaConf
-
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write(OmegaConf.to_yaml(cfg))
         tmp = f.name

@@ -488,7 +488,11 @@ class ImageNetWeights:
         """Constructor keywords that make a ``ResNet`` match these weights' layout."""
         if self.arch == "vgg16":
             return {}
-        return {"depth": int(self.arch[len("resnet"):]), "stride_in_1x1": self.stride_in_1x1, "stem_pool": self.stem_pool}
+        return {
+            "depth": int(self.arch[len("resnet"):]),
+            "stride_in_1x1": self.stride_in_1x1,
+            "stem_pool": self.stem_pool,
+        }
 
     def check_input_settings(
         self,
@@ -616,7 +620,9 @@ def _settings_for(fmt: str, obj: Dict[str, Any], path: Path, settings: Optional[
     )
 
 
-def _convert(tensors: Dict[str, Any], *, arch: str, fmt: str, path: Path) -> Tuple[Dict[str, torch.Tensor], List[str], List[str], List[str]]:
+def _convert(
+    tensors: Dict[str, Any], *, arch: str, fmt: str, path: Path
+) -> Tuple[Dict[str, torch.Tensor], List[str], List[str], List[str]]:
     """Apply :func:`key_table`; returns (state_dict, unconverted, missing, ignored)."""
     table = key_table(arch, fmt)
     used: set = set()

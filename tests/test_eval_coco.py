@@ -165,6 +165,40 @@ def test_identical_to_pycocotools_on_random_data(tmp_path, seed):
     assert m["AP"] == ev.stats[0] * 100 and m["AP50"] == ev.stats[1] * 100
 
 
+def test_with_the_data_readers_coco_json(tmp_path):
+    """The data package's COCO reader -> COCOEvaluator, also on a subset of the categories."""
+    from detectron_res.data.coco import load_coco_json
+
+    rng = np.random.default_rng(3)
+    records = make_records(rng)
+    gt_path = tmp_path / "gt.json"
+    gt_path.write_text(json.dumps(reference_gt_json(records)))
+    preds = make_predictions(rng, records)
+    res_path = tmp_path / "res.json"
+    res_path.write_text(json.dumps(reference_results_json(preds)))
+    ds = load_coco_json(str(gt_path), str(tmp_path), check_images="none")
+    assert ds.category_ids == CATEGORY_IDS and [r.image_id for r in ds.records] == [r.image_id for r in records]
+    assert_same_as_pycocotools(COCOEvaluator(ds).evaluate_predictions(preds), pycocotools_directly(gt_path, res_path))
+    # trained on "bee" and "dog" only: scored on their categories only
+    sub = load_coco_json(str(gt_path), str(tmp_path), class_names=["bee", "dog"], check_images="none")
+    sub_preds = {}
+    for image_id, p in preds.items():
+        keep = np.isin(p["labels"], [2, 4])
+        sub_preds[image_id] = {"boxes": p["boxes"][keep], "scores": p["scores"][keep],
+                               "labels": np.where(p["labels"][keep] == 2, 1, 2)}  # fmt: skip
+    m = COCOEvaluator(sub).evaluate_predictions(sub_preds)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_path))
+        dt = gt.loadRes([r for r in reference_results_json(preds) if r["category_id"] in (7, 42)])
+        ev = COCOeval(gt, dt, iouType="bbox")
+        ev.params.catIds = [7, 42]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert set(m["per_class"]) == {"bee", "dog"}
+    assert_same_as_pycocotools(m, ev)
+
+
 def single_object_records(n=10):
     return [
         SimpleNamespace(image_id=i, file_name=f"{i}.jpg", height=100, width=100,

@@ -196,3 +196,4 @@ def test_plot_pr_curves_writes_one_png_per_class(tmp_path):
     assert [p.name for p in paths] == ["voc_traffic_light.png", "voc_a_b.png", "voc_empty.png"]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+

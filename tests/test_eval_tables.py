@@ -18,7 +18,8 @@ from detectron_res.evaluation.report import write_metrics
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def make_run(root: Path, name: str, *, backbone: str, depth: int = 101, test, train, metrics=None, lines=None):
+def make_run(root: Path, name: str, *, backbone: str, depth: int = 101, test, train, metrics=None, lines=None,
+             evaluation=None):
     run = root / name
     run.mkdir(parents=True)
     cfg = {"model": {"backbone": {"name": backbone, "depth": depth}}, "data": {"train": train, "test": test},
@@ -26,6 +27,8 @@ def make_run(root: Path, name: str, *, backbone: str, depth: int = 101, test, tr
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     if metrics is not None:
         write_metrics(metrics, run)
+    if evaluation is not None:  # what tools/train_net.py's evaluation writes
+        write_metrics(evaluation, run / "inference" / test[0], filename="evaluation.json")
     if lines is not None:  # a training log: JSON lines with flat keys
         (run / "metrics.json").write_text("".join(json.dumps(r) + "\n" for r in lines) + "{broken\n")
     return run
@@ -51,16 +54,19 @@ def row(text: str, title_prefix: str, method: str) -> str:
 def runs(tmp_path):
     voc0712 = ["voc_2007_trainval", "voc_2012_trainval"]
     make_run(tmp_path, "r101_voc07", backbone="resnet", test=["voc_2007_test"], train=voc0712,
-             metrics={"voc_2007_test": {"voc": {"mAP50": 75.94, "mAP50_95": 44.0, "per_class": {"cat": 80.0}}}})
+             lines=[{"iteration": 79999, "voc/mAP50": 75.0}],  # older than the evaluation file
+             evaluation={"voc_2007_test": {"voc": {"mAP50": 75.94, "mAP50_95": 44.0, "per_class": {"cat": 80.0}}}})
     make_run(tmp_path, "vgg_voc07", backbone="vgg16", test=["voc_2007_test"], train=["voc_2007_trainval"],
              lines=[{"iteration": 999, "voc/mAP50": 60.0, "loss_cls": 0.3},
                     {"iteration": 1999, "loss_cls": 0.2},
                     {"iteration": 2999, "voc/mAP50": 73.46}])
     make_run(tmp_path, "r101_voc12", backbone="resnet", test=["voc_2012_test"],
              train=["voc_2007_trainval", "voc_2007_test", "voc_2012_trainval"],
-             metrics={"voc_2012_test": {"voc": {"submission": "voc2012_test_submission.tar.gz", "num_detections": 9}}})
+             evaluation={"voc_2012_test": {"voc": {"submission": "inference/voc_2012_test/voc2012_test_submission.tar.gz",
+                                                  "num_detections": 9}}})
+    (tmp_path / "r101_voc12" / "inference" / "voc_2012_test" / "voc2012_test_submission.tar.gz").write_bytes(b"")
     make_run(tmp_path, "r101_coco", backbone="resnet", test=["coco_2014_val"], train=["coco_2014_train"],
-             metrics={"coco_2014_val": {"coco": {"AP": 26.84, "AP50": 47.91, "APs": None}}})
+             evaluation={"coco_2014_val": {"coco": {"AP": 26.84, "AP50": 47.91, "APs": None}}})
     make_run(tmp_path, "r50_coco", backbone="resnet", depth=50, test=["coco_2014_val"], train=["coco_2014_train"],
              metrics={"coco_2014_val": {"coco": {"AP": 20.0, "AP50": 40.0}}})  # fmt: skip
     return tmp_path
@@ -77,7 +83,8 @@ def test_tables_from_run_dirs(runs):
     assert re.search(r"ResNet-101\s+47\.9\s+48\.4\s+-0\.5\s+26\.8\s+27\.2\s+-0\.4$", coco), coco
     assert re.search(r"VGG-16\s+not run\s+41\.5\s+not run\s+21\.2$", row(out, "Table 8", "VGG-16"))
     # the submission archive, resolved against its run directory
-    assert f"[1] ResNet-101 VOC 12 test: upload {runs / 'r101_voc12' / 'voc2012_test_submission.tar.gz'}" in out
+    archive = runs / "r101_voc12" / "inference" / "voc_2012_test" / "voc2012_test_submission.tar.gz"
+    assert f"[1] ResNet-101 VOC 12 test: upload {archive} to" in out
     assert "ignored" in out and "r50_coco: backbone resnet-50 is not in Tables 7/8" in out
     assert "VGG-16 voc07: trained on voc_2007_trainval; the paper trains on" in out
     md = (runs / "tables.md").read_text()

@@ -402,7 +402,10 @@ def test_year_and_metric_selection_and_submission(tmp_path):
         "2012_000001": {"boxes": np.array([[1.0, 2.0, 30.0, 40.0]]), "scores": np.array([0.7]), "labels": np.array([15])},
         "2012_000002": {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, dtype=np.int64)},
     })  # fmt: skip
-    assert out["num_detections"] == 1
+    assert out["num_detections"] == 1 and Path(out["submission"]).is_absolute()
+    # the data catalog's flag for splits without public labels also selects it
+    test.extra = {"year": "2012", "split": "val", "images_only": True}
+    assert VOCEvaluator(test, output_dir=tmp_path / "x").submission_only
     with tarfile.open(out["submission"]) as tar:
         members = sorted(tar.getnames())
         assert members == sorted(f"results/VOC2012/Main/comp4_det_test_{c}.txt" for c in names)
@@ -470,3 +473,39 @@ def test_devkit_tree_and_eval_voc_tool(tmp_path, capsys):
     assert rc == 0 and (tmp_path / "s.tar.gz").is_file()
     assert tool.main(["--voc-root", str(tmp_path / "nope"), "--results-dir", str(results)]) == 2
     assert "--voc-root" in capsys.readouterr().err
+
+
+def test_with_the_data_readers_voc_tree(tmp_path):
+    """The data package's VOC reader -> VOCEvaluator agrees with scoring the devkit tree directly."""
+    from detectron_res.data.voc import load_voc
+
+    rng = np.random.default_rng(11)
+    year_dir = tmp_path / "VOCdevkit" / "VOC2007"
+    (year_dir / "Annotations").mkdir(parents=True)
+    (year_dir / "ImageSets" / "Main").mkdir(parents=True)
+    image_ids = [f"{i:06d}" for i in range(1, 13)]
+    (year_dir / "ImageSets" / "Main" / "test.txt").write_text("\n".join(image_ids) + "\n")
+    names = ["cat", "dog", "cow"]
+    predictions = {}
+    for image_id in image_ids:
+        objects = []
+        for _ in range(int(rng.integers(0, 4))):
+            x, y = int(rng.integers(1, 60)), int(rng.integers(1, 40))
+            objects.append((str(rng.choice(names)), (x, y, x + int(rng.integers(5, 35)), y + int(rng.integers(5, 35))),
+                            rng.random() < 0.2))  # fmt: skip
+        write_xml(year_dir / "Annotations" / f"{image_id}.xml", objects)
+        boxes = [incl(*b) for _, b, _ in objects for _ in range(2)]
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) + rng.normal(0, 2, size=(len(boxes), 4))
+        predictions[image_id] = {
+            "boxes": boxes.astype(np.float32),
+            "scores": rng.random(len(boxes)).astype(np.float32),
+            "labels": np.array([names.index(n) + 1 for n, _, _ in objects for _ in range(2)], dtype=np.int64),
+        }
+    ds = load_voc(str(tmp_path / "VOCdevkit"), "test", year="2007", class_names=names, check_images="none")
+    ev = VOCEvaluator(ds, output_dir=tmp_path / "out")
+    assert ev.use_07_metric
+    ours = ev.evaluate_predictions(predictions)
+    gt = load_devkit_ground_truth(tmp_path / "VOCdevkit", "2007", "test", names)
+    direct, _ = evaluate_voc(gt, read_comp4(tmp_path / "out" / "comp4", "test", names), use_07_metric=True)
+    assert json.dumps(ours, sort_keys=True) == json.dumps(direct, sort_keys=True)
+    assert 0 < ours["mAP50"] < 100

@@ -119,13 +119,6 @@ def reference_model(tiny_checkpoint):
     return model.eval()
 
 
-def test_top_level_import():
-    import detectron_res
-    from detectron_res.predictor import Predictor
-
-    assert getattr(detectron_res, "Predictor", Predictor) is Predictor
-
-
 def test_matches_model_on_path_bgr_and_rgb(predictor, reference_model, tmp_path):
     image = synthetic_image(90, 130, seed=1)
     path = tmp_path / "img.png"
@@ -234,6 +227,8 @@ def test_config_and_overrides(tiny_checkpoint, tmp_path):
         Predictor(tiny_checkpoint, device="cpu", overrides=["input.min_sizetest=3"])
     with pytest.raises(ValueError, match=r"num_classes"):
         Predictor(tiny_checkpoint, device="cpu", overrides=["model.roi_heads.num_classes=5"])
+    with pytest.raises(ValueError, match=r"model_final\.pth: weight 'backbone\.stem\.conv1\.weight'.*does not match"):
+        Predictor(tiny_checkpoint, device="cpu", overrides=["model.backbone.base_channels=16"])
     with pytest.raises(FileNotFoundError, match=r"missing\.pth"):
         Predictor(tmp_path / "missing.pth", device="cpu")
     with pytest.raises(ValueError, match=r"score_thresh"):
@@ -293,3 +288,21 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"no CUDA GPU"):
             resolve_device("cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu(tiny_checkpoint):
+    from detectron_res.predictor import Predictor
+
+    images = [synthetic_image(90, 130, seed=1), synthetic_image(300, 200, seed=2)]
+    cpu = Predictor(tiny_checkpoint, device="cpu", score_thresh=0.1)(images)
+    gpu_predictor = Predictor(tiny_checkpoint, device="auto", score_thresh=0.1)
+    assert gpu_predictor.device.type == "cuda"
+    gpu = gpu_predictor(images)
+    for a, b in zip(cpu, gpu):
+        assert len(a) == len(b) > 0
+        np.testing.assert_array_equal(a.labels, b.labels)
+        # cuDNN's convolution algorithms differ from the CPU's in float rounding only.
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-3)
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=0.05)

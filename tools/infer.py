@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 # Runnable as `python tools/infer.py` from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -395,6 +395,7 @@ def _count_frames(path: Path) -> int:
 # ----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog="tools/infer.py",
         description="Detect objects in images, folders, glob patterns and videos; write annotated copies and JSON.",
         epilog="Exit status: 0 all inputs processed, 1 some inputs failed (named on stderr), 2 usage error.",
     )
@@ -413,7 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="config file replacing the one stored in the checkpoint")
     parser.add_argument("--score-thresh", type=float, default=0.5, help="drop detections scoring lower (default 0.5)")
     parser.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--batch-size", type=int, default=1, help="images or frames per forward pass (default 1)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="images or frames per forward pass (default 1). Images of different sizes are padded to a "
+        "common size in a batch, which can change their detections slightly; 1 gives exactly the "
+        "single-image results",
+    )
     parser.add_argument("--output", default=None, help="output folder (default output/infer)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -422,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Intermixed: inputs and key=value overrides may come before or after options.
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")

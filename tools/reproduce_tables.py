@@ -4,7 +4,8 @@
     python tools/reproduce_tables.py output/vgg16_voc07 output/r101_voc07 output/r101_coco ...
     python tools/reproduce_tables.py output/* --markdown docs/RESULTS_TABLES.md
 
-Each RUN_DIR is a training output directory with config.yaml and metrics.json. Its
+Each RUN_DIR is a tools/train_net.py output directory: config.yaml, and the
+metrics in inference/<dataset>/evaluation.json (preferred) or metrics.json. Its
 place in the tables comes from config.yaml: model.backbone.name ("vgg16", or
 "resnet" with model.backbone.depth 101) and data.test (voc_2007_test -> Table 7
 VOC07 column, voc_2012_test -> Table 7 VOC12 column, coco_2014_val -> Table 8).

@@ -13,7 +13,8 @@ Results format: a list of ``{"image_id", "category_id", "bbox": [x, y, w, h],
 Ground truth:
 
 * a COCO dataset (``format == "coco"`` with ``extra["json_file"]``) is evaluated
-  against its annotation file itself, restricted to the dataset's images;
+  against its annotation file itself, restricted to the dataset's images and
+  categories;
 * any other dataset (VOC, YOLO, a COCO dataset built in memory) is converted to
   COCO ground truth in memory: category ids are ``dataset.category_ids``, ``area``
   is the box area ``w * h`` (there are no masks), ``iscrowd`` is the record's crowd
@@ -202,6 +203,7 @@ def evaluate_coco(
     results: Sequence[Mapping[str, Any]],
     *,
     img_ids: Optional[Sequence[Hashable]] = None,
+    cat_ids: Optional[Sequence[int]] = None,
 ) -> Tuple[Dict[str, Any], Dict[str, Dict[str, Any]], str]:
     """Run ``COCOeval`` (bbox) and read its numbers.
 
@@ -209,6 +211,8 @@ def evaluate_coco(
         coco_gt: a ``pycocotools.coco.COCO`` ground truth.
         results: the official results list (original category ids, xywh boxes).
         img_ids: restrict the evaluation to these images (default: all of ``coco_gt``).
+        cat_ids: restrict it to these categories (default: all of ``coco_gt``), e.g.
+            when the model was trained on a subset of the file's categories.
 
     Returns:
         ``(metrics, pr_curves, summary)``: ``metrics`` in percent, the 12 names of
@@ -223,6 +227,8 @@ def evaluate_coco(
     coco_eval = COCOeval(coco_gt, coco_dt, iouType="bbox")
     if img_ids is not None:
         coco_eval.params.imgIds = list(img_ids)
+    if cat_ids is not None:
+        coco_eval.params.catIds = sorted(int(c) for c in cat_ids)
     _quiet(coco_eval.evaluate)
     _quiet(coco_eval.accumulate)
     _, summary = _quiet(coco_eval.summarize)
@@ -322,7 +328,10 @@ class COCOEvaluator(DatasetEvaluator):
 
             write_json(self.output_dir / "coco_instances_results.json", results)
         coco_gt = self._ground_truth()
-        metrics, self.pr_curves, summary = evaluate_coco(coco_gt, results, img_ids=self._image_ids)
+        # Only the dataset's categories: a model trained on a subset of the file's
+        # categories is not charged with the others.
+        metrics, self.pr_curves, summary = evaluate_coco(coco_gt, results, img_ids=self._image_ids,
+                                                         cat_ids=self.category_ids)
         if not results:
             logger.warning("COCO evaluation of '%s': the model made no detection", self.dataset.name)
         logger.info("COCO evaluation of '%s' (%d images, pycocotools):\n%s%s", self.dataset.name,

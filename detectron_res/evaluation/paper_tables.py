@@ -13,15 +13,19 @@ slot           trained on                      scored on
 
 for ``*`` = ``vgg16`` and ``resnet101``.
 
-A run directory holds ``config.yaml`` (the resolved config written by training)
-and ``metrics.json``. The run's slot is read from the config: ``model.backbone.name``
-(``vgg16``, or ``resnet`` with ``model.backbone.depth`` 101) and the test datasets
-in ``data.test``; ``--run SLOT=DIR`` names it explicitly instead.
+A run directory is what ``tools/train_net.py`` writes: ``config.yaml`` (the
+resolved config), ``metrics.json`` (the training log, JSON lines) and
+``inference/<dataset>/evaluation.json`` (the last evaluation, training's final one
+or ``--eval-only``'s). The run's slot is read from the config:
+``model.backbone.name`` (``vgg16``, or ``resnet`` with ``model.backbone.depth``
+101) and the test datasets in ``data.test``; ``--run SLOT=DIR`` names it
+explicitly instead.
 
-``metrics.json`` may be the one-line JSON of ``write_metrics`` (``{dataset: {evaluator:
-{metric: value}}}``) or the training log's JSON lines (flat keys such as
-``voc_2007_test/voc/mAP50`` or, for a run with one test set, ``voc/mAP50``); the last
-record holding the metric wins.
+Metrics are looked up in ``inference/<dataset>/evaluation.json`` first (``{dataset:
+{evaluator: {metric: value}}}``, see :func:`~detectron_res.evaluation.report.write_metrics`),
+then in ``metrics.json`` (one such JSON object, or JSON lines with flat keys
+``<dataset>/voc/mAP50`` or, for a run with one test set, ``voc/mAP50``; the last
+record holding the metric wins).
 """
 
 from __future__ import annotations
@@ -206,12 +210,17 @@ def load_run(run_dir: Path, slot: Tuple[str, str], *, single_test: bool, train: 
     """Read one slot's numbers from ``run_dir/metrics.json``."""
     backbone, test = slot
     result = RunResult(slot=slot, run_dir=run_dir, train=list(train))
-    metrics_path = run_dir / "metrics.json"
-    if not metrics_path.is_file():
-        result.notes.append(f"{run_dir}: no metrics.json (evaluate with tools/train_net.py --eval-only)")
-        return result
-    flat_records = [_flatten(r) for r in read_metrics_records(metrics_path)]
     dataset = TESTS[test]
+    # later sources win: the evaluation file holds the most recent evaluation
+    sources = [run_dir / "metrics.json", run_dir / "inference" / dataset / "evaluation.json"]
+    sources = [p for p in sources if p.is_file()]
+    if not sources:
+        result.notes.append(
+            f"{run_dir}: neither metrics.json nor inference/{dataset}/evaluation.json "
+            "(evaluate with tools/train_net.py --eval-only)"
+        )
+        return result
+    flat_records = [_flatten(r) for p in sources for r in read_metrics_records(p)]
     for key, evaluator in _METRICS[test]:
         candidates = [f"{dataset}/{evaluator}/{key}"] + ([f"{evaluator}/{key}"] if single_test else [])
         for record in reversed(flat_records):
@@ -220,7 +229,9 @@ def load_run(run_dir: Path, slot: Tuple[str, str], *, single_test: bool, train: 
                 continue
             if key == "submission":
                 path = Path(str(hit))
-                result.values[key] = str(path if path.is_absolute() else run_dir / path)
+                if not path.is_absolute() and not path.exists() and (run_dir / path).exists():
+                    path = run_dir / path  # written relative to the run directory
+                result.values[key] = str(path)
             elif _number(hit) is not None:
                 result.values[key] = _number(hit)
             break
@@ -230,7 +241,7 @@ def load_run(run_dir: Path, slot: Tuple[str, str], *, single_test: bool, train: 
             f"{BACKBONES[backbone]} {test}: trained on {'+'.join(train)}; the paper trains on {'+'.join(sorted(expected))}"
         )
     if not result.values:
-        result.notes.append(f"{metrics_path}: no {dataset} metrics found")
+        result.notes.append(f"{run_dir}: no {dataset} metrics found in {', '.join(p.name for p in sources)}")
     return result
 
 

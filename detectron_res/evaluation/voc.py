@@ -39,7 +39,6 @@ Metrics are reported in percent (AP x 100), as the paper's tables are.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
@@ -96,7 +95,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 # ----------------------------------------------------------------------------
 # AP from a precision/recall curve
 # ----------------------------------------------------------------------------
-def voc_ap(recall: np.ndarray, precision: np.ndarray, *, use_07_metric: bool) -> float:
+def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> float:
     """Average precision of one class from its cumulative recall/precision arrays.
 
     Args:
@@ -852,7 +851,8 @@ class VOCEvaluator(DatasetEvaluator):
         submission_only: True when the test labels are not public (VOC2012 test): no
             AP is computed; the comp4 files are written to ``output_dir`` and packed
             into ``output_dir/voc<year>_<split>_submission.tar.gz`` for the
-            evaluation server. ``None`` = True exactly for year 2012, split "test".
+            evaluation server. ``None`` = True when ``dataset.extra["images_only"]`` is
+            set or for year 2012, split "test".
 
     ``evaluate()`` returns (percent): ``mAP50`` (the VOC metric), ``mAP75``,
     ``mAP50_95``, ``per_class``, ``per_class_50_95`` (see :func:`evaluate_voc`); in
@@ -887,7 +887,8 @@ class VOCEvaluator(DatasetEvaluator):
             use_07_metric = use_07_metric_for_year(self.year)
         self.use_07_metric = bool(use_07_metric)
         if submission_only is None:
-            submission_only = self.year == "2012" and self.split == "test"
+            # the data catalog marks splits without public labels with extra["images_only"]
+            submission_only = bool(extra.get("images_only")) or (self.year == "2012" and self.split == "test")
         self.submission_only = bool(submission_only)
         self.output_dir = Path(output_dir) if output_dir is not None else None
         if self.submission_only and self.output_dir is None:
@@ -915,7 +916,8 @@ class VOCEvaluator(DatasetEvaluator):
             num = sum(len(d["scores"]) for d in detections.values())
             logger.info("VOC%s %s: labels are not public; results for the evaluation server: %s", year, self.split,
                         archive)  # fmt: skip
-            return {"submission": str(archive), "num_detections": num}
+            # absolute: the path stays valid wherever the metrics file is read from
+            return {"submission": str(archive.resolve()), "num_detections": num}
         if self.output_dir is not None:
             write_comp4(self.output_dir / "comp4", self.split, class_names, detections)
         gt = VOCGroundTruth.from_dataset(self.dataset)

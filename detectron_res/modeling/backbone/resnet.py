@@ -306,7 +306,9 @@ class BasicStem(nn.Module):
     Input ``(N, in_channels, H, W)``; output ``(N, out_channels, ~H/4, ~W/4)``.
     """
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 64, *, norm: str = "BN", pool: str = "torchvision") -> None:
+    def __init__(
+        self, in_channels: int = 3, out_channels: int = 64, *, norm: str = "BN", pool: str = "torchvision"
+    ) -> None:
         super().__init__()
         _check_choice(pool, STEM_POOLS, "stem_pool")
         self.out_channels = out_channels
@@ -435,14 +437,15 @@ class ResNet(nn.Module):
         """Freeze the first ``freeze_at`` stages of ``stem, res2..res5`` (see the class doc).
 
         Frozen stages get ``requires_grad=False`` and FrozenBN instead of BN, so their
-        statistics stay fixed in train mode too. Returns ``self``.
+        statistics stay fixed in train mode too. Freezing is not undone by a later
+        call with a smaller ``freeze_at``. Returns ``self``.
         """
         if not isinstance(freeze_at, int) or not 0 <= freeze_at <= len(STAGE_NAMES):
             raise ValueError(
                 f"freeze_at must be an int in 0..{len(STAGE_NAMES)} (0 trains everything, "
                 f"1 freezes the stem, 2 stem+res2, ...), got {freeze_at!r}"
             )
-        self.freeze_at = freeze_at
+        self.freeze_at = max(freeze_at, getattr(self, "freeze_at", 0))
         for name in STAGE_NAMES[:freeze_at]:
             if name in self.stage_names:
                 _freeze_module(getattr(self, name))

@@ -1,0 +1,277 @@
+"""Command-line tests of tools/infer.py: every input kind, broken files, model discovery.
+
+Inputs are generated in a temporary folder; the model is the tiny random
+detector of test_predictor.py. References: the model called directly on pixels
+decoded independently (OpenCV / Pillow), and the files' known sizes.
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from test_predictor import CLASS_NAMES, make_tiny_checkpoint, reference_detections, synthetic_image
+
+ROOT = Path(__file__).resolve().parent.parent
+INFER = ROOT / "tools" / "infer.py"
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("infer_tool", INFER)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+infer = _load_tool()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "model_final.pth")
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    from detectron_res.predictor import Predictor
+
+    # The Predictor's model: eval mode, FrozenBN folded; score threshold of the config (0.05).
+    return Predictor(checkpoint, device="cpu", score_thresh=0.05).model
+
+
+def _jpeg_bytes(image):
+    ok, buf = cv2.imencode(".jpg", image)
+    assert ok
+    return buf.tobytes()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Every kind of input, good and bad. Returns (folder, {name: (path, (H, W)) or None for bad})."""
+    d = tmp_path_factory.mktemp("inputs")
+    good = {}
+
+    def put(name, size):
+        good[name] = (d / name, size)
+
+    img = synthetic_image(90, 120, seed=1)
+    cv2.imwrite(str(d / "photo.jpg"), img), put("photo.jpg", (90, 120))
+    cv2.imwrite(str(d / "drawing.png"), synthetic_image(70, 100, seed=2)), put("drawing.png", (70, 100))
+    cv2.imwrite(str(d / "bitmap.bmp"), synthetic_image(64, 80, seed=3)), put("bitmap.bmp", (64, 80))
+    cv2.imwrite(str(d / "web.webp"), synthetic_image(60, 90, seed=4)), put("web.webp", (60, 90))
+    cv2.imwrite(str(d / "gray.png"), synthetic_image(75, 75, seed=5)[:, :, 0]), put("gray.png", (75, 75))
+    rgba = np.dstack([synthetic_image(66, 88, seed=6)[:, :, ::-1], np.linspace(0, 255, 88, dtype=np.uint8)[None].repeat(66, 0)])
+    Image.fromarray(rgba, "RGBA").save(d / "alpha.png"), put("alpha.png", (66, 88))
+    deep = (synthetic_image(50, 70, seed=7)[:, :, 1].astype(np.uint16) * 257)
+    cv2.imwrite(str(d / "deep16.png"), deep), put("deep16.png", (50, 70))
+    deep_color = synthetic_image(52, 72, seed=8).astype(np.uint16) * 257
+    cv2.imwrite(str(d / "deep16_color.png"), deep_color), put("deep16_color.png", (52, 72))
+    # Stored as 48 wide x 32 high with EXIF orientation 6 (rotate 90 clockwise to view):
+    # the viewer, and the detector, see 32 wide x 48 high.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(synthetic_image(32, 48, seed=9)[:, :, ::-1]).save(d / "rotated.jpg", exif=exif.tobytes())
+    put("rotated.jpg", (48, 32))
+    cv2.imwrite(str(d / "dot.png"), np.full((1, 1, 3), 200, np.uint8)), put("dot.png", (1, 1))
+    cv2.imwrite(str(d / "tiny.bmp"), synthetic_image(2, 3, seed=10)), put("tiny.bmp", (2, 3))
+    large = cv2.resize(synthetic_image(60, 80, seed=11), (4000, 3000), interpolation=cv2.INTER_NEAREST)
+    cv2.imwrite(str(d / "large.jpg"), large), put("large.jpg", (3000, 4000))
+    writer = cv2.VideoWriter(str(d / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (96, 64))
+    for i in range(4):
+        writer.write(synthetic_image(64, 96, seed=20 + i))
+    writer.release()
+    put("clip.avi", (64, 96))
+
+    bad = d / "bad"
+    bad.mkdir()
+    full = _jpeg_bytes(synthetic_image(80, 80, seed=12))
+    (bad / "truncated.jpg").write_bytes(full[: len(full) // 2])
+    (bad / "empty.png").write_bytes(b"")
+    (bad / "notes.jpg").write_text("this is not an image\n")
+    (bad / "junk.webp").write_bytes(np.random.default_rng(0).integers(0, 255, 300, dtype=np.uint8).tobytes())
+    (bad / "broken.mp4").write_text("not a video either\n")
+    (bad / "readme.txt").write_text("a text file in a folder is ignored, not an error\n")
+    return d, good
+
+
+def _run(argv, capsys):
+    code = infer.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_all_input_kinds_and_broken_files(inputs, checkpoint, model, tmp_path, capsys):
+    folder, good = inputs
+    out_dir = tmp_path / "out"
+    bad = folder / "bad"
+    args = [folder, str(bad), str(bad / "readme.txt"), str(folder / "missing.jpg"), str(folder / "*.nomatch")]
+    code, stdout, stderr = _run(args + ["--weights", checkpoint, "--output", out_dir, "--score-thresh", "0.05", "-q"], capsys)
+
+    # Something failed -> exit status 1, and every broken input is named on stderr.
+    assert code == 1, stderr
+    for name in ["truncated.jpg", "empty.png", "notes.jpg", "junk.webp", "broken.mp4", "readme.txt", "missing.jpg", "*.nomatch"]:
+        assert name in stderr, f"{name} not reported:\n{stderr}"
+    summary = json.loads((out_dir / "predictions.json").read_text())
+    failed = {Path(f["file_name"]).name for f in summary["failed"]}
+    assert failed == {"truncated.jpg", "empty.png", "notes.jpg", "junk.webp", "broken.mp4", "readme.txt", "missing.jpg", "*.nomatch"}
+
+    # The summary line: images, video frames, detections, throughput.
+    assert "12 image(s)" in stdout and "1 video(s) (4 frames)" in stdout and "images/s" in stdout
+
+    records = {Path(r["file_name"]).name: r for r in summary["images"]}
+    total = 0
+    for name, (path, (height, width)) in good.items():
+        if name == "clip.avi":
+            continue
+        record = json.loads((out_dir / f"{path.stem}.json").read_text())
+        assert record == records[name]
+        assert record["image_size"] == {"height": height, "width": width}, name
+        annotated = cv2.imread(record["annotated_image"], cv2.IMREAD_UNCHANGED)
+        assert annotated is not None and annotated.shape == (height, width, 3), name
+        for det in record["detections"]:
+            x1, y1, x2, y2 = det["box"]
+            assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height, (name, det)
+            assert det["class_name"] == CLASS_NAMES[det["label"] - 1] and det["score"] >= 0.05
+        total += len(record["detections"])
+    assert total > 0  # the tiny model does detect things on these images
+
+    video = json.loads((out_dir / "clip.json").read_text())
+    assert video["num_frames"] == 4 and [f["frame"] for f in video["frames"]] == [0, 1, 2, 3]
+    assert video["image_size"] == {"height": 64, "width": 96}
+    capture = cv2.VideoCapture(video["annotated_video"])
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    capture.release()
+    assert frames == 4
+
+
+def test_boxes_are_in_original_image_pixels(inputs, checkpoint, model, tmp_path, capsys):
+    """JSON boxes equal the model's output on independently decoded pixels (EXIF applied by hand)."""
+    folder, good = inputs
+    out_dir = tmp_path / "out"
+    names = ["large.jpg", "rotated.jpg", "gray.png"]
+    code, _, stderr = _run([good[n][0] for n in names] + ["--weights", checkpoint, "--output", out_dir, "--score-thresh", "0.05"], capsys)
+    assert code == 0, stderr
+    decoded = {
+        "large.jpg": cv2.imread(str(good["large.jpg"][0]), cv2.IMREAD_COLOR),
+        # EXIF orientation 6: rotate the stored pixels 90 degrees clockwise.
+        "rotated.jpg": np.asarray(Image.open(good["rotated.jpg"][0]).convert("RGB"))[:, :, ::-1].transpose(1, 0, 2)[:, ::-1],
+        "gray.png": cv2.cvtColor(cv2.imread(str(good["gray.png"][0]), cv2.IMREAD_GRAYSCALE), cv2.COLOR_GRAY2BGR),
+    }
+    for name in names:
+        record = json.loads((out_dir / f"{Path(name).stem}.json").read_text())
+        boxes, scores, labels = reference_detections(model, decoded[name], 0.05)
+        assert len(record["detections"]) == len(boxes) > 0, name
+        np.testing.assert_allclose([d["box"] for d in record["detections"]], boxes, atol=2e-3)
+        np.testing.assert_allclose([d["score"] for d in record["detections"]], scores, atol=2e-6)
+        assert [d["label"] for d in record["detections"]] == labels.tolist()
+    # The large image's boxes are in its 4000 x 3000 pixels, not the 96 x 72 the model ran at.
+    large = json.loads((out_dir / "large.json").read_text())
+    assert max(d["box"][2] for d in large["detections"]) > 500
+
+
+def test_annotated_image_shows_boxes_in_class_colors(inputs, checkpoint, tmp_path, capsys):
+    from detectron_res.visualize import class_color
+
+    path = inputs[1]["drawing.png"][0]
+    code, _, _ = _run([path, "--weights", checkpoint, "--output", tmp_path, "--score-thresh", "0.3"], capsys)
+    assert code == 0
+    record = json.loads((tmp_path / "drawing.json").read_text())
+    annotated = cv2.imread(record["annotated_image"])
+    original = cv2.imread(str(path))
+    assert record["detections"], "expected detections above 0.3"
+    best = record["detections"][0]  # drawn last, so fully visible
+    x1, y1, x2, y2 = best["box"]
+    left, mid_y = int(np.floor(x1)), int((y1 + y2) / 2)
+    assert tuple(int(v) for v in annotated[mid_y, left]) == class_color(best["label"])
+    assert not np.array_equal(annotated, original)
+
+
+def test_batch_size_gives_same_detections_for_same_size_images(inputs, checkpoint, tmp_path, capsys):
+    folder = tmp_path / "same"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"im{i}.png"), synthetic_image(64, 96, seed=30 + i))
+    results = {}
+    for batch in (1, 2):
+        code, _, _ = _run([folder, "--weights", checkpoint, "--output", tmp_path / f"b{batch}", "--batch-size", batch, "-q"], capsys)
+        assert code == 0
+        results[batch] = json.loads((tmp_path / f"b{batch}" / "predictions.json").read_text())["images"]
+    for a, b in zip(results[1], results[2]):
+        assert [d["label"] for d in a["detections"]] == [d["label"] for d in b["detections"]]
+        np.testing.assert_allclose([d["box"] for d in a["detections"]], [d["box"] for d in b["detections"]], atol=1e-2)
+
+
+def test_name_collisions_get_unique_outputs(checkpoint, tmp_path, capsys):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        cv2.imwrite(str(tmp_path / sub / "same.png"), synthetic_image(64, 64, seed=ord(sub)))
+    out = tmp_path / "out"
+    code, _, _ = _run([tmp_path / "a" / "same.png", tmp_path / "b" / "same.png", "--weights", checkpoint, "--output", out, "-q"], capsys)
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["predictions.json", "same.json", "same.png", "same_2.json", "same_2.png"]
+    # Writing the results next to the inputs never overwrites an input.
+    code, _, _ = _run([tmp_path / "a" / "same.png", "--weights", checkpoint, "--output", tmp_path / "a", "-q"], capsys)
+    assert code == 0 and (tmp_path / "a" / "same_annotated.png").is_file()
+    assert np.array_equal(cv2.imread(str(tmp_path / "a" / "same.png")), synthetic_image(64, 64, seed=ord("a")))
+
+
+def test_usage_errors(inputs, checkpoint, tmp_path, capsys, monkeypatch):
+    photo = inputs[1]["photo.jpg"][0]
+    # No trained model anywhere: exit 2 with a message that says how to get one.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DETECTRON_RES_OUTPUT", raising=False)
+    code, _, stderr = _run([photo], capsys)
+    assert code == 2 and "no trained model found" in stderr and "make demo" in stderr and "--weights" in stderr
+    # Config overrides after the inputs; a wrong key is named.
+    code, stdout, _ = _run([photo, "--weights", checkpoint, "--print-config", "input.min_size_test=48"], capsys)
+    assert code == 0 and "min_size_test: 48" in stdout
+    code, _, stderr = _run([photo, "--weights", checkpoint, "input.min_size_tst=48"], capsys)
+    assert code == 2 and "input.min_size_tst" in stderr
+    if not torch.cuda.is_available():
+        code, _, stderr = _run([photo, "--weights", checkpoint, "--device", "cuda"], capsys)
+        assert code == 2 and "no CUDA GPU" in stderr
+    code, _, stderr = _run([tmp_path / "nothing_here.jpg", "--weights", checkpoint], capsys)
+    assert code == 1 and "nothing_here.jpg" in stderr
+    with pytest.raises(SystemExit):
+        infer.main([str(photo), "--batch-size", "0"])
+
+
+def test_command_line_uses_latest_trained_model(inputs, checkpoint, tmp_path):
+    """The real entry point, as a user runs it: no --weights, newest output/*/last_checkpoint."""
+    photo = inputs[1]["photo.jpg"][0]
+    for name, age in (("older_run", 100), ("newer_run", 0)):
+        run = tmp_path / "output" / name
+        run.mkdir(parents=True)
+        (run / "model_final.pth").write_bytes(checkpoint.read_bytes())
+        (run / "last_checkpoint").write_text("model_final.pth")
+        mtime = (run / "last_checkpoint").stat().st_mtime - age
+        os.utime(run / "last_checkpoint", (mtime, mtime))
+    env = {k: v for k, v in os.environ.items() if k != "DETECTRON_RES_OUTPUT"}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(
+        [sys.executable, str(INFER), str(photo)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert str(Path("output") / "newer_run" / "model_final.pth") in proc.stdout
+    assert "most recent" in proc.stdout
+    record = json.loads((tmp_path / "output" / "infer" / "photo.json").read_text())
+    assert record["image_size"] == {"height": 90, "width": 120}
+    assert (tmp_path / "output" / "infer" / "photo.jpg").is_file()
