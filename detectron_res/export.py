@@ -38,6 +38,7 @@ pooler, res5 / fc head, predictor) for every learned or numerical step, so that
 the weights and the numerics are shared; ``tests/test_export.py`` checks that
 both give the same detections.
 """
+
 from __future__ import annotations
 
 import json
@@ -83,7 +84,10 @@ class ExportableDetector(nn.Module):
         super().__init__()
         for attr in ("preprocessor", "backbone", "backbone_feature", "rpn", "roi_heads"):
             if not hasattr(model, attr):
-                raise TypeError(f"ExportableDetector: expected a detectron_res FasterRCNN, got {type(model).__name__} without '{attr}'")
+                raise TypeError(
+                    f"ExportableDetector: expected a detectron_res FasterRCNN, "
+                    f"got {type(model).__name__} without '{attr}'"
+                )
         self.model = model.eval()
         pre = model.preprocessor
         self.min_size = float(pre.min_size[False])
@@ -194,7 +198,9 @@ def export_metadata(model: nn.Module, class_names: Sequence[str]) -> Dict[str, A
     """What a caller needs besides the graph (stored in the ONNX file and a sidecar JSON)."""
     return {
         "input": "image: uint8 [H, W, 3], channels in input_format order, one image per call",
-        "outputs": "boxes float32 [M, 4] x1,y1,x2,y2 original-image pixels; scores float32 [M]; labels int64 [M] in 1..K",
+        "outputs": (
+            "boxes float32 [M, 4] x1,y1,x2,y2 original-image pixels; scores float32 [M]; labels int64 [M] in 1..K"
+        ),
         "input_format": str(model.input_format),
         "class_names": [str(n) for n in class_names],
         "score_thresh": float(model.roi_heads.score_thresh),
@@ -306,7 +312,9 @@ class OnnxDetector:
 
     def __call__(self, image: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            what = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            what = (
+                f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            )
             raise TypeError(f"OnnxDetector: expected a uint8 image [H, W, 3], got {what}")
         boxes, scores, labels = self.session.run(None, {"image": np.ascontiguousarray(image)})
         return boxes, scores, labels

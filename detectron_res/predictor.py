@@ -16,6 +16,7 @@ Conventions: boxes are float32 ``x1, y1, x2, y2`` in absolute, 0-based continuou
 pixel coordinates of the ORIGINAL image (pixel ``i`` spans ``[i, i+1)``); labels
 are contiguous ids ``1..K`` and ``class_names[i]`` names label ``i + 1``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -166,9 +167,14 @@ def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
         raise ValueError(f"device {device!r} is not supported; expected auto, cpu, cuda or cuda:N")
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but no CUDA GPU is available (torch.cuda.is_available() is False); use --device cpu or auto")
+            raise ValueError(
+                f"device {device!r} requested but no CUDA GPU is available (torch.cuda.is_available() is False); "
+                "use --device cpu or auto"
+            )
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+            raise ValueError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA GPU(s) are visible"
+            )
     return resolved
 
 
@@ -198,7 +204,9 @@ def prepare_image(image: np.ndarray, *, format: str = "BGR", model_format: str =
     if image.ndim == 2:
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"expected an image of shape [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got {tuple(image.shape)}")
+        raise ValueError(
+            f"expected an image of shape [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got {tuple(image.shape)}"
+        )
     if image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
     elif image.shape[2] == 4:
@@ -265,7 +273,8 @@ class Predictor:
                 roots = " or ".join(f"{r}/*/last_checkpoint" for r in output_roots())
                 raise NoCheckpointError(
                     f"no trained model found (looked for {roots}); train the demo model with `make demo` "
-                    "(or tools/train_net.py --config ...), or name a trained checkpoint (--weights PATH; Predictor(PATH))"
+                    "(or tools/train_net.py --config ...), or name a trained checkpoint "
+                    "(--weights PATH; Predictor(PATH))"
                 )
             weights = found
             logger.info("using the most recent trained model: %s", found)
@@ -315,7 +324,9 @@ class Predictor:
         if report.unexpected:
             logger.warning(
                 "%s: %d checkpoint weights are not used by the model (first: %s)",
-                path, len(report.unexpected), report.unexpected[0],
+                path,
+                len(report.unexpected),
+                report.unexpected[0],
             )
         # eval() and, with model.fold_frozen_bn, FrozenBN folded into the convolutions.
         model.prepare_for_inference()
@@ -373,8 +384,16 @@ class Predictor:
         boxes = output["boxes"].detach().float().cpu()[keep][order].numpy().astype(np.float32)
         labels = output["labels"].detach().cpu()[keep][order].numpy().astype(np.int64)
         scores = scores[keep][order].numpy().astype(np.float32)
-        names = [self.class_names[int(l) - 1] if 1 <= int(l) <= len(self.class_names) else f"class_{int(l)}" for l in labels]
-        return Detections(boxes=boxes, scores=scores, labels=labels, class_names=names, image_size=(int(image_size[0]), int(image_size[1])))
+        names = [
+            self.class_names[int(l) - 1] if 1 <= int(l) <= len(self.class_names) else f"class_{int(l)}" for l in labels
+        ]
+        return Detections(
+            boxes=boxes,
+            scores=scores,
+            labels=labels,
+            class_names=names,
+            image_size=(int(image_size[0]), int(image_size[1])),
+        )
 
 
 def _apply_overrides(cfg: Any, overrides: Iterable[str]) -> Any:

@@ -17,6 +17,7 @@ Design choices, each for legibility on any photograph:
 * line width and font size scale with the image, so a 64-pixel thumbnail and a
   4000-pixel photograph both look right.
 """
+
 from __future__ import annotations
 
 import colorsys

@@ -4,7 +4,11 @@ References: Table 1 of the ResNet paper (multiply-adds at 224x224), PAPER_FACTS'
 torchvision v1.5 figure (4.1e9 for ResNet-50) and VGG-16 (15.3e9), hand-computed
 convolution costs, and torchvision's parameter counts.
 """
+import importlib.util
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +16,16 @@ from torch import nn
 
 from detectron_res.analysis import count_macs, count_parameters, default_stages
 from detectron_res.modeling.backbone import VGG16, ResNet
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_tool(name):
+    """Import tools/<name>.py by path (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"_tool_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True)
@@ -111,14 +125,18 @@ def test_default_stages_split_a_backbone_child():
 
 
 def test_analyze_model_tool_bare_backbone(capsys):
-    from tools.analyze_model import main
-
-    assert main(["--arch", "resnet18", "--mode", "msra", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    # As a user runs it: stdout must be exactly one JSON object.
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "analyze_model.py"), "--arch", "resnet18", "--mode", "msra", "--json"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
     assert report["params"] == 11_689_512
     assert abs(report["macs"] - 1.8e9) / 1.8e9 < 0.03
     assert report["input_size"] == [224, 224] and "res5" in report["stages"]
 
+    main = load_tool("analyze_model").main
     assert main(["--arch", "cifar_resnet56", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert round(report["params"] / 1e6, 2) == 0.85  # Table 6
@@ -127,7 +145,7 @@ def test_analyze_model_tool_bare_backbone(capsys):
 
 
 def test_analyze_model_tool_detector_config(capsys):
-    from tools.analyze_model import main
+    main = load_tool("analyze_model").main
 
     overrides = [
         "model.backbone.depth=18", "model.backbone.base_channels=32", "model.rpn.post_nms_topk_test=12",

@@ -1,9 +1,11 @@
 """Export parity: the ONNX graph (run by onnxruntime) and the TorchScript module give
 the detections of the PyTorch model: same count, same labels, scores within 1e-4,
 boxes within 1e-3 relative (to the image size), on images of several sizes."""
+
 import importlib.util
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +79,9 @@ def test_torchscript_matches_pytorch(tmp_path):
 
     predictor = _predictor(tmp_path / "model.pth")
     path = export_torchscript(predictor.model, tmp_path / "model.pt")
-    module = torch.jit.load(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in recent PyTorch
+        module = torch.jit.load(str(path))
     for seed, size in enumerate(SIZES):
         image = synthetic_image(*size, seed=seed)
         with torch.no_grad():
@@ -102,7 +106,19 @@ def test_export_command_line(tmp_path, capsys):
     sidecar = json.loads((tmp_path / "model_final.onnx.json").read_text())
     assert sidecar["class_names"] == CLASS_NAMES and sidecar["score_thresh"] == pytest.approx(0.05)
     # Overrides reach the exported graph: a smaller test scale changes the detections.
-    assert tool.main(["--weights", str(weights), "--output", str(tmp_path / "small.onnx"), "input.min_size_test=32", "input.max_size_test=48"]) == 0
+    assert (
+        tool.main(
+            [
+                "--weights",
+                str(weights),
+                "--output",
+                str(tmp_path / "small.onnx"),
+                "input.min_size_test=32",
+                "input.max_size_test=48",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "small.onnx.json").read_text())["min_size_test"] == 32
     assert tool.main(["--weights", str(weights), "--format", "tflite"]) == 2
     assert "tflite" in capsys.readouterr().err

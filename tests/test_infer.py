@@ -4,6 +4,7 @@ Inputs are generated in a temporary folder; the model is the tiny random
 detector of test_predictor.py. References: the model called directly on pixels
 decoded independently (OpenCV / Pillow), and the files' known sizes.
 """
+
 import importlib.util
 import json
 import os
@@ -76,9 +77,11 @@ def inputs(tmp_path_factory):
     cv2.imwrite(str(d / "bitmap.bmp"), synthetic_image(64, 80, seed=3)), put("bitmap.bmp", (64, 80))
     cv2.imwrite(str(d / "web.webp"), synthetic_image(60, 90, seed=4)), put("web.webp", (60, 90))
     cv2.imwrite(str(d / "gray.png"), synthetic_image(75, 75, seed=5)[:, :, 0]), put("gray.png", (75, 75))
-    rgba = np.dstack([synthetic_image(66, 88, seed=6)[:, :, ::-1], np.linspace(0, 255, 88, dtype=np.uint8)[None].repeat(66, 0)])
+    rgba = np.dstack(
+        [synthetic_image(66, 88, seed=6)[:, :, ::-1], np.linspace(0, 255, 88, dtype=np.uint8)[None].repeat(66, 0)]
+    )
     Image.fromarray(rgba, "RGBA").save(d / "alpha.png"), put("alpha.png", (66, 88))
-    deep = (synthetic_image(50, 70, seed=7)[:, :, 1].astype(np.uint16) * 257)
+    deep = synthetic_image(50, 70, seed=7)[:, :, 1].astype(np.uint16) * 257
     cv2.imwrite(str(d / "deep16.png"), deep), put("deep16.png", (50, 70))
     deep_color = synthetic_image(52, 72, seed=8).astype(np.uint16) * 257
     cv2.imwrite(str(d / "deep16_color.png"), deep_color), put("deep16_color.png", (52, 72))
@@ -121,15 +124,35 @@ def test_all_input_kinds_and_broken_files(inputs, checkpoint, model, tmp_path, c
     out_dir = tmp_path / "out"
     bad = folder / "bad"
     args = [folder, str(bad), str(bad / "readme.txt"), str(folder / "missing.jpg"), str(folder / "*.nomatch")]
-    code, stdout, stderr = _run(args + ["--weights", checkpoint, "--output", out_dir, "--score-thresh", "0.05", "-q"], capsys)
+    code, stdout, stderr = _run(
+        args + ["--weights", checkpoint, "--output", out_dir, "--score-thresh", "0.05", "-q"], capsys
+    )
 
     # Something failed -> exit status 1, and every broken input is named on stderr.
     assert code == 1, stderr
-    for name in ["truncated.jpg", "empty.png", "notes.jpg", "junk.webp", "broken.mp4", "readme.txt", "missing.jpg", "*.nomatch"]:
+    for name in [
+        "truncated.jpg",
+        "empty.png",
+        "notes.jpg",
+        "junk.webp",
+        "broken.mp4",
+        "readme.txt",
+        "missing.jpg",
+        "*.nomatch",
+    ]:
         assert name in stderr, f"{name} not reported:\n{stderr}"
     summary = json.loads((out_dir / "predictions.json").read_text())
     failed = {Path(f["file_name"]).name for f in summary["failed"]}
-    assert failed == {"truncated.jpg", "empty.png", "notes.jpg", "junk.webp", "broken.mp4", "readme.txt", "missing.jpg", "*.nomatch"}
+    assert failed == {
+        "truncated.jpg",
+        "empty.png",
+        "notes.jpg",
+        "junk.webp",
+        "broken.mp4",
+        "readme.txt",
+        "missing.jpg",
+        "*.nomatch",
+    }
 
     # The summary line: images, video frames, detections, throughput.
     assert "12 image(s)" in stdout and "1 video(s) (4 frames)" in stdout and "images/s" in stdout
@@ -167,12 +190,16 @@ def test_boxes_are_in_original_image_pixels(inputs, checkpoint, model, tmp_path,
     folder, good = inputs
     out_dir = tmp_path / "out"
     names = ["large.jpg", "rotated.jpg", "gray.png"]
-    code, _, stderr = _run([good[n][0] for n in names] + ["--weights", checkpoint, "--output", out_dir, "--score-thresh", "0.05"], capsys)
+    code, _, stderr = _run(
+        [good[n][0] for n in names] + ["--weights", checkpoint, "--output", out_dir, "--score-thresh", "0.05"], capsys
+    )
     assert code == 0, stderr
     decoded = {
         "large.jpg": cv2.imread(str(good["large.jpg"][0]), cv2.IMREAD_COLOR),
         # EXIF orientation 6: rotate the stored pixels 90 degrees clockwise.
-        "rotated.jpg": np.asarray(Image.open(good["rotated.jpg"][0]).convert("RGB"))[:, :, ::-1].transpose(1, 0, 2)[:, ::-1],
+        "rotated.jpg": np.asarray(Image.open(good["rotated.jpg"][0]).convert("RGB"))[:, :, ::-1].transpose(1, 0, 2)[
+            :, ::-1
+        ],
         "gray.png": cv2.cvtColor(cv2.imread(str(good["gray.png"][0]), cv2.IMREAD_GRAYSCALE), cv2.COLOR_GRAY2BGR),
     }
     for name in names:
@@ -211,7 +238,9 @@ def test_batch_size_gives_same_detections_for_same_size_images(inputs, checkpoin
         cv2.imwrite(str(folder / f"im{i}.png"), synthetic_image(64, 96, seed=30 + i))
     results = {}
     for batch in (1, 2):
-        code, _, _ = _run([folder, "--weights", checkpoint, "--output", tmp_path / f"b{batch}", "--batch-size", batch, "-q"], capsys)
+        code, _, _ = _run(
+            [folder, "--weights", checkpoint, "--output", tmp_path / f"b{batch}", "--batch-size", batch, "-q"], capsys
+        )
         assert code == 0
         results[batch] = json.loads((tmp_path / f"b{batch}" / "predictions.json").read_text())["images"]
     for a, b in zip(results[1], results[2]):
@@ -224,9 +253,18 @@ def test_name_collisions_get_unique_outputs(checkpoint, tmp_path, capsys):
         (tmp_path / sub).mkdir()
         cv2.imwrite(str(tmp_path / sub / "same.png"), synthetic_image(64, 64, seed=ord(sub)))
     out = tmp_path / "out"
-    code, _, _ = _run([tmp_path / "a" / "same.png", tmp_path / "b" / "same.png", "--weights", checkpoint, "--output", out, "-q"], capsys)
+    code, _, _ = _run(
+        [tmp_path / "a" / "same.png", tmp_path / "b" / "same.png", "--weights", checkpoint, "--output", out, "-q"],
+        capsys,
+    )
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["predictions.json", "same.json", "same.png", "same_2.json", "same_2.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "predictions.json",
+        "same.json",
+        "same.png",
+        "same_2.json",
+        "same_2.png",
+    ]
     # Writing the results next to the inputs never overwrites an input.
     code, _, _ = _run([tmp_path / "a" / "same.png", "--weights", checkpoint, "--output", tmp_path / "a", "-q"], capsys)
     assert code == 0 and (tmp_path / "a" / "same_annotated.png").is_file()

@@ -1,4 +1,5 @@
 """Tests of detectron_res.visualize: class colours, text contrast, drawing geometry."""
+
 import itertools
 
 import numpy as np
@@ -79,7 +80,9 @@ def test_lowest_score_drawn_first_so_best_is_on_top():
 def test_empty_tiny_and_out_of_image_boxes():
     image = np.random.default_rng(0).integers(0, 255, (3, 4, 3), dtype=np.uint8)
     assert np.array_equal(draw_detections(image, np.zeros((0, 4)), np.zeros((0,))), image)
-    out = draw_detections(image, np.array([[-5.0, -5.0, 50.0, 50.0], [np.nan, 0, 1, 1]]), np.array([1, 2]), np.array([0.5, 0.4]))
+    out = draw_detections(
+        image, np.array([[-5.0, -5.0, 50.0, 50.0], [np.nan, 0, 1, 1]]), np.array([1, 2]), np.array([0.5, 0.4])
+    )
     assert out.shape == image.shape and out.dtype == np.uint8
     big = np.zeros((3000, 4000, 3), np.uint8)
     out = draw_detections(big, np.array([[100.0, 100.0, 2000.0, 1500.0]]), np.array([2]), np.array([0.7]), ["a", "b"])

@@ -4,6 +4,7 @@ The model is a tiny, randomly initialized ResNet-18 C4 detector saved in the
 training engine's checkpoint format; the reference for every comparison is the
 ``FasterRCNN`` module called directly on independently decoded pixels.
 """
+
 import os
 import time
 from pathlib import Path
@@ -63,9 +64,7 @@ def synthetic_image(height, width, seed=0):
     """A smooth gradient with a few filled rectangles: image-like, deterministic, BGR uint8."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    image = np.stack(
-        [60 + 120 * xx / max(width, 1), 80 + 100 * yy / max(height, 1), np.full_like(xx, 140.0)], axis=2
-    )
+    image = np.stack([60 + 120 * xx / max(width, 1), 80 + 100 * yy / max(height, 1), np.full_like(xx, 140.0)], axis=2)
     for _ in range(3):
         x1, y1 = rng.integers(0, max(width - 1, 1)), rng.integers(0, max(height - 1, 1))
         x2 = min(width, x1 + rng.integers(max(width // 6, 1), max(width // 2, 2)))
@@ -206,7 +205,9 @@ def test_array_kinds(predictor):
 def test_rgb_model_reads_files_in_rgb(tmp_path):
     from detectron_res.predictor import Predictor
 
-    ckpt = make_tiny_checkpoint(tmp_path / "rgb.pth", ["model.input_format=RGB", "model.pixel_mean=[123.675,116.28,103.53]"])
+    ckpt = make_tiny_checkpoint(
+        tmp_path / "rgb.pth", ["model.input_format=RGB", "model.pixel_mean=[123.675,116.28,103.53]"]
+    )
     pred = Predictor(ckpt, device="cpu", score_thresh=0.1)
     assert pred.input_format == "RGB"
     image = synthetic_image(70, 90, seed=5)

@@ -185,7 +185,7 @@ def test_distributed_matches_single_process(tmp_path, data_root):
     for a, b in zip(single, ddp):
         assert a.keys() == b.keys()
         for k in a:
-            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), k
+            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), (k, single, ddp)
     assert_same_weights(final_weights(tmp_path / "ddp"), final_weights(tmp_path / "single"), rtol=1e-4, atol=1e-6)
     # only rank 0 wrote files
     assert not list((tmp_path / "ddp").glob("log_rank0*")) and (tmp_path / "ddp" / "log.txt").is_file()

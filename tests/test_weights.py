@@ -4,9 +4,11 @@ The references are torchvision's own models (same logits after conversion), a
 Detectron-format pickle written here with Caffe2 blob names, and hand-made
 malicious files that must be refused.
 """
+import importlib.util
 import os
 import pickle
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -393,7 +395,11 @@ def test_saved_weights_round_trip_with_their_settings(tmp_path, r50_blobs):
 
 
 def test_convert_weights_tool(tmp_path, capsys):
-    from tools.convert_weights import main
+    path = Path(__file__).resolve().parent.parent / "tools" / "convert_weights.py"
+    spec = importlib.util.spec_from_file_location("_tool_convert_weights", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    main = tool.main
 
     src = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), src)

@@ -16,6 +16,7 @@ inside. The caller decodes the file (EXIF rotation, grayscale...), maps labels t
 After writing, the tool runs the exported model and PyTorch on a test image and
 prints how far apart they are (``--no-check`` skips this).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,14 @@ EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Export a trained detector to ONNX or TorchScript.")
-    parser.add_argument("--weights", help="checkpoint written by training (default: the most recent output/*/last_checkpoint)")
+    parser.add_argument(
+        "--weights", help="checkpoint written by training (default: the most recent output/*/last_checkpoint)"
+    )
     parser.add_argument("--config", help="config file replacing the one stored in the checkpoint")
     parser.add_argument("--format", default="onnx", help="onnx (default) or torchscript")
-    parser.add_argument("--output", help="output file (default: next to the weights, <name>.onnx / <name>.torchscript.pt)")
+    parser.add_argument(
+        "--output", help="output file (default: next to the weights, <name>.onnx / <name>.torchscript.pt)"
+    )
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 16 (default 17)")
     parser.add_argument("--no-check", action="store_true", help="do not compare the exported model with PyTorch")
     parser.add_argument(
@@ -51,12 +56,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from detectron_res.predictor import NoCheckpointError, Predictor
 
     if args.format not in EXPORT_FORMATS:
-        print(f"error: --format {args.format!r} is not supported; expected one of {', '.join(EXPORT_FORMATS)}", file=sys.stderr)
+        print(
+            f"error: --format {args.format!r} is not supported; expected one of {', '.join(EXPORT_FORMATS)}",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     try:
         # score_thresh=1.0 keeps the config's own test threshold (the Predictor
         # lowers it only for smaller values); the exported graph applies it.
-        predictor = Predictor(args.weights, config=args.config, overrides=args.overrides, device="cpu", score_thresh=1.0)
+        predictor = Predictor(
+            args.weights, config=args.config, overrides=args.overrides, device="cpu", score_thresh=1.0
+        )
     except (NoCheckpointError, ConfigError, CheckpointError, FileNotFoundError, ValueError, TypeError) as e:
         text = str(e).strip().splitlines()
         print(f"error: {text[0] if text else type(e).__name__}", file=sys.stderr)
@@ -92,9 +102,7 @@ def _check(model, output: Path, fmt: str) -> int:
 
     rng = np.random.default_rng(0)
     # Smooth shapes on a gradient, at an aspect ratio unlike the tracing example.
-    image = np.clip(
-        np.linspace(0, 255, 160)[None, :, None] + rng.normal(0, 20, (120, 160, 3)), 0, 255
-    ).astype(np.uint8)
+    image = np.clip(np.linspace(0, 255, 160)[None, :, None] + rng.normal(0, 20, (120, 160, 3)), 0, 255).astype(np.uint8)
     with torch.no_grad():
         ref = model([torch.from_numpy(image).permute(2, 0, 1).float()])[0]
     if fmt == "onnx":

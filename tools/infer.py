@@ -22,6 +22,7 @@ Trailing ``section.key=value`` arguments override config keys (told apart from
 input files by the ``=`` after a dotted key; an existing file with such a name
 is still read as an input).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -243,18 +244,13 @@ class Runner:
     def _flush_images(self, batch: List[Tuple[InputFile, np.ndarray]]) -> None:
         try:
             results = self._predict([image for _, image in batch])
-        except Exception:
-            if len(batch) == 1:
-                item = batch[0][0]
-                try:
-                    self._predict([batch[0][1]])
-                except Exception as e:
-                    self.report(str(item.path), f"inference failed: {_one_line(e)}")
+        except Exception as e:
+            if len(batch) > 1:  # find the culprit: run the batch's images one at a time
+                for pair in batch:
+                    self._flush_images([pair])
+            else:
+                self.report(str(batch[0][0].path), f"inference failed: {_one_line(e)}")
                 self.progress.update(1)
-                return
-            # Find the culprit: run the batch's images one at a time.
-            for pair in batch:
-                self._flush_images([pair])
             return
         for (item, image), detections in zip(batch, results):
             try:
@@ -267,7 +263,9 @@ class Runner:
         from detectron_res.visualize import draw_detections
 
         stem = self.namer.stem_for(item.path)
-        annotated = draw_detections(image, detections.boxes, detections.labels, detections.scores, self.predictor.class_names)
+        annotated = draw_detections(
+            image, detections.boxes, detections.labels, detections.scores, self.predictor.class_names
+        )
         image_path = self.namer.image_path(stem, item.path)
         if not cv2.imwrite(str(image_path), annotated):
             raise OSError(f"OpenCV could not write {image_path}")
@@ -318,9 +316,12 @@ class Runner:
                     failed = f"inference failed on frame {index}: {_one_line(e)}"
                     break
                 for frame, detections in zip(batch, results):
-                    if frame.shape[:2] != size:  # a stream can change size; the writer cannot
-                        frame = cv2.resize(frame, (size[1], size[0]))
-                    writer.write(draw_detections(frame, detections.boxes, detections.labels, detections.scores, self.predictor.class_names))
+                    annotated = draw_detections(
+                        frame, detections.boxes, detections.labels, detections.scores, self.predictor.class_names
+                    )
+                    if annotated.shape[:2] != size:  # a stream can change size; the writer cannot
+                        annotated = cv2.resize(annotated, (size[1], size[0]))
+                    writer.write(annotated)
                     frames.append({"frame": index, "time_s": round(index / fps, 4), "detections": detections.to_list()})
                     self.stats.detections += len(detections)
                     index += 1
@@ -350,7 +351,9 @@ class Runner:
         self.stats.videos += 1
 
 
-def _open_video_writer(folder: Path, stem: str, fps: float, size: Tuple[int, int], taken) -> Tuple[Optional[cv2.VideoWriter], Optional[Path]]:
+def _open_video_writer(
+    folder: Path, stem: str, fps: float, size: Tuple[int, int], taken
+) -> Tuple[Optional[cv2.VideoWriter], Optional[Path]]:
     # mp4v is in every OpenCV FFmpeg build (H.264 often is not); MJPG/AVI is the fallback.
     for ext, codec in ((".mp4", "mp4v"), (".avi", "MJPG")):
         path = folder / f"{stem}{ext}"
@@ -432,7 +435,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     # Intermixed: inputs and key=value overrides may come before or after options.
     args = parser.parse_intermixed_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Warnings only: the tool prints which model it uses and a summary itself.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     if not 0.0 <= args.score_thresh <= 1.0:
@@ -513,7 +517,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "class_names": predictor.class_names,
         "box_format": BOX_FORMAT,
         "images": runner.records,
-        "videos": [{k: v for k, v in r.items() if k != "frames"} | {"json": f"{Path(r['annotated_video']).stem}.json"} for r in runner.video_records],
+        "videos": [
+            {k: v for k, v in r.items() if k != "frames"} | {"json": f"{Path(r['annotated_video']).stem}.json"}
+            for r in runner.video_records
+        ],
         "failed": [{"file_name": f.name, "reason": f.reason} for f in stats.failures],
     }
     _write_json(output_dir / "predictions.json", summary)

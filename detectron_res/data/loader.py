@@ -327,8 +327,31 @@ def _worker_init(worker_id: int) -> None:
     seed = torch.initial_seed() % (2**32)
     random.seed(seed)
     np.random.seed(seed)
-    # OpenCV's own thread pool inside each worker would oversubscribe the CPUs.
+    # One OpenCV thread per worker: the workers are the parallelism (a pool in each
+    # would oversubscribe the CPUs). The parent's pool was shut down before the fork
+    # (_ForkSafeDataLoader), so this does not touch inherited, dead threads.
     cv2.setNumThreads(1)
+
+
+class _ForkSafeDataLoader(DataLoader):
+    """A DataLoader whose worker processes never inherit OpenCV's thread pool.
+
+    OpenCV runs ``cv2.resize`` on a thread pool once images are large enough (the
+    paper's 600 x 1000 inputs are). Forking a process while that pool exists leaves
+    the child with a pool whose threads are gone, and its first OpenCV call
+    deadlocks. The pool is therefore shut down (``setNumThreads(0)``) while the
+    workers are forked, and restored right after.
+    """
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            return super().__iter__()
+        previous = cv2.getNumThreads()
+        cv2.setNumThreads(0)
+        try:
+            return super().__iter__()
+        finally:
+            cv2.setNumThreads(previous)
 
 
 def _group_ids(records: Sequence[ImageRecord]) -> List[int]:
@@ -425,7 +448,7 @@ def build_train_loader(
     def make_loader():
         g = torch.Generator()
         g.manual_seed(seed * 1000 + rank)
-        return DataLoader(
+        return _ForkSafeDataLoader(
             map_ds,
             batch_sampler=_SkipBatches(batch_sampler, start_iter),
             num_workers=num_workers,
@@ -463,7 +486,7 @@ def build_test_loader(
     transform = build_transforms(is_train=False, min_sizes=[min_size], max_size=max_size)
     map_ds = DetectionMapDataset(dataset.records, transform, is_train=False, input_format=input_format)
     sampler = InferenceSampler(len(dataset), rank=rank, world_size=world_size)
-    return DataLoader(
+    return _ForkSafeDataLoader(
         map_ds,
         batch_sampler=_InferenceBatchSampler(sampler, images_per_batch),
         num_workers=num_workers,
