@@ -78,7 +78,8 @@ def output_dir_for(cfg, args) -> Path:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    # Options may come before, between or after the key=value overrides.
+    args = build_parser().parse_intermixed_args(argv)
     cfg = config_from_args(args)
     output_dir = output_dir_for(cfg, args)
     cfg.output_dir = str(output_dir)

@@ -163,19 +163,25 @@ def initialize_weights(model: nn.Module, source: str, cfg, *, class_names: Seque
         state = load_checkpoint(path)
         sd = dict(state["model"])
         ckpt_names = list(state.get("class_names") or [])
-        dropped = []
+        own = model.state_dict()
+        same_shape_dropped = []
         if class_names is not None and ckpt_names and list(class_names) != ckpt_names:
             # Same number of classes but another label space: copying the rows
             # would silently map class i of the checkpoint to class i here.
-            dropped = [k for k in sd if k.startswith(CLASS_SPECIFIC_PREFIXES)]
-            for k in dropped:
+            same_shape_dropped = [k for k in sd if k.startswith(CLASS_SPECIFIC_PREFIXES) and k in own
+                                  and tuple(own[k].shape) == tuple(sd[k].shape)]
+            for k in same_shape_dropped:
                 del sd[k]
         report: LoadReport = load_model_weights(model, sd)
-        if dropped and not report.skipped_shape:
-            logger.info("Checkpoint classes %s differ from the dataset's %s: class-specific layers re-initialized "
-                        "(%s)", ckpt_names[:5], list(class_names)[:5], ", ".join(dropped))
-        logger.info("Detector weights from %s (iteration %s): %s", path, state.get("iteration"), report.summary())
-        return f"detector checkpoint {path} ({len(report.loaded)} tensors, {len(report.skipped_shape) + len(dropped)} re-initialized)"
+        report.missing = [k for k in report.missing if k not in same_shape_dropped]
+        text = report.summary()
+        if same_shape_dropped:
+            text += (f"\nre-initialized {len(same_shape_dropped)} class-specific tensors because the checkpoint's "
+                     f"classes {ckpt_names[:5]} differ from the dataset's {list(class_names)[:5]}: "
+                     + ", ".join(same_shape_dropped))
+        logger.info("Detector weights from %s (iteration %s): %s", path, state.get("iteration"), text)
+        num_reinit = len(report.skipped_shape) + len(same_shape_dropped)
+        return f"detector checkpoint {path} ({len(report.loaded)} tensors loaded, {num_reinit} re-initialized)"
     from ..weights import load_imagenet_weights
 
     weights = load_imagenet_weights(source, arch=_imagenet_arch(cfg))

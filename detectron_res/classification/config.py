@@ -1,0 +1,369 @@
+"""The classifier's configuration schema and loader.
+
+ImageNet pretraining of a backbone (ResNet paper Sec 3.4) and the CIFAR-10
+experiments (Sec 4.2) have their own settings (a dataset folder instead of
+detection datasets, crop sizes instead of shorter-side scales, a 1000-way head),
+so they get their own typed schema, :class:`ClassifierConfig`, loaded exactly as
+the detector's (``detectron_res/config.py``): schema defaults, then a YAML file
+with at most one level of ``_base_``, then ``section.key=value`` overrides::
+
+    cfg = load_classifier_config("cifar10_resnet56.yaml", ["solver.max_iter=1000"])
+    cfg.model.depth        # -> 56
+
+The defaults are the ImageNet recipe of Sec 3.4 for a ResNet-50; the CIFAR-10
+files override what Sec 4.2 changes. The ImageNet input normalization defaults to
+the MSRA models' (BGR, mean subtracted, std 1), which is also the detection
+schema's default, so a classifier trained here initializes the detection configs
+without any change to their ``model.input_format / pixel_mean / pixel_std``.
+
+Every mistake raises :class:`detectron_res.config.ConfigError` with one line
+naming the file or override, the full dotted key and what was expected.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import os
+import sys
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+# The loader machinery is the detector's; only the schema differs.
+from ..config import (
+    AMPConfig,
+    ConfigError,
+    DistConfig,
+    SolverConfig,
+    _parse_overrides,
+    _read_yaml,
+    resolve_config_path,
+)
+
+__all__ = [
+    "ClassifierConfig",
+    "ClassifierModelConfig",
+    "ClassifierDataConfig",
+    "ClassifierInputConfig",
+    "ClassifierSolverConfig",
+    "ClassifierTestConfig",
+    "DiagnosticsConfig",
+    "load_classifier_config",
+    "classifier_config_from_dict",
+    "classifier_config_from_args",
+    "add_classifier_config_arguments",
+    "ARCHS",
+    "DATA_FORMATS",
+    "VIEWS",
+]
+
+ARCHS = ("resnet", "cifar_resnet", "vgg16")
+DATA_FORMATS = ("imagenet_folder", "cifar10")
+VIEWS = ("center", "ten_crop")
+
+
+@dataclass
+class ClassifierModelConfig:
+    # resnet: ImageNet ResNet-18..152 of Table 1 (plain with residual=false);
+    # cifar_resnet: the 6n+2-layer CIFAR nets of Sec 4.2; vgg16: VGG-16 (configuration D).
+    arch: str = "resnet"
+    depth: int = 50
+    residual: bool = True  # False builds the paper's plain network (Sec 3.3 / Fig. 6)
+    shortcut: str = "B"  # Sec 3.3 option A | B | C (CIFAR: A)
+    # The MSRA layout (stride on a bottleneck's first 1x1), which is what the
+    # detection configs expect by default (model.backbone.stride_in_1x1=true).
+    stride_in_1x1: bool = True
+    norm: str = "BN"  # BN | SyncBN | GN ("BN after every conv", Sec 3.4)
+    base_channels: int = 64  # 64 = the paper's widths (ResNet only)
+    num_classes: int = 1000
+    # Dropout before the final classifier: off in the paper ("we do not use dropout",
+    # Sec 3.4); a switch for the ResNet-1202 overfitting question of Sec 4.2.
+    dropout: float = 0.0
+    input_format: str = "BGR"  # channel order the network sees
+    # Sec 3.4 subtracts the mean; here a per-channel mean (the MSRA models' values),
+    # applied inside the model. std 1: no division, as in the paper.
+    pixel_mean: List[float] = field(default_factory=lambda: [103.53, 116.28, 123.675])
+    pixel_std: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    # Initial weights: "" (He initialization), a classifier checkpoint of this tool,
+    # or ImageNet weights (torchvision://resnet50, msra://R-50, a file; see weights.py).
+    weights: str = ""
+
+
+@dataclass
+class ClassifierDataConfig:
+    format: str = "imagenet_folder"  # imagenet_folder | cifar10
+    # imagenet_folder: the folder holding <train_split>/<class>/*.JPEG and
+    # <test_split>/<class>/*.JPEG; cifar10: the official cifar-10-batches-py folder.
+    root: str = "datasets/imagenet"
+    train_split: str = "train"
+    # imagenet_folder: sub-folder evaluated; cifar10: "test" (test_batch) or
+    # "holdout" (the images held out of training by data.holdout).
+    test_split: str = "val"
+    # cifar10: hold this many training images out of training (Sec 4.2's 45k/5k
+    # train/val split: 5000); they form the "holdout" test split. 0 trains on all 50k.
+    holdout: int = 0
+    num_workers: int = 4
+
+
+@dataclass
+class ClassifierInputConfig:
+    # Sec 3.4: the shorter side is resized to a random value in [256, 480]; [] keeps
+    # the image size (CIFAR).
+    train_short_side: List[int] = field(default_factory=lambda: [256, 480])
+    crop_size: int = 224  # random crop side in training, centre / 10-crop side at test
+    pad: int = 0  # zero padding on each side before the random crop (CIFAR: 4, Sec 4.2)
+    hflip: bool = True  # "random crop or its horizontal flip"
+    # "standard color augmentation" (Krizhevsky et al. 2012): PCA lighting noise with
+    # this standard deviation; 0 disables it.
+    lighting_std: float = 0.1
+    test_short_side: int = 256  # shorter side before the test crops (0 = no resize)
+
+
+@dataclass
+class ClassifierSolverConfig(SolverConfig):
+    """The detector's solver settings with the classifier recipe as defaults.
+
+    Sec 3.4: SGD, mini-batch 256, lr 0.1 divided by 10 when the error plateaus, up
+    to 60e4 iterations, weight decay 1e-4, momentum 0.9. The plateaus are taken as
+    every 30 epochs of the 1.28M images (150k iterations at batch 256).
+    """
+
+    ims_per_batch: int = 256  # GLOBAL batch
+    base_lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0001
+    # Decay every parameter alike (the paper names one weight decay).
+    weight_decay_norm: float = 0.0001
+    weight_decay_bias: float = 0.0001
+    warmup_iters: int = 0
+    warmup_factor: float = 0.1
+    steps: List[int] = field(default_factory=lambda: [150000, 300000, 450000])
+    gamma: float = 0.1
+    max_iter: int = 600000
+    checkpoint_period: int = 10000
+    keep_last: int = 3
+    amp: AMPConfig = field(default_factory=AMPConfig)
+    # linear: ramp from warmup_factor to 1 over warmup_iters; constant: hold
+    # warmup_factor for warmup_iters (the ResNet-110 warm-up of Sec 4.2: 0.01 = 0.1 x
+    # base_lr for about 400 iterations, "then go back to 0.1").
+    warmup_method: str = "linear"
+
+
+@dataclass
+class ClassifierTestConfig:
+    eval_period: int = 0  # evaluate every this many iterations (0 = only at the end)
+    images_per_batch: int = 50  # per process
+    # Views evaluated by --eval-only and at the end of training: "center" (one
+    # centre crop) and/or "ten_crop" (4 corners + centre and their flips, Sec 3.4).
+    views: List[str] = field(default_factory=lambda: ["center", "ten_crop"])
+    # Views evaluated every eval_period during training (cheaper).
+    periodic_views: List[str] = field(default_factory=lambda: ["center"])
+
+
+@dataclass
+class DiagnosticsConfig:
+    # Record the L2 norm of the loss gradient of each stage (stem, res2.., fc) every
+    # this many iterations into diagnostics.json (0 = off).
+    grad_norm_period: int = 0
+    # At every evaluation, record the standard deviation of each 3x3 layer's response
+    # (after BN, before the addition / ReLU; Fig. 7) on test images.
+    response_std: bool = False
+    response_std_images: int = 1000  # how many test images (the first ones) it uses
+
+
+@dataclass
+class ClassifierConfig:
+    model: ClassifierModelConfig = field(default_factory=ClassifierModelConfig)
+    data: ClassifierDataConfig = field(default_factory=ClassifierDataConfig)
+    input: ClassifierInputConfig = field(default_factory=ClassifierInputConfig)
+    solver: ClassifierSolverConfig = field(default_factory=ClassifierSolverConfig)
+    test: ClassifierTestConfig = field(default_factory=ClassifierTestConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    output_dir: str = "output/default"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    log_period: int = 20
+
+
+CHOICES: Dict[str, Sequence[str]] = {
+    "model.arch": ARCHS,
+    "model.shortcut": ("A", "B", "C"),
+    "model.norm": ("BN", "SyncBN", "GN"),
+    "model.input_format": ("BGR", "RGB"),
+    "data.format": DATA_FORMATS,
+    "solver.amp.dtype": ("bf16", "fp16"),
+    "solver.warmup_method": ("linear", "constant"),
+}
+
+
+# ----------------------------------------------------------------------------
+# Loading (the detector's loader with this schema)
+# ----------------------------------------------------------------------------
+def _all_keys(schema_type: type, prefix: str = "") -> List[str]:
+    keys = []
+    hints = typing.get_type_hints(schema_type)
+    for f in dataclasses.fields(schema_type):
+        dotted = f"{prefix}{f.name}"
+        keys.append(dotted)
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += _all_keys(hints[f.name], dotted + ".")
+    return keys
+
+
+def _expected_type(full_key: str) -> str:
+    current: Any = ClassifierConfig
+    for part in full_key.split("."):
+        hints = typing.get_type_hints(current) if dataclasses.is_dataclass(current) else {}
+        if part not in hints:
+            return "?"
+        current = hints[part]
+    name = getattr(current, "__name__", None) if not typing.get_args(current) else None
+    return name or str(current).replace("typing.", "")
+
+
+def _suggest(full_key: str) -> str:
+    close = difflib.get_close_matches(full_key, _all_keys(ClassifierConfig), n=1, cutoff=0.6)
+    return f"; closest valid key: '{close[0]}'" if close else ""
+
+
+def _merge(base: DictConfig, update: Any, source: str, user_key: Optional[str] = None) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, update)
+    except ConfigKeyError as e:
+        key = getattr(e, "full_key", None) or str(e)
+        if user_key and user_key.startswith(key):
+            key = user_key
+        raise ConfigError(f"{source}: unknown config key '{key}'{_suggest(key)}") from None
+    except ValidationError as e:
+        key = getattr(e, "full_key", None) or "?"
+        value = getattr(e, "value", None)
+        if hasattr(value, "_value"):
+            value = value._value()
+        got = f"{value!r} ({type(value).__name__})" if value is not None else str(e).splitlines()[0]
+        raise ConfigError(f"{source}: config key '{key}' expects {_expected_type(key)}, got {got}") from None
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"{source}: invalid value for config key '{key}': {str(e).splitlines()[0]}") from None
+
+
+def _check(cfg: DictConfig) -> None:
+    """Choices and ranges the schema's types cannot express; errors name the key."""
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got {value!r}")
+    m, i, s, t, d = cfg.model, cfg.input, cfg.solver, cfg.test, cfg.data
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"config key 'model.dropout' must be in [0, 1); got {m.dropout}")
+    if m.num_classes < 1:
+        raise ConfigError(f"config key 'model.num_classes' must be >= 1; got {m.num_classes}")
+    for key in ("pixel_mean", "pixel_std"):
+        if len(m[key]) != 3:
+            raise ConfigError(f"config key 'model.{key}' must list 3 values (one per channel); got {list(m[key])}")
+    if any(v <= 0 for v in m.pixel_std):
+        raise ConfigError(f"config key 'model.pixel_std' must be positive; got {list(m.pixel_std)}")
+    short = list(i.train_short_side)
+    if short and (len(short) != 2 or short[0] < 1 or short[0] > short[1]):
+        raise ConfigError(
+            f"config key 'input.train_short_side' must be [] or [min, max] with 1 <= min <= max; got {short}"
+        )
+    if i.crop_size < 1 or i.pad < 0:
+        raise ConfigError(f"config keys 'input.crop_size' (>= 1) and 'input.pad' (>= 0): got {i.crop_size}, {i.pad}")
+    if short and short[0] + 2 * i.pad < i.crop_size:
+        raise ConfigError(
+            f"config key 'input.crop_size'={i.crop_size} is larger than the smallest training image "
+            f"(input.train_short_side[0]={short[0]} + 2 x input.pad={i.pad})"
+        )
+    if i.test_short_side and i.test_short_side < i.crop_size:
+        raise ConfigError(
+            f"config key 'input.test_short_side'={i.test_short_side} must be 0 or >= input.crop_size={i.crop_size}"
+        )
+    for key in ("views", "periodic_views"):
+        for v in t[key]:
+            if v not in VIEWS:
+                raise ConfigError(f"config key 'test.{key}' entries must be one of {', '.join(VIEWS)}; got {v!r}")
+    if s.ims_per_batch < 1:
+        raise ConfigError(f"config key 'solver.ims_per_batch' must be >= 1; got {s.ims_per_batch}")
+    if list(s.steps) != sorted(s.steps):
+        raise ConfigError(f"config key 'solver.steps' must be increasing; got {list(s.steps)}")
+    if d.holdout < 0:
+        raise ConfigError(f"config key 'data.holdout' must be >= 0; got {d.holdout}")
+    if d.format == "cifar10" and d.test_split not in ("test", "holdout"):
+        raise ConfigError(f"config key 'data.test_split' must be 'test' or 'holdout' for CIFAR-10; got {d.test_split!r}")
+    if d.format == "cifar10" and d.test_split == "holdout" and d.holdout == 0:
+        raise ConfigError("config key 'data.test_split' is 'holdout' but data.holdout=0: set data.holdout=5000")
+
+
+def load_classifier_config(
+    path_or_name: str | os.PathLike | None = None, overrides: Sequence[str] = ()
+) -> DictConfig:
+    """Schema defaults, then a YAML file (with its ``_base_``), then overrides.
+
+    Args:
+        path_or_name: a path, or a bare name found under ``configs/``
+            (``imagenet_r50.yaml``); None uses the schema defaults alone.
+        overrides: ``section.key=value`` strings, values parsed as YAML.
+    Returns:
+        A typed OmegaConf config of :class:`ClassifierConfig`.
+    Raises:
+        ConfigError: one line naming the file / override and the key.
+    """
+    cfg = OmegaConf.structured(ClassifierConfig)
+    if path_or_name is not None:
+        path = resolve_config_path(path_or_name)
+        data = _read_yaml(path)
+        base_name = data.pop("_base_", None)
+        if base_name is not None:
+            if not isinstance(base_name, str):
+                raise ConfigError(f"{path}: '_base_' must be a file name, got {base_name!r}")
+            base_path = path.parent / base_name
+            if not base_path.is_file():
+                raise ConfigError(f"{path}: _base_ file '{base_name}' not found (looked for {base_path})")
+            base_data = _read_yaml(base_path)
+            if "_base_" in base_data:
+                raise ConfigError(f"{base_path}: a _base_ file may not have its own _base_ (one level of inheritance only)")
+            cfg = _merge(cfg, base_data, str(base_path))
+        cfg = _merge(cfg, data, str(path))
+    for key, value, text in _parse_overrides(overrides):
+        update = OmegaConf.create()
+        try:
+            OmegaConf.update(update, key, value, force_add=True)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"command-line override '{text}': {str(e).splitlines()[0]}") from None
+        cfg = _merge(cfg, update, f"command-line override '{text}'", user_key=key)
+    _check(cfg)
+    return cfg
+
+
+def classifier_config_from_dict(data: dict, source: str = "checkpoint") -> DictConfig:
+    """Rebuild a typed config from ``detectron_res.config.config_to_dict`` output."""
+    cfg = _merge(OmegaConf.structured(ClassifierConfig), data, source)
+    _check(cfg)
+    return cfg
+
+
+def add_classifier_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config``, ``--print-config`` and trailing ``key=value`` overrides."""
+    parser.add_argument("--config", required=True,
+                        help="config file: a path, or a name under configs/ (e.g. imagenet_r50.yaml)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="override config keys, e.g. solver.max_iter=1000 data.root=/data/imagenet")
+
+
+def classifier_config_from_args(args: argparse.Namespace) -> DictConfig:
+    """Load the config named by parsed arguments; exit with status 2 and one line on a mistake."""
+    try:
+        cfg = load_classifier_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if getattr(args, "print_config", False):
+        print(OmegaConf.to_yaml(cfg), end="")
+        raise SystemExit(0)
+    return cfg
