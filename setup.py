@@ -30,7 +30,7 @@ setup(
         "numpy>=1.24",
         "pycocotools>=2.0.7",
         "opencv-python-headless>=4.8",  # see the module docstring: not opencv-python
-        "albumentations>=1.4",
+        "albumentations>=2.0",
         "omegaconf>=2.3",
         "PyYAML>=6.0",
         "tqdm>=4.65",

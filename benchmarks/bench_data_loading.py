@@ -7,8 +7,10 @@ Generates VOC-sized JPEGs (375-500 px sides, the shapes generator at that size) 
 temporary folder, reads them through the COCO reader and times
 ``build_train_loader(images_per_batch=2, min_sizes=[600], max_size=1000)`` (read +
 decode + EXIF + resize + flip + float conversion + padding to a multiple of 32) for
-each ``num_workers``. Warm-up batches (worker start-up) are not timed. A second table
-breaks one image's cost down into its steps, in this process.
+each ``num_workers``. Warm-up batches (worker start-up) are not timed. With
+``num_workers=0`` the loading runs in this process with torch's default thread count.
+A second table breaks one image's cost down into its steps (one torch thread, as in
+a worker).
 
 Prints Markdown tables (paste into benchmarks/RESULTS_DATA.md).
 """
@@ -29,7 +31,7 @@ import torch  # noqa: E402
 
 from detectron_res.data.coco import load_coco_json  # noqa: E402
 from detectron_res.data.image_io import read_image  # noqa: E402
-from detectron_res.data.loader import build_train_loader  # noqa: E402
+from detectron_res.data.loader import build_train_loader, collate_batch  # noqa: E402
 from detectron_res.data.shapes import generate_shapes_dataset  # noqa: E402
 from detectron_res.data.transforms import apply_transforms, build_transforms  # noqa: E402
 
@@ -53,7 +55,17 @@ def time_loader(dataset, num_workers: int, batches: int, warmup: int, images_per
 
 
 def step_costs(dataset, repeats: int = 30):
-    """Milliseconds per image for each step, single process."""
+    """Milliseconds per image for each step, in this process with one torch thread
+    (as in a loader worker: DataLoader sets one thread per worker)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _step_costs(dataset, repeats)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _step_costs(dataset, repeats: int):
     t = build_transforms(is_train=True, min_sizes=[600], max_size=1000, hflip_prob=0.5)
     recs = dataset.records[:repeats]
     out = {}
@@ -66,10 +78,12 @@ def step_costs(dataset, repeats: int = 30):
     s = time.perf_counter()
     chw = [torch.from_numpy(np.ascontiguousarray(im[:, :, ::-1].transpose(2, 0, 1))) for im, _, _ in res]
     out["RGB -> BGR, HWC -> CHW (uint8)"] = (time.perf_counter() - s) / len(recs) * 1e3
+    samples = [{"image": x, "image_size": tuple(x.shape[1:]), "orig_size": (0, 0), "image_id": 0, "file_name": "",
+                "boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)} for x in chw]  # fmt: skip
     s = time.perf_counter()
-    for x in chw:
-        torch.zeros((3, 1024, 1024), dtype=torch.float32)[:, : x.shape[1], : x.shape[2]].copy_(x)
-    out["pad + float32 (collate)"] = (time.perf_counter() - s) / len(recs) * 1e3
+    for i in range(0, len(samples) - 1, 2):
+        collate_batch(samples[i : i + 2], size_divisibility=32)
+    out["pad to /32 + float32, 2 per batch (collate_batch)"] = (time.perf_counter() - s) / (len(samples) // 2 * 2) * 1e3
     return out
 
 
@@ -103,7 +117,7 @@ def main(argv=None) -> int:
     for w in args.workers:
         rate = time_loader(dataset, w, args.batches, args.warmup, args.images_per_batch)
         print(f"| {w} | {rate:.1f} |", flush=True)
-    print("\n| step (one process) | ms per image |")
+    print("\n| step (one process, 1 torch thread, as in a worker) | ms per image |")
     print("|---|---|")
     for name, ms in step_costs(dataset).items():
         print(f"| {name} | {ms:.2f} |")

@@ -39,7 +39,7 @@ import statistics
 import time
 from collections import OrderedDict
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -71,7 +71,11 @@ __all__ = [
     "Timer",
     "interleaved_timings",
     "summarize_times",
+    "paired_ratio",
+    "synchronize",
     "peak_memory",
+    "machine_info",
+    "load_average",
     "matmul_flops",
     "autocast_context",
 ]

@@ -33,9 +33,8 @@ import copy
 from types import MethodType
 from typing import List, Sequence, Tuple
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from detectron_res.modeling.backbone.norm import Conv2dNorm, FrozenBatchNorm2d
 from detectron_res.modeling.backbone.resnet import BasicBlock, BottleneckBlock

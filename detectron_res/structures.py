@@ -16,7 +16,7 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["ImageList", "clip_boxes", "nonempty_mask", "scale_boxes", "sizes_tensor"]
+__all__ = ["ImageList", "clip_boxes", "nonempty_mask", "scale_boxes", "sizes_tensor", "host_tensor"]
 
 
 @dataclass
@@ -40,14 +40,20 @@ class ImageList:
         return ImageList(self.tensor.to(device), list(self.image_sizes))
 
 
-def sizes_tensor(image_sizes: Sequence[Tuple[int, int]], device: torch.device) -> Tensor:
-    """``N`` pairs ``(h, w)`` as a float32 ``[N, 2]`` tensor on ``device``.
+def host_tensor(values, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A tensor of host values on ``device`` without stalling the device queue.
 
-    Built from host integers, so it costs no device-to-host synchronization.
+    ``torch.tensor(values, device="cuda")`` copies synchronously, i.e. waits for
+    all queued GPU work; an asynchronous copy from a fresh CPU tensor does not
+    (the driver stages pageable memory before returning, so this is safe).
     """
-    return torch.tensor([[float(h), float(w)] for h, w in image_sizes], dtype=torch.float32, device=device).reshape(
-        -1, 2
-    )
+    device = torch.device(device)
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=device.type != "cpu")
+
+
+def sizes_tensor(image_sizes: Sequence[Tuple[int, int]], device: torch.device) -> Tensor:
+    """``N`` pairs ``(h, w)`` as a float32 ``[N, 2]`` tensor on ``device`` (no synchronization)."""
+    return host_tensor([[float(h), float(w)] for h, w in image_sizes], torch.float32, device).reshape(-1, 2)
 
 
 def clip_boxes(boxes: Tensor, sizes: Tensor) -> Tensor:
@@ -75,31 +81,33 @@ def clip_boxes(boxes: Tensor, sizes: Tensor) -> Tensor:
 
 
 def nonempty_mask(boxes: Tensor, min_size: Tensor | float = 0.0) -> Tensor:
-    """Boolean mask of boxes whose width and height both exceed ``min_size``.
+    """Boolean mask of boxes with positive size and width and height >= ``min_size``.
 
     Args:
         boxes: ``[..., 4]`` boxes ``(x1, y1, x2, y2)``.
         min_size: a number, or a tensor broadcasting against ``boxes[..., 0]``
             (one threshold per box, e.g. per image scaled by its resize factor).
     Returns:
-        ``[...]`` bool tensor; ``True`` where ``w > min_size and h > min_size``.
-        A box exactly ``min_size`` wide is removed, so ``min_size=0`` removes only
-        degenerate boxes.
+        ``[...]`` bool tensor. ``>=`` as py-faster-rcnn's ``_filter_boxes`` (whose
+        inclusive width ``x2 - x1 + 1`` equals our ``x2 - x1``); degenerate boxes
+        (zero width or height) are always removed.
     """
     widths = boxes[..., 2] - boxes[..., 0]
     heights = boxes[..., 3] - boxes[..., 1]
-    return (widths > min_size) & (heights > min_size)
+    return (widths >= min_size) & (heights >= min_size) & (widths > 0) & (heights > 0)
 
 
-def scale_boxes(boxes: Tensor, scale_xy: Tensor) -> Tensor:
-    """Multiply ``x`` coordinates by ``scale_xy[..., 0]`` and ``y`` by ``scale_xy[..., 1]``.
+def scale_boxes(boxes: Tensor, scale_x: float, scale_y: float) -> Tensor:
+    """Multiply ``x`` coordinates by ``scale_x`` and ``y`` coordinates by ``scale_y``.
 
     Args:
-        boxes: ``[R, 4]`` boxes.
-        scale_xy: ``[2]`` or ``[R, 2]`` factors ``(sx, sy)``.
+        boxes: ``[..., 4]`` boxes.
+        scale_x, scale_y: host numbers (no tensor is copied to the device).
     Returns:
-        ``[R, 4]`` scaled boxes (a resize of the image by ``sx`` horizontally and
-        ``sy`` vertically maps a box exactly this way in continuous coordinates).
+        Scaled boxes, same shape. A resize of the image by ``scale_x`` horizontally
+        and ``scale_y`` vertically maps a box exactly this way in continuous
+        coordinates.
     """
-    factors = torch.cat((scale_xy, scale_xy), dim=-1).to(boxes.dtype)
-    return boxes * factors
+    return torch.stack(
+        (boxes[..., 0] * scale_x, boxes[..., 1] * scale_y, boxes[..., 2] * scale_x, boxes[..., 3] * scale_y), dim=-1
+    )

@@ -115,6 +115,9 @@ def test_split_subfolders(tmp_path):
     assert len(ds) == 3 and ds.name == "yolo_ultra_train"
     np.testing.assert_allclose(ds.records[0].boxes, [[10, 8, 30, 40]], atol=1e-4)
     assert not ds.report.skipped  # classes.txt is not mistaken for a label file
+    # without split, all sub-folders are one dataset, and the report says so
+    whole = load_yolo(str(root), class_names=["cat", "dog", "bird"])
+    assert len(whole) == 3 and any("set 'split'" in n for n in whole.report.notes)
 
 
 def test_box_touching_the_border_is_not_reported_as_clipped(yolo_copy):

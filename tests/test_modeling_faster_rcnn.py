@@ -357,3 +357,69 @@ def test_paper_models_build_and_train_step_600x1000(config, overrides, backbone_
     model.eval()
     out = model([image])
     assert out[0]["boxes"].shape[1] == 4 and out[0]["boxes"].shape[0] <= 100
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu_and_syncs_do_not_grow_with_batch():
+    model = tiny_model().eval()
+    cpu = model(_images())
+    model.cuda()
+    gpu = model([i.cuda() for i in _images()])
+    for a, b in zip(cpu, gpu):
+        assert torch.equal(a["labels"], b["labels"].cpu())
+        torch.testing.assert_close(a["scores"], b["scores"].cpu(), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(a["boxes"], b["boxes"].cpu(), atol=1e-2, rtol=1e-4)
+
+    import warnings
+
+    def count_syncs(images):
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model(images)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        return len(caught)
+
+    images = [i.cuda() for i in _images()]
+    one, four = count_syncs(images[:1]), count_syncs(images * 2)
+    # Synchronizations come from NMS and the per-image split after it (RPN and
+    # head), not from loops over images, classes or boxes.
+    assert one == four, (one, four)
+    assert one <= 10, one
+
+
+@pytest.mark.slow
+def test_vgg16_load_imagenet_backbone_maps_convs_and_fcs():
+    torch.manual_seed(0)
+    model = build_model(
+        load_config("voc07_r101.yaml", ["model.backbone.name=vgg16", "model.roi_heads.pooler_resolution=7"])
+    )
+    # ImageNet VGG-16 names: conv1_1..conv5_3, fc6, fc7 (+ the classifier fc8, not used).
+    state = {}
+    for i, (key, value) in enumerate(model.state_dict().items()):
+        if key.startswith("backbone."):
+            state[key[len("backbone."):]] = torch.full_like(value, float(i))
+        elif key.startswith("roi_heads.box_head."):
+            state[key[len("roi_heads.box_head."):]] = torch.full_like(value, float(i))
+    state["fc8.weight"], state["fc8.bias"] = torch.zeros(1000, 4096), torch.zeros(1000)
+    weights = ImageNetWeights(
+        state_dict=state,
+        arch="vgg16",
+        input_format="BGR",
+        pixel_mean=(103.53, 116.28, 123.675),
+        pixel_std=(1.0, 1.0, 1.0),
+        stride_in_1x1=None,
+        stem_pool=None,
+        source="test",
+    )
+    report = model.load_imagenet_backbone(weights)
+    assert sorted(report.unexpected) == ["fc8.bias", "fc8.weight"]
+    assert not report.missing and not report.shape_mismatch
+    loaded = model.state_dict()
+    assert torch.equal(loaded["backbone.conv5_3.weight"], state["conv5_3.weight"])
+    assert torch.equal(loaded["roi_heads.box_head.fc6.weight"], state["fc6.weight"])
+    assert torch.equal(loaded["roi_heads.box_head.fc7.bias"], state["fc7.bias"])

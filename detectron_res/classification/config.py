@@ -98,7 +98,9 @@ class ClassifierDataConfig:
     format: str = "imagenet_folder"  # imagenet_folder | cifar10
     # imagenet_folder: the folder holding <train_split>/<class>/*.JPEG and
     # <test_split>/<class>/*.JPEG; cifar10: the official cifar-10-batches-py folder.
-    root: str = "datasets/imagenet"
+    # A relative path is looked up under $DETECTRON_RES_DATASETS (else ./datasets)
+    # first, then under the current directory.
+    root: str = "imagenet"
     train_split: str = "train"
     # imagenet_folder: sub-folder evaluated; cifar10: "test" (test_batch) or
     # "holdout" (the images held out of training by data.holdout).

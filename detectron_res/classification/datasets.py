@@ -39,6 +39,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..data.catalog import datasets_root
 from ..data.image_io import read_image
 from ..weights import RestrictedUnpickler, UnsafeWeightsError
 
@@ -48,6 +49,7 @@ __all__ = [
     "Cifar10Dataset",
     "read_cifar10_batch",
     "build_datasets",
+    "resolve_data_root",
     "IMAGE_EXTENSIONS",
     "CIFAR10_TRAIN_FILES",
     "CIFAR10_TEST_FILE",
@@ -254,15 +256,27 @@ class Cifar10Dataset(ClassificationDataset):
         return self.images[index]
 
 
+def resolve_data_root(root: str) -> Path:
+    """``data.root`` as a path: absolute as given; relative under the datasets root
+    (``$DETECTRON_RES_DATASETS``, else ``./datasets``, as for the detection datasets)
+    when it exists there, else under the current directory."""
+    path = Path(root).expanduser()
+    if path.is_absolute():
+        return path
+    under_root = Path(datasets_root()) / path
+    return under_root if under_root.exists() else path.resolve()
+
+
 def build_datasets(cfg) -> Tuple[ClassificationDataset, ClassificationDataset]:
     """``(train, test)`` datasets of ``cfg.data`` (a :class:`ClassifierConfig`)."""
     d = cfg.data
+    root = resolve_data_root(str(d.root))
     if d.format == "imagenet_folder":
-        train = ImageFolderDataset(d.root, d.train_split)
-        test = ImageFolderDataset(d.root, d.test_split, class_names=train.class_names)
+        train = ImageFolderDataset(root, d.train_split)
+        test = ImageFolderDataset(root, d.test_split, class_names=train.class_names)
     elif d.format == "cifar10":
-        train = Cifar10Dataset(d.root, "train", holdout=int(d.holdout))
-        test = Cifar10Dataset(d.root, d.test_split, holdout=int(d.holdout))
+        train = Cifar10Dataset(root, "train", holdout=int(d.holdout))
+        test = Cifar10Dataset(root, d.test_split, holdout=int(d.holdout))
     else:
         raise ValueError(f"config key 'data.format' must be imagenet_folder or cifar10; got {d.format!r}")
     if train.num_classes != int(cfg.model.num_classes):

@@ -20,7 +20,7 @@ from ..engine import distributed as comm
 from .datasets import ClassificationDataset
 from .loader import build_classification_test_loader
 from .model import ImageClassifier
-from .transforms import TestTransform
+from .transforms import EvalTransform
 
 __all__ = ["topk_errors", "evaluate_classifier", "VIEW_SUFFIX"]
 
@@ -77,7 +77,7 @@ def evaluate_classifier(
     rank, world = comm.get_rank(), comm.get_world_size()
     out: Dict[str, float] = {}
     for view in views:
-        transform = TestTransform(short_side=short_side, crop_size=crop_size, view=view)
+        transform = EvalTransform(short_side=short_side, crop_size=crop_size, view=view)
         loader = build_classification_test_loader(
             dataset, transform=transform, images_per_batch=images_per_batch, input_format=model.input_format,
             rank=rank, world_size=world, num_workers=num_workers, limit=limit, pin_memory=device.type == "cuda",

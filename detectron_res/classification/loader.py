@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 # reused as they are (both matter here too: cv2.resize runs in the workers).
 from ..data.loader import InferenceSampler, InfiniteLoader, TrainingSampler, _ForkSafeDataLoader, _worker_init
 from .datasets import ClassificationDataset
-from .transforms import TestTransform, TrainTransform
+from .transforms import EvalTransform, TrainTransform
 
 __all__ = [
     "ClassificationBatch",
@@ -78,14 +78,14 @@ class ClassificationMapDataset(Dataset):
 
     Args:
         dataset: a :class:`ClassificationDataset` (RGB images).
-        transform: :class:`TrainTransform` (training) or :class:`TestTransform`.
+        transform: :class:`TrainTransform` (training) or :class:`EvalTransform`.
         input_format: ``"BGR"`` or ``"RGB"``, the channel order of the output.
     """
 
     def __init__(
         self,
         dataset: ClassificationDataset,
-        transform: Union[TrainTransform, TestTransform],
+        transform: Union[TrainTransform, EvalTransform],
         *,
         input_format: str,
     ) -> None:
@@ -204,7 +204,7 @@ def build_classification_train_loader(
 def build_classification_test_loader(
     dataset: ClassificationDataset,
     *,
-    transform: TestTransform,
+    transform: EvalTransform,
     images_per_batch: int,
     input_format: str,
     rank: int = 0,

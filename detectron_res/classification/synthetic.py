@@ -5,8 +5,8 @@
 * :func:`make_synthetic_cifar10`: a ``cifar-10-batches-py`` folder in the official
   python-pickle format (``data_batch_1..5``, ``test_batch``, ``batches.meta``).
 
-Each class is a family of oriented sinusoidal gratings (class = orientation and
-spatial frequency) with random phase, random colours and pixel noise, so the
+Each class is a family of oriented sinusoidal gratings (class = orientation, and
+spatial frequency when there are more than 4 classes) with random phase, random colours and pixel noise, so the
 classes are learnable by a small network in a few hundred iterations but not by a
 colour histogram. Nothing here is a benchmark: numbers measured on these images say
 how a training run behaves, not how well a model recognizes real objects.
@@ -25,10 +25,14 @@ __all__ = ["grating_image", "make_synthetic_imagenet", "make_synthetic_cifar10"]
 
 
 def _class_params(label: int, num_classes: int) -> Tuple[float, float]:
-    """(orientation in radians, cycles per 32 pixels) of a class."""
-    num_angles = max(1, (num_classes + 1) // 2)
+    """(orientation in radians, cycles per 32 pixels) of a class.
+
+    Up to 4 classes differ by orientation only; more classes use half as many
+    orientations at two spatial frequencies (3 and 6 cycles per 32 pixels).
+    """
+    num_angles = num_classes if num_classes <= 4 else (num_classes + 1) // 2
     angle = np.pi * (label % num_angles) / num_angles
-    freq = 2.0 if label < num_angles else 4.0
+    freq = 3.0 if label < num_angles else 6.0
     return angle, freq
 
 

@@ -41,12 +41,12 @@ from .checkpoint import (
     load_classifier_checkpoint,
     load_classifier_state,
 )
-from .datasets import ClassificationDataset, Cifar10Dataset, ImageFolderDataset, build_datasets
+from .datasets import ClassificationDataset, Cifar10Dataset, ImageFolderDataset, build_datasets, resolve_data_root
 from .diagnostics import ClassifierDiagnosticsHook, layer_response_std
 from .evaluation import evaluate_classifier
 from .loader import build_classification_test_loader, build_classification_train_loader
 from .model import ImageClassifier, build_classifier
-from .transforms import TestTransform, TrainTransform
+from .transforms import EvalTransform, TrainTransform
 
 logger = logging.getLogger("detectron_res")
 
@@ -237,7 +237,7 @@ def _train(cfg, *, output_dir: Path, resume: bool, weights: Optional[str], world
         return {split: last_eval}
 
     def response_std_fn() -> Dict[str, float]:
-        transform = TestTransform(short_side=int(cfg.input.test_short_side), crop_size=int(cfg.input.crop_size))
+        transform = EvalTransform(short_side=int(cfg.input.test_short_side), crop_size=int(cfg.input.crop_size))
         loader = build_classification_test_loader(
             test_set, transform=transform, images_per_batch=int(cfg.test.images_per_batch),
             input_format=str(cfg.model.input_format), num_workers=0,
@@ -284,11 +284,12 @@ def _train(cfg, *, output_dir: Path, resume: bool, weights: Optional[str], world
 
 def _test_dataset(cfg, class_names) -> ClassificationDataset:
     d = cfg.data
+    root = resolve_data_root(str(d.root))
     if d.format == "cifar10":
-        return Cifar10Dataset(d.root, d.test_split, holdout=int(d.holdout))
+        return Cifar10Dataset(root, d.test_split, holdout=int(d.holdout))
     if class_names is None:
-        class_names = ImageFolderDataset(d.root, d.train_split).class_names
-    return ImageFolderDataset(d.root, d.test_split, class_names=class_names)
+        class_names = ImageFolderDataset(root, d.train_split).class_names
+    return ImageFolderDataset(root, d.test_split, class_names=class_names)
 
 
 def evaluate_classifier_checkpoint(

@@ -36,7 +36,7 @@ __all__ = [
     "random_crop",
     "pca_lighting",
     "TrainTransform",
-    "TestTransform",
+    "EvalTransform",
     "IMAGENET_EIGVAL",
     "IMAGENET_EIGVEC",
 ]
@@ -144,7 +144,7 @@ class TrainTransform:
         return np.ascontiguousarray(image)
 
 
-class TestTransform:
+class EvalTransform:
     """Deterministic test views.
 
     Args:
@@ -175,7 +175,7 @@ class TestTransform:
                 f"test image of {h}x{w} is smaller than input.crop_size={self.crop_size} "
                 "(set input.test_short_side >= input.crop_size)"
             )
-        chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        chw = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # a writable copy
         size = [self.crop_size, self.crop_size]
         if self.view == "center":
             crops: Sequence[torch.Tensor] = [TF.center_crop(chw, size)]

@@ -208,7 +208,7 @@ class DatasetReport:
         return "\n".join(lines)
 
 
-@dataclass
+@dataclass(eq=False)  # fields are arrays: compare records field by field, not with ==
 class ImageRecord:
     """One image and its ground truth.
 
@@ -255,7 +255,7 @@ class ImageRecord:
         return keep
 
 
-@dataclass
+@dataclass(eq=False)
 class DetectionDataset:
     """A list of image records with their label space.
 

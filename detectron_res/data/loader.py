@@ -51,6 +51,8 @@ __all__ = [
     "build_train_loader",
     "build_test_loader",
     "InfiniteLoader",
+    "ForkSafeDataLoader",
+    "seed_worker",
 ]
 
 
@@ -255,11 +257,14 @@ class DetectionMapDataset(Dataset):
         # Albumentations' colour transforms assume RGB; convert at the end.
         image = read_image(r.file_name, format="RGB")
         if image.shape[:2] != (r.height, r.width):
-            # The size was checked when the dataset was loaded; a change means the file
-            # was replaced since. Boxes would be wrong: refuse rather than train on it.
+            # With check_images="header" (the default) the size was read from this file
+            # when the dataset was loaded, so the file changed since; with "exists" or
+            # "none" the annotation's size was trusted. Either way the boxes may not fit
+            # the pixels: refuse rather than train on it.
             raise ValueError(
                 f"{r.file_name}: image is {image.shape[0]}x{image.shape[1]} (HxW) but the dataset recorded "
-                f"{r.height}x{r.width}; the file changed after the dataset was loaded"
+                f"{r.height}x{r.width} (the file changed after the dataset was loaded, or the annotation's "
+                "size is wrong and the dataset was loaded without check_images='header')"
             )
         if self.is_train:
             keep = r.training_mask(self.use_difficult)
@@ -298,10 +303,13 @@ def collate_batch(samples: Sequence[Dict[str, Any]], size_divisibility: int = 32
     if size_divisibility > 1:
         max_h = int(math.ceil(max_h / size_divisibility) * size_divisibility)
         max_w = int(math.ceil(max_w / size_divisibility) * size_divisibility)
-    images = torch.zeros((len(samples), 3, max_h, max_w), dtype=torch.float32)
+    # empty + zeroing only the padding: the image area is written once, not twice
+    images = torch.empty((len(samples), 3, max_h, max_w), dtype=torch.float32)
     for i, s in enumerate(samples):
         _, h, w = s["image"].shape
         images[i, :, :h, :w].copy_(s["image"])  # uint8 -> float32
+        images[i, :, h:, :].zero_()
+        images[i, :, :h, w:].zero_()
     target_keys = [k for k in ("boxes", "labels", "difficult", "iscrowd") if k in samples[0]]
     return Batch(
         images=images,
@@ -329,20 +337,20 @@ def _worker_init(worker_id: int) -> None:
     seed = torch.initial_seed() % (2**32)
     random.seed(seed)
     np.random.seed(seed)
-    # One OpenCV thread per worker: the workers are the parallelism (a pool in each
-    # would oversubscribe the CPUs). The parent's pool was shut down before the fork
-    # (_ForkSafeDataLoader), so this does not touch inherited, dead threads.
-    cv2.setNumThreads(1)
+    # OpenCV needs no setting here: the worker inherited setNumThreads(0) from the
+    # fork (see _ForkSafeDataLoader), so it runs single-threaded; the workers are the
+    # parallelism. Calling cv2.setNumThreads in a forked child can deadlock.
 
 
 class _ForkSafeDataLoader(DataLoader):
     """A DataLoader whose worker processes never inherit OpenCV's thread pool.
 
     OpenCV runs ``cv2.resize`` on a thread pool once images are large enough (the
-    paper's 600 x 1000 inputs are). Forking a process while that pool exists leaves
-    the child with a pool whose threads are gone, and its first OpenCV call
-    deadlocks. The pool is therefore shut down (``setNumThreads(0)``) while the
-    workers are forked, and restored right after.
+    paper's 600 x 1000 inputs are). A process forked while that pool exists has a
+    pool whose threads are gone, and its next OpenCV call that touches the pool
+    (including ``cv2.setNumThreads``) can deadlock. The workers are therefore forked
+    with OpenCV set to run sequentially (``setNumThreads(0)``, which they inherit),
+    and the parent's setting is restored right after the fork.
     """
 
     def __iter__(self):
@@ -496,3 +504,8 @@ def build_test_loader(
         worker_init_fn=_worker_init if num_workers > 0 else None,
         pin_memory=pin_memory,
     )
+
+
+# Public names for other loaders built on the same machinery (e.g. classification).
+ForkSafeDataLoader = _ForkSafeDataLoader
+seed_worker = _worker_init

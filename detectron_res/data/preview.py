@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from typing import List, Optional
+from typing import List
 
 import cv2
 import numpy as np

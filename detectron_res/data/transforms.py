@@ -34,6 +34,13 @@ import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+if int(A.__version__.split(".")[0]) < 2:
+    # Per-call seeding (Compose.set_random_seed) and the transform API used below
+    # arrived in albumentations 2.0.
+    raise ImportError(
+        f"detectron_res needs albumentations>=2.0, found {A.__version__}: pip install -U 'albumentations>=2.0'"
+    )
+
 __all__ = [
     "get_resize_shape",
     "ResizeShortestEdge",

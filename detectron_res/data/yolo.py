@@ -141,6 +141,13 @@ def load_yolo(
     errors = ErrorCollector(name)
     report = DatasetReport(name=name)
     image_files = _find_images(image_dir)
+    if split is None:
+        subdirs = sorted(d for d in os.listdir(image_dir) if os.path.isdir(os.path.join(image_dir, d)))
+        if subdirs and os.path.isdir(label_dir) and all(os.path.isdir(os.path.join(label_dir, d)) for d in subdirs):
+            # Ultralytics layout (images/train, images/val) read as one dataset.
+            report.notes.append(
+                f"images/ has sub-folders {subdirs}, all read as one dataset; set 'split' to read one of them"
+            )
     rel_ids = [os.path.splitext(os.path.relpath(p, image_dir))[0].replace(os.sep, "/") for p in image_files]
     seen = {}
     for rid, p in zip(rel_ids, image_files):

@@ -284,7 +284,12 @@ class MetricsWriter(HookBase):
         self.output_dir = Path(output_dir)
         self.period = max(1, int(period))
         self.json = JSONWriter(self.output_dir / "metrics.json", resume_from_iter=resume_from_iter)
-        self.tb = TensorboardWriter(self.output_dir / "tensorboard") if tensorboard else None
+        self.tb = None
+        if tensorboard:
+            try:
+                self.tb = TensorboardWriter(self.output_dir / "tensorboard")
+            except ImportError as e:  # a declared dependency; a broken install should not stop training
+                logger.warning("TensorBoard events disabled: %s (pip install tensorboard)", e)
         self._last_written = -1
         self._written_names: set[str] = set()
 
@@ -335,7 +340,11 @@ class MetricsWriter(HookBase):
         self.json.close()
         if self.tb is not None:
             self.tb.close()
-        png = plot_training_curves(self.output_dir / "metrics.json", self.output_dir / "training_curves.png")
+        try:
+            png = plot_training_curves(self.output_dir / "metrics.json", self.output_dir / "training_curves.png")
+        except ImportError as e:
+            logger.warning("Training curves not plotted: %s (pip install matplotlib)", e)
+            return
         if png is not None:
             logger.info("Training curves: %s", png)
 

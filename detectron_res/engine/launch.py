@@ -354,6 +354,56 @@ def _config_differences(old: Mapping, new: Mapping, prefix: str = "") -> list[st
 
 
 # ---------------------------------------------------------------------------
+# training pieces
+# ---------------------------------------------------------------------------
+def build_optimizer_and_scheduler(cfg, model: nn.Module) -> tuple[torch.optim.SGD, WarmupMultiStepLR]:
+    """SGD + warmup/multi-step schedule from ``cfg.solver``."""
+    s = cfg.solver
+    optimizer = build_optimizer(
+        model,
+        base_lr=float(s.base_lr),
+        momentum=float(s.momentum),
+        weight_decay=float(s.weight_decay),
+        weight_decay_norm=float(s.weight_decay_norm),
+        weight_decay_bias=float(s.weight_decay_bias),
+    )
+    scheduler = WarmupMultiStepLR(optimizer, steps=list(s.steps), gamma=float(s.gamma),
+                                  warmup_iters=int(s.warmup_iters), warmup_factor=float(s.warmup_factor))
+    return optimizer, scheduler
+
+
+def make_train_loader(cfg, dataset, *, rank: int = 0, world_size: int = 1, start_iter: int = 0,
+                      device: torch.device = torch.device("cpu")):
+    """The infinite, resumable training loader of this process (its share of the global batch)."""
+    from ..data.loader import build_train_loader
+
+    s = cfg.solver
+    if s.ims_per_batch % world_size != 0:
+        raise ValueError(
+            f"solver.ims_per_batch={s.ims_per_batch} (the global batch) is not divisible by the {world_size} "
+            f"processes; use a multiple of {world_size}"
+        )
+    return build_train_loader(
+        dataset,
+        images_per_batch=s.ims_per_batch // world_size,
+        min_sizes=list(cfg.input.min_size_train),
+        max_size=int(cfg.input.max_size_train),
+        hflip_prob=float(cfg.input.hflip_prob),
+        photometric=bool(cfg.input.photometric),
+        size_divisibility=int(cfg.input.size_divisibility),
+        aspect_ratio_grouping=bool(cfg.data.aspect_ratio_grouping),
+        num_workers=int(cfg.data.num_workers),
+        seed=int(cfg.seed),
+        rank=rank,
+        world_size=world_size,
+        start_iter=start_iter,
+        input_format=str(cfg.model.input_format),
+        use_difficult=bool(cfg.data.use_difficult),
+        pin_memory=device.type == "cuda",
+    )
+
+
+# ---------------------------------------------------------------------------
 # the two entry points
 # ---------------------------------------------------------------------------
 def _amp_dtype(cfg, device: torch.device) -> torch.dtype | None:
@@ -411,7 +461,6 @@ def train(
 
 def _train(cfg, *, output_dir: Path, resume: bool, weights: str | None, dist_info: DistInfo, device: torch.device,
            config_source: str) -> dict[str, Any]:
-    from ..data.loader import build_train_loader
     from ..modeling.build import build_model
 
     world, rank = dist_info.world_size, dist_info.rank
@@ -466,16 +515,7 @@ def _train(cfg, *, output_dir: Path, resume: bool, weights: str | None, dist_inf
     start_iter = int(state["iteration"]) + 1 if state is not None else 0
 
     model.to(device)
-    optimizer = build_optimizer(
-        model,
-        base_lr=float(s.base_lr),
-        momentum=float(s.momentum),
-        weight_decay=float(s.weight_decay),
-        weight_decay_norm=float(s.weight_decay_norm),
-        weight_decay_bias=float(s.weight_decay_bias),
-    )
-    scheduler = WarmupMultiStepLR(optimizer, steps=list(s.steps), gamma=float(s.gamma),
-                                  warmup_iters=int(s.warmup_iters), warmup_factor=float(s.warmup_factor))
+    optimizer, scheduler = build_optimizer_and_scheduler(cfg, model)
     if world > 1:
         train_model: nn.Module = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
@@ -486,24 +526,7 @@ def _train(cfg, *, output_dir: Path, resume: bool, weights: str | None, dist_inf
     if state is not None and state.get("sampler", {}).get("world_size", world) != world:
         logger.warning("Checkpoint was written by %d processes, resuming with %d: the data order differs from an "
                        "uninterrupted run", state["sampler"]["world_size"], world)
-    loader = build_train_loader(
-        train_dataset,
-        images_per_batch=s.ims_per_batch // world,
-        min_sizes=list(cfg.input.min_size_train),
-        max_size=int(cfg.input.max_size_train),
-        hflip_prob=float(cfg.input.hflip_prob),
-        photometric=bool(cfg.input.photometric),
-        size_divisibility=int(cfg.input.size_divisibility),
-        aspect_ratio_grouping=bool(cfg.data.aspect_ratio_grouping),
-        num_workers=int(cfg.data.num_workers),
-        seed=int(cfg.seed),
-        rank=rank,
-        world_size=world,
-        start_iter=start_iter,
-        input_format=str(cfg.model.input_format),
-        use_difficult=bool(cfg.data.use_difficult),
-        pin_memory=device.type == "cuda",
-    )
+    loader = make_train_loader(cfg, train_dataset, rank=rank, world_size=world, start_iter=start_iter, device=device)
 
     trainer = Trainer(
         model=train_model,

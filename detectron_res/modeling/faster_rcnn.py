@@ -15,7 +15,7 @@ Build one from a config with :func:`detectron_res.modeling.build.build_model`.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor, nn

@@ -26,10 +26,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import clip_boxes_to_image
 
-from ..structures import ImageList, clip_boxes, scale_boxes
+from ..structures import ImageList, host_tensor, scale_boxes
 
 __all__ = ["Preprocessor", "PreparedInputs", "validate_targets", "resized_size"]
+
+
+def _to_device(tensor: Tensor, device: torch.device, dtype: Optional[torch.dtype] = None) -> Tensor:
+    # Host-to-GPU copies need not wait for queued GPU work; copies to the host must.
+    return tensor.to(device=device, dtype=dtype, non_blocking=device.type != "cpu" and tensor.device.type == "cpu")
 
 
 @dataclass
@@ -198,12 +204,12 @@ class Preprocessor(nn.Module):
             if not (0 < h <= padded_h and 0 < w <= padded_w):
                 raise ValueError(f"batch.image_sizes[{i}] = {(h, w)}: expected within the padded size {(padded_h, padded_w)}")
         device = self.pixel_mean.device
-        images = images.to(device=device, dtype=torch.float32)
+        images = _to_device(images, device, torch.float32)
         images = (images - self.pixel_mean) / self.pixel_std
         # The loader pads with 0 in 0..255; zero the padding after normalization
         # instead, as for list inputs (the network sees a neutral, mean-colored border).
-        heights = torch.tensor([h for h, _ in image_sizes], device=device)
-        widths = torch.tensor([w for _, w in image_sizes], device=device)
+        heights = host_tensor([h for h, _ in image_sizes], torch.int64, device)
+        widths = host_tensor([w for _, w in image_sizes], torch.int64, device)
         inside = (torch.arange(padded_h, device=device)[None, :, None] < heights[:, None, None]) & (
             torch.arange(padded_w, device=device)[None, None, :] < widths[:, None, None]
         )  # [N, Hp, Wp]
@@ -236,7 +242,7 @@ class Preprocessor(nn.Module):
             if h < 1 or w < 1:
                 raise ValueError(f"images[{i}]: empty image of size {(h, w)}")
             new_h, new_w = resized_size(h, w, min_size, max_size)
-            image = image.to(device=device, dtype=torch.float32)
+            image = _to_device(image, device, torch.float32)
             image = (image - self.pixel_mean) / self.pixel_std
             if (new_h, new_w) != (h, w):
                 image = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False)[0]
@@ -261,8 +267,7 @@ class Preprocessor(nn.Module):
             gt_boxes, gt_labels = self._check_targets(targets, device, "targets")
             # Boxes follow the images: x by new_w / w, y by new_h / h.
             gt_boxes = [
-                scale_boxes(boxes, torch.tensor([nw / w, nh / h], device=device))
-                for boxes, (nh, nw), (h, w) in zip(gt_boxes, image_sizes, orig_sizes)
+                scale_boxes(boxes, nw / w, nh / h) for boxes, (nh, nw), (h, w) in zip(gt_boxes, image_sizes, orig_sizes)
             ]
         return PreparedInputs(ImageList(batch, image_sizes), orig_sizes, gt_boxes, gt_labels)
 
@@ -272,8 +277,8 @@ class Preprocessor(nn.Module):
         gt_boxes, gt_labels = [], []
         for i, target in enumerate(targets):
             boxes, labels = _check_target_structure(target, i, source)
-            gt_boxes.append(boxes.to(device))
-            gt_labels.append(labels.to(device))
+            gt_boxes.append(_to_device(boxes, device))
+            gt_labels.append(_to_device(labels, device))
         validate_targets(gt_boxes, gt_labels, self.num_classes, source)
         return gt_boxes, gt_labels
 
@@ -289,8 +294,7 @@ class Preprocessor(nn.Module):
         for det, (h, w), (oh, ow) in zip(detections, image_sizes, orig_sizes):
             boxes = det["boxes"]
             if (h, w) != (oh, ow):
-                factors = torch.tensor([ow / w, oh / h], dtype=boxes.dtype, device=boxes.device)
-                boxes = clip_boxes(scale_boxes(boxes, factors), torch.tensor([oh, ow], device=boxes.device))
+                boxes = clip_boxes_to_image(scale_boxes(boxes, ow / w, oh / h), (oh, ow))
             results.append({**det, "boxes": boxes})
         return results
 

@@ -257,11 +257,14 @@ class ROIHeads(nn.Module):
         sizes = sizes_tensor(image_sizes, device)  # [N, 2]
         boxes = clip_boxes(boxes, sizes[roi_image][:, None, :])  # [R, K, 4]
 
-        labels = torch.arange(1, num_classes + 1, device=device).expand(num_rois, num_classes)  # [R, K]
-        image_idx = roi_image[:, None].expand(num_rois, num_classes)  # [R, K]
         # py-faster-rcnn keeps scores strictly above the threshold.
         keep = (scores > self.score_thresh) & nonempty_mask(boxes)  # [R, K]
-        boxes, scores, labels, image_idx = boxes[keep], scores[keep], labels[keep], image_idx[keep]
+        # (R, K) -> indices of the kept entries of the flattened R * K (one sync)
+        flat = torch.nonzero(keep.view(-1)).squeeze(1)
+        roi = torch.div(flat, num_classes, rounding_mode="floor")
+        labels = flat - roi * num_classes + 1  # 1..K
+        image_idx = roi_image[roi]
+        boxes, scores = boxes.reshape(-1, 4)[flat], scores.reshape(-1)[flat]
 
         # One NMS call for all (image, class) groups.
         kept = batched_nms(boxes, scores, image_idx * num_classes + (labels - 1), self.nms_thresh)

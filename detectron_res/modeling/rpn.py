@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_iou
 
-from ..structures import clip_boxes, nonempty_mask, sizes_tensor
+from ..structures import clip_boxes, host_tensor, nonempty_mask, sizes_tensor
 from .anchor_generator import AnchorGenerator
 from .box_coder import BoxCoder
 from .sampling import BalancedSampler, Matcher
@@ -89,14 +89,17 @@ def keep_topk_per_image(keep: Tensor, image_idx: Tensor, num_images: int, topk: 
     # A stable sort by image keeps the score order inside each image.
     image_idx, order = torch.sort(image_idx, stable=True)
     keep = keep[order]
-    counts = torch.bincount(image_idx, minlength=num_images)
-    starts = torch.cumsum(counts, dim=0) - counts
-    rank = torch.arange(keep.numel(), device=keep.device) - starts[image_idx]
-    selected = rank < topk
-    # The per-image counts are needed on the host to split the result into a
-    # list; this one synchronization follows NMS, which already synchronizes.
-    num_per_image = torch.clamp(counts, max=topk).tolist()
-    return keep[selected], num_per_image
+    # The per-image counts are needed on the host to return one tensor per image:
+    # this one synchronization follows NMS, which synchronizes anyway.
+    counts = torch.bincount(image_idx, minlength=num_images).tolist()
+    starts = [sum(counts[:i]) for i in range(num_images)]
+    num_per_image = [min(c, topk) for c in counts]
+    # Image i occupies keep[starts[i] : starts[i] + counts[i]]: take its first entries.
+    index = torch.cat(
+        [torch.arange(s, s + n, device=keep.device) for s, n in zip(starts, num_per_image)]
+        or [torch.zeros(0, dtype=torch.int64, device=keep.device)]
+    )
+    return keep[index], num_per_image
 
 
 class RegionProposalNetwork(nn.Module):
@@ -246,11 +249,13 @@ class RegionProposalNetwork(nn.Module):
 
         sizes = sizes_tensor(image_sizes, device)  # [N, 2]
         boxes = clip_boxes(boxes, sizes[:, None, :])
-        min_sizes = self.min_size * torch.tensor(list(image_scales), dtype=torch.float32, device=device)
+        min_sizes = self.min_size * host_tensor(list(image_scales), torch.float32, device)  # [N]
         keep = nonempty_mask(boxes, min_sizes[:, None]) & torch.isfinite(scores)  # [N, k]
 
-        image_idx = batch_idx.expand_as(scores)[keep]
-        boxes, scores = boxes[keep], scores[keep]
+        # (N, k) -> indices of the valid entries of the flattened N * k (one sync)
+        flat = torch.nonzero(keep.view(-1)).squeeze(1)
+        image_idx = torch.div(flat, pre_nms_topk, rounding_mode="floor")
+        boxes, scores = boxes.reshape(-1, 4)[flat], scores.reshape(-1)[flat]
         # Image index as the NMS group: no suppression across images, one call.
         kept = batched_nms(boxes, scores, image_idx, self.nms_thresh)
         kept, num_per_image = keep_topk_per_image(kept, image_idx[kept], num_images, post_nms_topk)

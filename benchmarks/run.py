@@ -1,0 +1,963 @@
+#!/usr/bin/env python
+"""Side-by-side speed benchmark: our Faster R-CNN C4 against torchvision's, same weights, same inputs.
+
+    python benchmarks/run.py                 # CPU, paper scale, writes benchmarks/RESULTS.md (~10 min)
+    python benchmarks/run.py --quick         # every code path at a small scale (< 2 min)
+    python benchmarks/run.py --device cuda --amp bf16 --train-batch-sizes 2,8 --out OUTDIR
+
+What is measured, all in one process on the same inputs (see ``common.py`` for how
+both detectors are built and made equal):
+
+* inference latency of R-50-C4 and R-101-C4 at the paper's scale (shorter side
+  600, longer at most 1000; a 600 x 800 image) with 300 proposals: ours (with
+  the speed options the model offers: FrozenBN folded, channels-last) against
+  torchvision's ``FasterRCNN`` built into the same C4 architecture, in turns
+  after a warm-up; median, min/max and the ratio ours / torchvision;
+* one training iteration (forward, backward, SGD step) with batch 2 (and more
+  with ``--train-batch-sizes``) for the same pairs;
+* the dense fp32 matmul rate of the machine, measured in the same run, and the
+  fraction of it our inference reaches (2 x multiply-adds / time);
+* latency against the shorter side (400..1000) and the number of proposals
+  (100..1000), split into stages, as tables and a PNG;
+* peak memory of inference and of a training step;
+* an operator profile of our inference;
+* an ablation of each speed option, and of the changes proposed for the
+  modeling code (``proposed.py``, measured but not yet part of the model).
+
+A wall-time budget (``--budget-s``) decides how many timed repeats each part
+gets: on a busy shared machine fewer, never fewer than one after the warm-up;
+optional parts that no longer fit are skipped and listed as such.
+
+Outputs under ``--out`` (default ``benchmarks/``, or ``benchmarks/out/`` with
+``--quick``): ``RESULTS.md`` (``RESULTS_GPU.md`` on CUDA), ``results_<device>.json``
+and ``scaling_<device>.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import math
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from common import (  # noqa: E402
+    DetectorSpec,
+    Timer,
+    autocast_context,
+    build_ours,
+    build_pair,
+    interleaved_timings,
+    load_average,
+    machine_info,
+    make_images,
+    make_targets,
+    match_detections,
+    matmul_flops,
+    optimize_for_inference,
+    paired_ratio,
+    peak_memory,
+    summarize_times,
+    synchronize,
+)
+from proposed import apply_proposed  # noqa: E402
+
+# The issue's targets (CPU, measured side by side) and the GPU ones.
+TARGET_INFERENCE_RATIO = 0.7
+TARGET_MATMUL_FRACTION = 0.5
+TARGET_TRAIN_RATIO = 0.85
+TARGET_GPU_TRAIN_SPEEDUP = 1.5
+TARGET_GPU_R101_LATENCY_S = 0.040
+
+
+# ----------------------------------------------------------------------------- setup
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small scale, R-50 only: exercises every part in < 2 min")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--amp", default="none", choices=("none", "bf16"), help="autocast dtype for both detectors")
+    parser.add_argument("--depths", default=None, help="ResNet depths, comma-separated (default 50,101; --quick: 50)")
+    parser.add_argument("--train-batch-sizes", default="2", help="training batch sizes, comma-separated (default 2)")
+    parser.add_argument("--budget-s", type=float, default=None, help="wall-time budget in seconds (default 540; --quick 100)")
+    parser.add_argument("--out", default=None, help="output folder (default benchmarks/, --quick: benchmarks/out/)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--skip", default="", help="parts to leave out, comma-separated: train, ablation, scaling, profile")
+    parser.add_argument("--min-repeats", type=int, default=1, help="timed calls per detector at least, after the warm-up")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    args.device = torch.device(args.device)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
+    if args.device.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device}")
+    default_depths = "50" if args.quick else "50,101"
+    try:
+        args.depths = [int(d) for d in (args.depths or default_depths).split(",") if d]
+        args.train_batch_sizes = [int(b) for b in args.train_batch_sizes.split(",") if b]
+    except ValueError:
+        parser.error(f"--depths and --train-batch-sizes take comma-separated integers, got {args.depths!r}, {args.train_batch_sizes!r}")
+    args.skip = {s for s in args.skip.split(",") if s}
+    unknown = args.skip - {"train", "ablation", "scaling", "profile"}
+    if unknown:
+        parser.error(f"--skip: unknown parts {sorted(unknown)}; expected some of train, ablation, scaling, profile")
+    if args.budget_s is None:
+        args.budget_s = 100.0 if args.quick else 540.0
+    if args.out is None:
+        args.out = str(HERE / "out") if args.quick else str(HERE)
+    return args
+
+
+def scale_settings(quick: bool) -> Dict[str, Any]:
+    """Image size, proposal count and sweep points of a full or ``--quick`` run."""
+    if quick:
+        # Tiny images and few RoIs: the point is to run every code path, fast.
+        return {
+            "image_size": (128, 160),
+            "spec": dict(min_size=128, max_size=160, num_proposals=16, pre_nms_topk=500, rois_per_image_train=8,
+                         pre_nms_topk_train=500, post_nms_topk_train=100),
+            "sizes": [96, 128],
+            "proposals": [8, 16],
+        }
+    # Appendix A: shorter side 600, longer at most 1000; 300 proposals. A 4:3 image (COCO's typical shape).
+    return {
+        "image_size": (600, 800),
+        "spec": dict(min_size=600, max_size=1000, num_proposals=300),
+        "sizes": [400, 600, 800, 1000],
+        "proposals": [100, 300, 600, 1000],
+    }
+
+
+class Budget:
+    """Wall-time bookkeeping: how many repeats fit in what is left of ``total_s``."""
+
+    def __init__(self, total_s: float):
+        self.total_s = float(total_s)
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def left(self) -> float:
+        return self.total_s - self.elapsed()
+
+    def repeats(self, seconds_per_round: float, share_s: float, *, minimum: int = 1, maximum: int = 7) -> int:
+        """Timed rounds that fit in ``min(share_s, time left)``, within ``[minimum, maximum]``."""
+        room = min(share_s, self.left())
+        return max(minimum, min(maximum, int(room // max(seconds_per_round, 1e-6))))
+
+
+# --------------------------------------------------------------------------- helpers
+def count_macs(model: nn.Module, padded_hw: Tuple[int, int], num_rois: int) -> Dict[str, int]:
+    """Multiply-adds of one inference of our C4 detector on one image, by part.
+
+    Counted with ``FlopCounterMode`` on a copy of the model on the meta device
+    (nothing is computed): the trunk at the padded input size, the RPN head on
+    its output, and res5 + predictor on ``num_rois`` pooled RoIs. RoIAlign, NMS
+    and elementwise work are not counted (the ResNet paper's FLOPs are the
+    multiply-adds of convolutions and fully connected layers).
+    """
+    meta = copy.deepcopy(model).to("meta")
+    heads = meta.roi_heads
+    counts: Dict[str, int] = {}
+
+    def measure(fn: Callable[[], Any]) -> Tuple[int, Any]:
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            out = fn()
+        return counter.get_total_flops() // 2, out
+
+    image = torch.empty(1, 3, *padded_hw, device="meta")
+    counts["trunk"], features = measure(lambda: meta.backbone(image)[meta.backbone_feature])
+    counts["rpn"], _ = measure(lambda: meta.rpn.head(features))
+    size = heads.pooler.output_size
+    pooled = torch.empty(num_rois, features.shape[1], size, size, device="meta")
+    counts["res5"], region = measure(lambda: heads.res5(pooled).mean(dim=(2, 3)))
+    counts["predictor"], _ = measure(lambda: heads.predictor(region))
+    counts["total"] = sum(counts.values())
+    # What the proposed "prepool_conv1" change saves: conv1 of res5's first block
+    # runs on the feature map instead of on every pooled RoI.
+    conv1 = heads.res5[0].conv1
+    per_position = conv1.in_channels * conv1.out_channels
+    counts["prepool_saving"] = per_position * (num_rois * size * size - features.shape[2] * features.shape[3])
+    return counts
+
+
+def padded_size(height: int, width: int, divisibility: int = 32) -> Tuple[int, int]:
+    return (math.ceil(height / divisibility) * divisibility, math.ceil(width / divisibility) * divisibility)
+
+
+class StageTimer:
+    """Wall time spent in the stages of our detector during calls, via forward hooks.
+
+    Stages: ``trunk`` (backbone), ``rpn``, ``roi_pool``, ``res5``, ``predictor``,
+    ``roi_post`` (the rest of the RoI heads: decoding, NMS), ``other``
+    (preprocessing, mapping boxes back). The device is synchronized at every
+    boundary, so each stage's time is its own.
+    """
+
+    STAGES = ("trunk", "rpn", "roi_pool", "res5", "predictor", "roi_post", "other")
+
+    def __init__(self, model: nn.Module, device: torch.device):
+        self.device = device
+        self.totals: Dict[str, float] = {}
+        self._start: Dict[str, float] = {}
+        self.rois: List[int] = []
+        heads = model.roi_heads
+        self._modules = {
+            "trunk": model.backbone,
+            "rpn": model.rpn,
+            "roi_heads": heads,
+            "roi_pool": heads.pooler,
+            "res5": heads.res5,
+            "predictor": heads.predictor,
+        }
+        self._handles = []
+        for name, module in self._modules.items():
+            self._handles.append(module.register_forward_pre_hook(self._pre(name)))
+            self._handles.append(module.register_forward_hook(self._post(name)))
+        self._handles.append(heads.register_forward_pre_hook(self._count_rois))
+
+    def _pre(self, name):
+        def hook(_module, _args):
+            synchronize(self.device)
+            self._start[name] = time.perf_counter()
+
+        return hook
+
+    def _post(self, name):
+        def hook(_module, _args, _output):
+            synchronize(self.device)
+            self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - self._start.pop(name)
+
+        return hook
+
+    def _count_rois(self, _module, args):
+        self.rois.append(sum(len(p) for p in args[1]))
+
+    def run(self, fn: Callable[[], Any]) -> Dict[str, float]:
+        """Call ``fn`` once; seconds per stage and ``total``."""
+        self.totals = {}
+        total = Timer(self.device)(fn)
+        t = self.totals
+        stages = {
+            "trunk": t.get("trunk", 0.0),
+            "rpn": t.get("rpn", 0.0),
+            "roi_pool": t.get("roi_pool", 0.0),
+            "res5": t.get("res5", 0.0),
+            "predictor": t.get("predictor", 0.0),
+        }
+        stages["roi_post"] = t.get("roi_heads", 0.0) - stages["roi_pool"] - stages["res5"] - stages["predictor"]
+        stages["other"] = total - t.get("trunk", 0.0) - t.get("rpn", 0.0) - t.get("roi_heads", 0.0)
+        stages["total"] = total
+        return stages
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def inference_fn(model: nn.Module, images: List[torch.Tensor], device: torch.device, amp: str, out: Optional[dict] = None, key: str = ""):
+    """A no-argument call of ``model(images)`` under inference mode and autocast."""
+
+    def call():
+        with torch.inference_mode(), autocast_context(device, amp):
+            result = model(images)
+        if out is not None:
+            out[key] = result
+
+    return call
+
+
+def training_step_fn(model: nn.Module, images, targets, device: torch.device, amp: str):
+    """One SGD iteration (forward, backward, step) of ``model`` in training mode."""
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    # A small learning rate: the weights barely move over the timed iterations.
+    optimizer = torch.optim.SGD(params, lr=1e-5, momentum=0.9, weight_decay=1e-4)
+
+    def step():
+        with autocast_context(device, amp):
+            losses = model(images, targets)
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is not finite: {float(loss)}")
+
+    return step
+
+
+class _Matmul:
+    """A dense ``size x size`` matmul as a no-argument call (timed in turns with the detectors)."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, size: int):
+        g = torch.Generator().manual_seed(0)
+        self.a = torch.randn(size, size, generator=g).to(device=device, dtype=dtype)
+        self.b = torch.randn(size, size, generator=g).to(device=device, dtype=dtype)
+        self.size, self.dtype, self.flop = size, dtype, 2.0 * size**3
+
+    def __call__(self) -> None:
+        torch.mm(self.a, self.b)
+
+
+def _matmul_fn(device: torch.device, amp: str) -> _Matmul:
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float32
+    return _Matmul(device, dtype, 8192 if device.type == "cuda" else 2048)
+
+
+def _error_record(part: str, exc: BaseException) -> Dict[str, str]:
+    return {"part": part, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=6)}
+
+
+# ------------------------------------------------------------------------- sections
+def inference_section(
+    args, ours: nn.Module, tv: nn.Module, spec: DetectorSpec, images, budget: Budget, share_s: float, *, ablation: bool
+) -> Dict[str, Any]:
+    """Ours (optimized) vs torchvision at one depth; with ``ablation``, each option separately.
+
+    The dense matmul of the machine is timed in the same turns, so that the
+    fraction of it our inference reaches compares numbers taken under the same
+    background load.
+    """
+    device, amp = args.device, args.amp
+    result: Dict[str, Any] = {"model": spec.name, "depth": spec.depth}
+    variants: Dict[str, nn.Module] = {"ours": optimize_for_inference(ours), "torchvision": tv}
+    if ablation:
+        variants["ours_plain"] = ours
+        variants["ours_fold_only"] = optimize_for_inference(ours, channels_last=False)
+        variants["ours_channels_last_only"] = optimize_for_inference(ours, fold_bn=False)
+        variants["ours+proposed"] = optimize_for_inference(apply_proposed(ours))
+    result["variants"] = list(variants)
+
+    # Warm-up call of every variant: it measures peak memory and gives the detections compared below.
+    outputs: Dict[str, Any] = {}
+    warmup_s: Dict[str, float] = {}
+    memory: Dict[str, Any] = {}
+    for name, model in variants.items():
+        start = time.perf_counter()
+        memory[name] = peak_memory(inference_fn(model, images, device, amp, outputs, name), device)
+        warmup_s[name] = time.perf_counter() - start
+    result["warmup_s"] = warmup_s
+    result["peak_memory"] = memory
+    result["agreement"] = {
+        name: match_detections(outputs[name], outputs["torchvision"]) for name in variants if name != "torchvision"
+    }
+    result["num_detections"] = {name: sum(len(d["boxes"]) for d in out) for name, out in outputs.items()}
+    del outputs
+
+    padded = padded_size(*images[0].shape[-2:])
+    num_rois = spec.num_proposals
+    result["macs"] = count_macs(ours, padded, num_rois)
+
+    per_round = sum(warmup_s.values())
+    repeats = budget.repeats(per_round, share_s - per_round, minimum=args.min_repeats, maximum=7)
+    fns = {name: inference_fn(model, images, device, amp) for name, model in variants.items()}
+    matmul = _matmul_fn(device, amp)
+    fns["matmul"] = matmul
+    times = interleaved_timings(fns, device=device, warmup=0, repeats=repeats)
+    matmul_times = times.pop("matmul")
+    result["times"] = times
+    result["summary"] = {name: summarize_times(t) for name, t in times.items()}
+    result["matmul_interleaved"] = {
+        "size": matmul.size,
+        "dtype": str(matmul.dtype).replace("torch.", ""),
+        "median_flops": matmul.flop / statistics.median(matmul_times),
+        "n": len(matmul_times),
+    }
+    result["ratio_vs_torchvision"] = {
+        name: paired_ratio(times[name], times["torchvision"]) for name in variants if name != "torchvision"
+    }
+    return result
+
+
+def training_section(
+    args, ours: nn.Module, tv: nn.Module, spec: DetectorSpec, batch_size: int, image_size, budget: Budget, share_s: float,
+    *, proposed: bool
+) -> Dict[str, Any]:
+    """One training iteration: ours vs torchvision (and ours with the proposed changes).
+
+    'ours' trains with channels-last weights (the memory format is the user's
+    choice, not a model setting; it is what the inference side uses too).
+    Copies are trained, so the models passed in keep their weights.
+    """
+    device, amp = args.device, args.amp
+    variants: Dict[str, nn.Module] = {
+        "ours": copy.deepcopy(ours).to(memory_format=torch.channels_last),
+        "torchvision": copy.deepcopy(tv),
+    }
+    if proposed:
+        variants["ours+proposed"] = apply_proposed(ours).to(memory_format=torch.channels_last)
+    for model in variants.values():
+        model.to(device)
+    images = make_images(batch_size, *image_size, seed=args.seed + 1, device=device)
+    targets = make_targets(images, spec.num_classes, seed=args.seed + 1)
+    fns = {name: training_step_fn(model, images, targets, device, amp) for name, model in variants.items()}
+
+    result: Dict[str, Any] = {"model": spec.name, "depth": spec.depth, "batch_size": batch_size, "variants": list(variants)}
+    warmup_s, memory = {}, {}
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        memory[name] = peak_memory(fn, device)
+        warmup_s[name] = time.perf_counter() - start
+    result["warmup_s"] = warmup_s
+    result["peak_memory"] = memory
+    per_round = sum(warmup_s.values())
+    repeats = budget.repeats(per_round, share_s - per_round, minimum=args.min_repeats, maximum=7)
+    times = interleaved_timings(fns, device=device, warmup=0, repeats=repeats)
+    result["times"] = times
+    result["summary"] = {name: summarize_times(t) for name, t in times.items()}
+    result["images_per_s"] = {name: batch_size / s["median_s"] for name, s in result["summary"].items()}
+    result["ratio_vs_torchvision"] = {
+        name: paired_ratio(times[name], times["torchvision"]) for name in variants if name != "torchvision"
+    }
+    return result
+
+
+def scaling_section(args, ours: nn.Module, base_spec: DetectorSpec, settings, budget: Budget, share_s: float) -> Dict[str, Any]:
+    """Latency by stage of our optimized detector against the shorter side and the proposal count.
+
+    Each point is a detector built from its own config (input size, proposal
+    count) with the weights of ``ours``.
+    """
+    device, amp = args.device, args.amp
+    height, width = settings["image_size"]
+    points: List[Tuple[str, int, DetectorSpec, Tuple[int, int]]] = []
+    for side in settings["sizes"]:
+        # Keep the 4:3 image; the max size grows with it so that the shorter side is what is set.
+        long_side = int(round(side * width / height))
+        points.append(("size", side, base_spec.with_(min_size=side, max_size=long_side), (side, long_side)))
+    for n in settings["proposals"]:
+        points.append(("proposals", n, base_spec.with_(num_proposals=n), (height, width)))
+    state = ours.state_dict()
+    rows, skipped = [], []
+    deadline = budget.elapsed() + share_s
+    for kind, value, spec, (h, w) in points:
+        if not args.quick and (budget.elapsed() > deadline or budget.left() <= 0):
+            skipped.append(f"{kind}={value}")
+            continue
+        model = build_ours(spec, seed=args.seed)
+        model.load_state_dict(state)
+        model = optimize_for_inference(model).to(device)
+        images = make_images(1, h, w, seed=args.seed, device=device)
+        stages = StageTimer(model, device)
+        fn = inference_fn(model, images, device, amp)
+        warm = stages.run(fn)  # warm-up (new shapes), kept only if there is no time for another
+        runs = [stages.run(fn)] if args.quick or budget.elapsed() + warm["total"] < deadline else [warm]
+        stages.remove()
+        best = min(runs, key=lambda r: r["total"])
+        rows.append(
+            {
+                "sweep": kind,
+                "value": value,
+                "image": [h, w],
+                "proposals": spec.num_proposals,
+                "rois": stages.rois[-1] if stages.rois else None,
+                "warm": len(runs) == 1 and runs[0] is not warm,
+                "stages_s": best,
+                "macs": count_macs(model, padded_size(h, w), spec.num_proposals)["total"],
+            }
+        )
+    return {"rows": rows, "skipped": skipped}
+
+
+def profile_section(args, ours: nn.Module, images, row_limit: int = 15) -> Dict[str, Any]:
+    """Top operators (self time) of one call of our optimized detector."""
+    device, amp = args.device, args.amp
+    model = optimize_for_inference(ours).to(device)
+    fn = inference_fn(model, images, device, amp)
+    fn()  # warm-up
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        fn()
+        synchronize(device)
+    events = prof.key_averages()
+
+    def device_self(e) -> float:
+        return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)))
+
+    key = device_self if device.type == "cuda" else (lambda e: float(e.self_cpu_time_total))
+    total = sum(key(e) for e in events) or 1.0
+    top = sorted(events, key=key, reverse=True)[:row_limit]
+    return {
+        "clock": "device (CUDA kernels)" if device.type == "cuda" else "CPU",
+        "total_ms": total / 1000.0,
+        "top": [
+            {"op": e.key, "self_ms": key(e) / 1000.0, "percent": 100.0 * key(e) / total, "calls": int(e.count)}
+            for e in top
+        ],
+    }
+
+
+# --------------------------------------------------------------------------- report
+def _fmt_s(s: Optional[float]) -> str:
+    if s is None:
+        return "-"
+    return f"{s * 1000:.1f} ms" if s < 1.0 else f"{s:.2f} s"
+
+
+def _fmt_time_summary(summary: Dict[str, float]) -> str:
+    if summary["n"] == 1:
+        return f"{_fmt_s(summary['median_s'])} (n=1)"
+    return f"{_fmt_s(summary['median_s'])} ({_fmt_s(summary['min_s'])}-{_fmt_s(summary['max_s'])}, n={summary['n']})"
+
+
+def _fmt_mib(record: Dict[str, Any]) -> str:
+    value = record.get("peak_mib") if record else None
+    return "-" if value is None else f"{value:.0f} MiB"
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def write_markdown(results: Dict[str, Any], path: Path, png_name: Optional[str]) -> None:
+    info = results["machine"]
+    lines: List[str] = []
+    device = info["device"]
+    cuda = device.startswith("cuda")
+    title = "GPU" if cuda else "CPU"
+    lines.append(f"# Speed: ours vs torchvision Faster R-CNN C4 ({title}{', --quick' if results['quick'] else ''})")
+    lines.append("")
+    lines.append(
+        "Written by `python " + " ".join(results["argv"]) + "` (benchmarks/run.py); every figure below was "
+        "measured in that one run. Method, settings and the weight mapping: `benchmarks/run.py`, `benchmarks/common.py`."
+    )
+    lines.append("")
+    lines.append("## Machine")
+    lines.append("")
+    lines.append("| | |")
+    lines.append("|---|---|")
+    rows = [
+        ("date", results["date"]),
+        ("device", info.get("gpu", info["cpu"]) + (f" (CUDA {info.get('cuda')}, cuDNN {info.get('cudnn')})" if cuda else "")),
+        ("CPU", f"{info['cpu']}, {info['cpu_count']} logical cores, torch threads {info['torch_threads']}"),
+        ("versions", f"Python {info['python']}, torch {info['torch']}, torchvision {info['torchvision']}"),
+        ("platform", info["platform"]),
+        ("autocast", results["amp"]),
+        ("load average at start / end", f"{results['load_start']} / {results['load_end']}"),
+        ("wall time of the run", f"{results['wall_s']:.0f} s (budget {results['budget_s']:.0f} s)"),
+    ]
+    for name, value in rows:
+        lines.append(f"| {name} | {value} |")
+    mm = results.get("matmul", {})
+    for key, record in mm.items():
+        lines.append(
+            f"| dense matmul {record['dtype']} {record['size']}x{record['size']} | "
+            f"{record['median_flops'] / 1e9:.1f} GFLOP/s median, {record['best_flops'] / 1e9:.1f} best |"
+        )
+    lines.append("")
+    spec = results["spec"]
+    h, w = results["image_size"]
+    lines.append(
+        f"Settings (both detectors): one {h}x{w} RGB image (shorter side {spec['min_size']}, max {spec['max_size']}), "
+        f"RPN {spec['pre_nms_topk']} -> {spec['num_proposals']} proposals (NMS 0.7), RoIAlign 14x14 (aligned=False, "
+        f"adaptive sampling) then res5 + average pool, {spec['num_classes']} classes, score > 0.05, NMS 0.3, 100 "
+        f"detections; training: {spec['pre_nms_topk_train']} -> {spec['post_nms_topk_train']} proposals, "
+        f"{spec['rois_per_image_train']} RoIs per image, SGD. ResNet layout: torchvision v1.5, FrozenBN. Weights: "
+        "random (FrozenBN with random statistics), copied into torchvision's model key by key. "
+        "'ours' = `optimize_for_inference`: FrozenBN folded (`prepare_for_inference`) + channels-last. "
+        "Times: median (min-max, n timed calls after one warm-up), the detectors called in turns."
+    )
+    lines.append("")
+
+    inf = results.get("inference", [])
+    if inf:
+        lines.append("## Inference latency (one image)")
+        lines.append("")
+        lines.append(
+            "| model | ours | torchvision | ours / torchvision | ours + proposed | (ratio) | GMACs | ours GFLOP/s | "
+            "% of matmul | peak mem ours / tv | detections equal to tv |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in inf:
+            if "error" in r:
+                lines.append(f"| {r.get('model', '?')} | error: {r['error']} |")
+                continue
+            s = r["summary"]
+            ratio = r["ratio_vs_torchvision"]["ours"]
+            macs = r["macs"]["total"]
+            rate = 2 * macs / s["ours"]["median_s"]
+            peak = r["matmul_interleaved"]["median_flops"]
+            prop = s.get("ours+proposed")
+            prop_ratio = r["ratio_vs_torchvision"].get("ours+proposed")
+            agree = r["agreement"]["ours"]
+            lines.append(
+                f"| {r['model']} | {_fmt_time_summary(s['ours'])} | {_fmt_time_summary(s['torchvision'])} | "
+                f"**{ratio['median']:.2f}** ({ratio['min']:.2f}-{ratio['max']:.2f}) | "
+                f"{_fmt_time_summary(prop) if prop else '-'} | "
+                f"{'%.2f' % prop_ratio['median'] if prop_ratio else '-'} | {macs / 1e9:.1f} | {rate / 1e9:.1f} | "
+                f"{100 * rate / peak:.0f}% | {_fmt_mib(r['peak_memory']['ours'])} / {_fmt_mib(r['peak_memory']['torchvision'])} | "
+                f"{agree['matched']}/{max(agree['num_a'], agree['num_b'])} (max score diff {agree['max_score_diff']:.1e}) |"
+            )
+        lines.append("")
+        lines.append(
+            "GMACs: multiply-adds of convolutions and linear layers (trunk at the padded size, RPN head, res5 and "
+            "predictor on the proposals), counted by `FlopCounterMode`; GFLOP/s = 2 x GMACs / median time; "
+            "% of matmul: of the median rate of a dense matmul (fp32 2048^3 on CPU) timed in the same turns as the "
+            "detectors, i.e. under the same background load. "
+            "'Detections equal': detections of ours matched by torchvision's (same label, IoU >= 0.99) over the "
+            "larger count."
+        )
+        lines.append("")
+        for r in inf:
+            if "error" in r or len(r["summary"]) <= 2:
+                continue
+            lines.append(f"### Ablation of the speed options ({r['model']})")
+            lines.append("")
+            lines.append("| variant | median (min-max, n) | / ours_plain | / torchvision | peak memory | detections equal to tv |")
+            lines.append("|---|---|---|---|---|---|")
+            plain = r["summary"]["ours_plain"]["median_s"]
+            for name, s in r["summary"].items():
+                ratio = r["ratio_vs_torchvision"].get(name)
+                agree = r["agreement"].get(name)
+                lines.append(
+                    f"| {name} | {_fmt_time_summary(s)} | {s['median_s'] / plain:.2f} | "
+                    f"{'%.2f' % ratio['median'] if ratio else '1.00'} | {_fmt_mib(r['peak_memory'][name])} | "
+                    f"{'%d/%d' % (agree['matched'], max(agree['num_a'], agree['num_b'])) if agree else '-'} |"
+                )
+            lines.append("")
+            lines.append(
+                "ours_plain: the model as built; fold_only: `prepare_for_inference()`; channels_last_only: "
+                "`model.to(memory_format=torch.channels_last)`; ours: both; ours+proposed: both and the changes of "
+                "`benchmarks/proposed.py` (fused FrozenBN, in-place ReLU/add, res5 conv1 before RoIAlign), "
+                "proposed for the modeling code in `benchmarks/PROPOSED_OPTIMIZATIONS.md`."
+            )
+            lines.append("")
+
+    train = results.get("training", [])
+    if train:
+        lines.append("## Training iteration (forward, backward, SGD step)")
+        lines.append("")
+        lines.append("| model | batch | ours | torchvision | ours / torchvision | images/s ours / tv | ours + proposed | (ratio) | peak mem ours / tv |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for r in train:
+            if "error" in r:
+                lines.append(f"| {r.get('model', '?')} | {r.get('batch_size', '?')} | error: {r['error']} |")
+                continue
+            s = r["summary"]
+            ratio = r["ratio_vs_torchvision"]["ours"]
+            prop = s.get("ours+proposed")
+            prop_ratio = r["ratio_vs_torchvision"].get("ours+proposed")
+            ips = r["images_per_s"]
+            lines.append(
+                f"| {r['model']} | {r['batch_size']} | {_fmt_time_summary(s['ours'])} | {_fmt_time_summary(s['torchvision'])} | "
+                f"**{ratio['median']:.2f}** ({ratio['min']:.2f}-{ratio['max']:.2f}) | {ips['ours']:.2f} / {ips['torchvision']:.2f} | "
+                f"{_fmt_time_summary(prop) if prop else '-'} | {'%.2f' % prop_ratio['median'] if prop_ratio else '-'} | "
+                f"{_fmt_mib(r['peak_memory']['ours'])} / {_fmt_mib(r['peak_memory']['torchvision'])} |"
+            )
+        lines.append("")
+        lines.append(
+            "Each detector samples its own RPN anchors and RoIs (random), so the two do the same amount of work but "
+            "not the same arithmetic. Memory: peak of the first (warm-up) iteration above what was allocated before."
+        )
+        lines.append("")
+
+    scaling = results.get("scaling")
+    if scaling and scaling.get("rows"):
+        lines.append("## Where the time goes: latency of ours by stage")
+        lines.append("")
+        if png_name:
+            lines.append(f"![scaling]({png_name})")
+            lines.append("")
+        stages = StageTimer.STAGES
+        lines.append("| sweep | image | proposals | total | GMACs | " + " | ".join(stages) + " |")
+        lines.append("|---|---|---|---|---|" + "---|" * len(stages))
+        for row in scaling["rows"]:
+            st = row["stages_s"]
+            lines.append(
+                f"| {row['sweep']} | {row['image'][0]}x{row['image'][1]} | {row['rois']} | {_fmt_s(st['total'])} | "
+                f"{row['macs'] / 1e9:.1f} | " + " | ".join(f"{100 * st[k] / st['total']:.0f}%" for k in stages) + " |"
+            )
+        lines.append("")
+        lines.append(
+            "One call per point after a warm-up call with the same shapes (the warm-up itself where time ran out), "
+            "R-50-C4 'ours'. trunk = stem..res4; roi_post = box decoding, score threshold, NMS; other = "
+            "normalization, padding, mapping boxes back."
+        )
+        if scaling.get("skipped"):
+            lines.append(f"Skipped for lack of time: {', '.join(scaling['skipped'])}.")
+        lines.append("")
+
+    profile = results.get("profile")
+    if profile and "top" in profile:
+        lines.append(f"## Operator profile of ours ({results['spec_name']}, {profile['clock']} self time)")
+        lines.append("")
+        lines.append("| operator | self time | share | calls |")
+        lines.append("|---|---|---|---|")
+        for e in profile["top"]:
+            lines.append(f"| `{e['op']}` | {e['self_ms']:.1f} ms | {e['percent']:.1f}% | {e['calls']} |")
+        lines.append("")
+
+    targets = results.get("targets", [])
+    if targets:
+        lines.append("## Targets")
+        lines.append("")
+        lines.append("| target | measured | status |")
+        lines.append("|---|---|---|")
+        for t in targets:
+            lines.append(f"| {t['target']} | {t['measured']} | {t['status']} |")
+        lines.append("")
+        lines.append("Analysis of the gaps and the proposed changes: `benchmarks/PROPOSED_OPTIMIZATIONS.md`.")
+        lines.append("")
+
+    if results.get("errors") or results.get("skipped"):
+        lines.append("## Not measured in this run")
+        lines.append("")
+        for item in results.get("skipped", []):
+            lines.append(f"- skipped: {item}")
+        for e in results.get("errors", []):
+            lines.append(f"- {e['part']}: {e['error']}")
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def plot_scaling(results: Dict[str, Any], path: Path) -> bool:
+    """Stacked stage times against shorter side and proposal count; False if nothing to plot."""
+    rows = (results.get("scaling") or {}).get("rows") or []
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, sweep, xlabel in ((axes[0], "size", "shorter side (px), 4:3 image"), (axes[1], "proposals", "proposals")):
+        points = [r for r in rows if r["sweep"] == sweep]
+        if not points:
+            ax.set_visible(False)
+            continue
+        xs = [r["value"] for r in points]
+        bottom = [0.0] * len(points)
+        for stage in StageTimer.STAGES:
+            ys = [r["stages_s"][stage] for r in points]
+            ax.bar([str(x) for x in xs], ys, bottom=bottom, label=stage)
+            bottom = [b + y for b, y in zip(bottom, ys)]
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("seconds per image")
+        ax.set_title(f"{results['spec_name']} ours, {results['machine'].get('gpu', results['machine']['cpu'])}")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def evaluate_targets(results: Dict[str, Any]) -> List[Dict[str, str]]:
+    """The issue's targets, checked against this run's numbers."""
+    targets = []
+    cuda = results["machine"]["device"].startswith("cuda")
+    for r in results.get("inference", []):
+        if "error" in r:
+            continue
+        ratio = r["ratio_vs_torchvision"]["ours"]["median"]
+        if not cuda:
+            targets.append({
+                "target": f"{r['model']} inference <= {TARGET_INFERENCE_RATIO}x torchvision",
+                "measured": f"{ratio:.2f}x" + (
+                    f" (ours + proposed: {r['ratio_vs_torchvision']['ours+proposed']['median']:.2f}x)"
+                    if "ours+proposed" in r["ratio_vs_torchvision"] else ""),
+                "status": _met(ratio <= TARGET_INFERENCE_RATIO),
+            })
+            peak = r["matmul_interleaved"]["median_flops"]
+            if peak:
+                fraction = 2 * r["macs"]["total"] / r["summary"]["ours"]["median_s"] / peak
+                targets.append({
+                    "target": f"{r['model']} inference >= {TARGET_MATMUL_FRACTION:.0%} of matmul FLOP/s",
+                    "measured": f"{fraction:.0%}",
+                    "status": _met(fraction >= TARGET_MATMUL_FRACTION),
+                })
+        elif r["depth"] == 101:
+            median = r["summary"]["ours"]["median_s"]
+            targets.append({
+                "target": f"R-101-C4 inference < {TARGET_GPU_R101_LATENCY_S * 1000:.0f} ms per image ({results['amp']})",
+                "measured": _fmt_s(median),
+                "status": _met(median < TARGET_GPU_R101_LATENCY_S),
+            })
+        agree = r["agreement"]["ours"]["agreement"]
+        targets.append({
+            "target": f"{r['model']} detections equal to torchvision's (same weights)",
+            "measured": f"{agree:.1%} matched",
+            "status": _met(agree >= 0.95),
+        })
+    for r in results.get("training", []):
+        if "error" in r:
+            continue
+        ratio = r["ratio_vs_torchvision"]["ours"]["median"]
+        if cuda:
+            speedup = r["images_per_s"]["ours"] / r["images_per_s"]["torchvision"]
+            targets.append({
+                "target": f"{r['model']} batch {r['batch_size']} training >= {TARGET_GPU_TRAIN_SPEEDUP}x torchvision images/s",
+                "measured": f"{speedup:.2f}x",
+                "status": _met(speedup >= TARGET_GPU_TRAIN_SPEEDUP),
+            })
+        else:
+            targets.append({
+                "target": f"{r['model']} batch {r['batch_size']} training <= {TARGET_TRAIN_RATIO}x torchvision",
+                "measured": f"{ratio:.2f}x" + (
+                    f" (ours + proposed: {r['ratio_vs_torchvision']['ours+proposed']['median']:.2f}x)"
+                    if "ours+proposed" in r["ratio_vs_torchvision"] else ""),
+                "status": _met(ratio <= TARGET_TRAIN_RATIO),
+            })
+    return targets
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.device.type == "cuda":
+        torch.cuda.set_device(args.device)
+        # Fixed input shapes: let cuDNN pick its fastest kernels (both detectors benefit).
+        torch.backends.cudnn.benchmark = True
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    budget = Budget(args.budget_s)
+    settings = scale_settings(args.quick)
+    image_size = settings["image_size"]
+    base_spec = DetectorSpec(**settings["spec"])
+    suffix = "cuda" if args.device.type == "cuda" else "cpu"
+    if args.amp != "none":
+        suffix += f"_{args.amp}"
+
+    results: Dict[str, Any] = {
+        "argv": ["benchmarks/run.py"] + list(sys.argv[1:] if argv is None else argv),
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "quick": args.quick,
+        "amp": args.amp,
+        "budget_s": args.budget_s,
+        "machine": machine_info(args.device),
+        "load_start": _fmt_load(load_average()),
+        "spec": base_spec.__dict__ | {"anchor_sizes": list(base_spec.anchor_sizes)},
+        "spec_name": base_spec.with_(depth=args.depths[0]).name,
+        "image_size": list(image_size),
+        "errors": [],
+        "skipped": [],
+        "inference": [],
+        "training": [],
+    }
+
+    def log(message: str) -> None:
+        print(f"[{budget.elapsed():6.0f} s] {message}", flush=True)
+
+    # Shares of the budget: what comes first matters most (the side-by-side figures).
+    depths = args.depths
+    n_train = len(depths) * len(args.train_batch_sizes) if "train" not in args.skip else 0
+    weights = {"inference": 0.30, "training": 0.42 if n_train else 0.0, "scaling": 0.18, "profile": 0.10}
+    total_weight = sum(weights.values())
+    share = {k: args.budget_s * v / total_weight for k, v in weights.items()}
+
+    log(f"machine: {results['machine']}")
+    try:
+        results["matmul"] = {"fp32": matmul_flops(args.device, dtype=torch.float32)}
+        if args.amp == "bf16":
+            results["matmul"]["bf16"] = matmul_flops(args.device, dtype=torch.bfloat16)
+        log(f"matmul: { {k: round(v['median_flops'] / 1e9, 1) for k, v in results['matmul'].items()} } GFLOP/s")
+    except Exception as exc:  # noqa: BLE001 - a failing part is recorded, the rest runs
+        results["errors"].append(_error_record("matmul", exc))
+
+    images = make_images(1, *image_size, seed=args.seed, device=args.device)
+    pairs: Dict[int, Tuple[nn.Module, nn.Module]] = {}
+    for i, depth in enumerate(depths):
+        spec = base_spec.with_(depth=depth)
+        try:
+            log(f"inference {spec.name}")
+            ours, tv = build_pair(spec, seed=args.seed)
+            pairs[depth] = (ours.to(args.device), tv.to(args.device))
+            r = inference_section(
+                args, ours, tv, spec, images, budget, share["inference"] / len(depths),
+                ablation=(i == 0 and "ablation" not in args.skip),
+            )
+            results["inference"].append(r)
+            log(f"  medians: { {k: round(v['median_s'], 4) for k, v in r['summary'].items()} }")
+        except Exception as exc:  # noqa: BLE001
+            results["errors"].append(_error_record(f"inference {spec.name}", exc))
+            log(f"  failed: {exc}")
+
+    if "train" not in args.skip:
+        for depth in depths:
+            for batch_size in args.train_batch_sizes:
+                spec = base_spec.with_(depth=depth)
+                if depth not in pairs:
+                    continue
+                if not args.quick and budget.left() <= 0 and depth != depths[0]:
+                    results["skipped"].append(f"training {spec.name} batch {batch_size} (budget spent)")
+                    continue
+                try:
+                    log(f"training {spec.name} batch {batch_size}")
+                    r = training_section(args, *pairs[depth], spec, batch_size, image_size, budget,
+                                         share["training"] / n_train, proposed=depth == depths[0])
+                    results["training"].append(r)
+                    log(f"  medians: { {k: round(v['median_s'], 4) for k, v in r['summary'].items()} }")
+                except Exception as exc:  # noqa: BLE001
+                    results["errors"].append(_error_record(f"training {spec.name} batch {batch_size}", exc))
+                    log(f"  failed: {exc}")
+
+    spec = base_spec.with_(depth=depths[0])
+    first = pairs.get(depths[0])
+    if first is None:
+        results["skipped"].append("profile and scaling (no model was built)")
+    else:
+        if "profile" in args.skip:
+            pass
+        elif budget.left() > 0 or args.quick:
+            try:
+                log("profile")
+                results["profile"] = profile_section(args, first[0], images)
+            except Exception as exc:  # noqa: BLE001
+                results["errors"].append(_error_record("profile", exc))
+        else:
+            results["skipped"].append("operator profile (budget spent)")
+        if "scaling" not in args.skip:
+            try:
+                log("scaling")
+                results["scaling"] = scaling_section(args, first[0], spec, settings, budget, max(share["scaling"], budget.left()))
+            except Exception as exc:  # noqa: BLE001
+                results["errors"].append(_error_record("scaling", exc))
+
+    results["load_end"] = _fmt_load(load_average())
+    results["wall_s"] = budget.elapsed()
+    results["targets"] = evaluate_targets(results)
+    png = out_dir / f"scaling_{suffix}.png"
+    try:
+        has_png = plot_scaling(results, png)
+    except Exception as exc:  # noqa: BLE001
+        results["errors"].append(_error_record("plot", exc))
+        has_png = False
+    json_path = out_dir / f"results_{suffix}.json"
+    json_path.write_text(json.dumps(results, indent=1, default=str))
+    md_name = "RESULTS_GPU.md" if args.device.type == "cuda" else "RESULTS.md"
+    if args.amp != "none":
+        md_name = md_name.replace(".md", f"_{args.amp}.md")
+    write_markdown(results, out_dir / md_name, png.name if has_png else None)
+    log(f"wrote {out_dir / md_name}, {json_path.name}" + (f", {png.name}" if has_png else ""))
+    for t in results["targets"]:
+        log(f"target: {t['target']}: {t['measured']} ({t['status']})")
+    for e in results["errors"]:
+        print(f"error in {e['part']}: {e['error']}\n{e['traceback']}", file=sys.stderr)
+    return 1 if results["errors"] else 0
+
+
+def _fmt_load(load: Optional[Tuple[float, float, float]]) -> str:
+    return "-" if load is None else ", ".join(f"{v:.1f}" for v in load)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
