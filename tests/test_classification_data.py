@@ -287,7 +287,8 @@ def test_ten_crop_evaluation_against_hand_assembled_batch():
         resized = cv2.resize(img, (48, 40), interpolation=cv2.INTER_AREA)
         crops = np.stack(_hand_ten_crops(resized, 32))[..., ::-1]  # RGB -> BGR
         x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float()
-        x = (x - torch.tensor([120.0, 110.0, 100.0]).view(1, 3, 1, 1)) / torch.tensor([60.0, 61.0, 62.0]).view(1, 3, 1, 1)
+        mean, std = torch.tensor([120.0, 110.0, 100.0]), torch.tensor([60.0, 61.0, 62.0])
+        x = (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
         with torch.no_grad():
             hand_probs.append(F.softmax(backbone(x), dim=1).mean(dim=0))
     hand_probs = torch.stack(hand_probs)

@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="output folders of tools/train_classifier.py")
     parser.add_argument("--out", default=None, help="PNG to write (default: <first RUN_DIR>/curves.png)")
-    parser.add_argument("--labels", nargs="+", default=None, help="legend names, one per RUN_DIR (default: from config.yaml)")
+    parser.add_argument("--labels", nargs="+", default=None,
+                        help="legend names, one per RUN_DIR (default: from config.yaml)")
     parser.add_argument("--title", default="", help="figure title")
     parser.add_argument("--summary", default=None, help="also write the final numbers of each run to this JSON file")
     return parser

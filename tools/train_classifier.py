@@ -12,7 +12,8 @@ Examples::
 
     # centre-crop and 10-crop top-1/top-5 error of a checkpoint (or of torchvision://resnet50
     # with model.input_format=RGB and torchvision's pixel_mean / pixel_std)
-    python tools/train_classifier.py --config imagenet_r50.yaml --eval-only --weights output/imagenet_r50/model_final.pth
+    python tools/train_classifier.py --config imagenet_r50.yaml --eval-only \
+        --weights output/imagenet_r50/model_final.pth
 
     # its checkpoint initializes a detector directly
     python tools/train_net.py --config coco_r50.yaml --weights output/imagenet_r50/model_final.pth
@@ -113,8 +114,13 @@ def main(argv=None) -> int:
     if result.get("stopped_early"):
         print(f"stopped before the end of the schedule; continue with: --resume (output: {output_dir})")
     elif not args.eval_only:
-        print(f"checkpoint for a detector: python tools/train_net.py --config <detection config> "
-              f"--weights {output_dir / 'model_final.pth'}")
+        from detectron_res.classification.checkpoint import detection_overrides, load_classifier_checkpoint
+
+        final = output_dir / "model_final.pth"
+        overrides = detection_overrides(load_classifier_checkpoint(final)) if final.is_file() else []
+        if overrides:
+            print(f"initialize a detector with it: python tools/train_net.py --config <detection config> "
+                  f"--weights {final} {' '.join(overrides)}")
     return 0
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, List, Mapping
 
 import torch
 
@@ -51,6 +51,7 @@ __all__ = [
     "is_classifier_checkpoint",
     "load_classifier_state",
     "initialize_classifier",
+    "detection_overrides",
 ]
 
 _COUNTER_SUFFIX = "num_batches_tracked"
@@ -120,7 +121,9 @@ def load_classifier_checkpoint(path: str | os.PathLike) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}); corrupt or not a torch file") from None
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint ({type(e).__name__}); corrupt or not a torch file"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != _SAVED_FORMAT_TAG or "classifier" not in state:
         keys = sorted(state)[:6] if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not a classifier checkpoint of tools/train_classifier.py (keys {keys})")
@@ -183,3 +186,35 @@ def initialize_classifier(model: ImageClassifier, source: str, cfg, *, strict: b
     if report.missing or report.shape_mismatch:
         raise ValueError(f"ImageNet weights {source} do not fit the classifier: {report.summary()}")
     return f"ImageNet {weights.arch} weights {source} ({weights.fmt}, {len(report.loaded)} tensors)"
+
+
+def detection_overrides(state: Mapping[str, Any]) -> List[str]:
+    """The detection-config overrides (``tools/train_net.py`` trailing arguments) that
+    build a detector matching a classifier checkpoint: backbone layout and input
+    normalization. Empty for the CIFAR nets, which no detector uses.
+
+    With the ImageNet configs' defaults (MSRA layout and normalization) most of these
+    equal the detection schema's defaults; they are listed anyway, so that the line
+    can be pasted whatever the detection config says.
+    """
+    arch = str(state.get("arch", ""))
+    c = state.get("classifier", {})
+    if arch == "vgg16":
+        layout = ["model.backbone.name=vgg16"]
+    elif arch.startswith("resnet"):
+        layout = [
+            "model.backbone.name=resnet",
+            f"model.backbone.depth={int(arch[len('resnet'):])}",
+            f"model.backbone.stride_in_1x1={str(bool(state['stride_in_1x1'])).lower()}",
+            f"model.backbone.residual={str(bool(c.get('residual', True))).lower()}",
+            f"model.backbone.shortcut={c.get('shortcut', 'B')}",
+            f"model.backbone.base_channels={int(c.get('base_channels', 64))}",
+        ]
+    else:
+        return []
+    fmt = lambda values: "[" + ",".join(f"{float(v):g}" for v in values) + "]"  # noqa: E731
+    return layout + [
+        f"model.input_format={state['input_format']}",
+        f"model.pixel_mean={fmt(state['pixel_mean'])}",
+        f"model.pixel_std={fmt(state['pixel_std'])}",
+    ]

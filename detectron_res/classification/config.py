@@ -296,7 +296,9 @@ def _check(cfg: DictConfig) -> None:
     if d.holdout < 0:
         raise ConfigError(f"config key 'data.holdout' must be >= 0; got {d.holdout}")
     if d.format == "cifar10" and d.test_split not in ("test", "holdout"):
-        raise ConfigError(f"config key 'data.test_split' must be 'test' or 'holdout' for CIFAR-10; got {d.test_split!r}")
+        raise ConfigError(
+            f"config key 'data.test_split' must be 'test' or 'holdout' for CIFAR-10; got {d.test_split!r}"
+        )
     if d.format == "cifar10" and d.test_split == "holdout" and d.holdout == 0:
         raise ConfigError("config key 'data.test_split' is 'holdout' but data.holdout=0: set data.holdout=5000")
 
@@ -328,7 +330,9 @@ def load_classifier_config(
                 raise ConfigError(f"{path}: _base_ file '{base_name}' not found (looked for {base_path})")
             base_data = _read_yaml(base_path)
             if "_base_" in base_data:
-                raise ConfigError(f"{base_path}: a _base_ file may not have its own _base_ (one level of inheritance only)")
+                raise ConfigError(
+                    f"{base_path}: a _base_ file may not have its own _base_ (one level of inheritance only)"
+                )
             cfg = _merge(cfg, base_data, str(base_path))
         cfg = _merge(cfg, data, str(path))
     for key, value, text in _parse_overrides(overrides):

@@ -133,7 +133,8 @@ def plot_runs(runs: Sequence[RunCurves], out_path: str | os.PathLike, *, title: 
         if run.response_std is not None:
             it, layers = run.response_std
             stds = [v for _, v in layers]
-            ax_std.plot(range(1, len(stds) + 1), stds, "-", color=c, linewidth=1.2, label=f"{run.label} (iter {it + 1})")
+            ax_std.plot(range(1, len(stds) + 1), stds, "-", color=c, linewidth=1.2,
+                        label=f"{run.label} (iter {it + 1})")
             ax_sorted.plot(range(1, len(stds) + 1), sorted(stds, reverse=True), "-", color=c, linewidth=1.2,
                            label=run.label)
         for s, (stage, series) in enumerate(run.grad_norms.items()):

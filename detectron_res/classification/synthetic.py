@@ -5,10 +5,11 @@
 * :func:`make_synthetic_cifar10`: a ``cifar-10-batches-py`` folder in the official
   python-pickle format (``data_batch_1..5``, ``test_batch``, ``batches.meta``).
 
-Each class is a family of oriented sinusoidal gratings (class = orientation, and
-spatial frequency when there are more than 4 classes) with random phase, random colours and pixel noise, so the
-classes are learnable by a small network in a few hundred iterations but not by a
-colour histogram. Nothing here is a benchmark: numbers measured on these images say
+Each class is a two-colour sinusoidal pattern (vertical or horizontal stripes,
+plaid, rings, diagonal cross; a second spatial frequency for classes 6-10), all
+unchanged by the horizontal flips of the augmentation, with random colours, phase
+and pixel noise: learnable by a small network in a few hundred iterations, but not
+by a colour histogram. Nothing here is a benchmark: numbers measured on these images say
 how a training run behaves, not how well a model recognizes real objects.
 """
 from __future__ import annotations
@@ -24,28 +25,48 @@ import numpy as np
 __all__ = ["grating_image", "make_synthetic_imagenet", "make_synthetic_cifar10"]
 
 
-def _class_params(label: int, num_classes: int) -> Tuple[float, float]:
-    """(orientation in radians, cycles per 32 pixels) of a class.
+# Class patterns, all unchanged by a horizontal flip (the training augmentation flips).
+_PATTERNS = ("vertical", "horizontal", "plaid", "rings", "diagonal_cross")
 
-    Up to 4 classes differ by orientation only; more classes use half as many
-    orientations at two spatial frequencies (3 and 6 cycles per 32 pixels).
-    """
-    num_angles = num_classes if num_classes <= 4 else (num_classes + 1) // 2
-    angle = np.pi * (label % num_angles) / num_angles
-    freq = 3.0 if label < num_angles else 6.0
-    return angle, freq
+
+def _class_params(label: int, num_classes: int) -> Tuple[str, float]:
+    """(pattern, cycles per 32 pixels) of a class: up to 5 classes differ by pattern
+    only (at 3 cycles); more classes also use a second frequency (6 cycles)."""
+    pattern = _PATTERNS[label % len(_PATTERNS)]
+    freq = 3.0 if label < len(_PATTERNS) else 6.0
+    return pattern, freq
 
 
 def grating_image(label: int, num_classes: int, height: int, width: int, rng: np.random.Generator,
                   *, noise: float = 30.0) -> np.ndarray:
-    """One ``uint8 (height, width, 3)`` RGB image of class ``label``."""
-    angle, freq = _class_params(label, num_classes)
-    angle += rng.normal(0.0, 0.08)  # some within-class variation
+    """One ``uint8 (height, width, 3)`` RGB image of class ``label``: a two-colour
+    pattern with random colours, phase, small rotation, and Gaussian pixel noise."""
+    if not 0 <= label < num_classes <= 2 * len(_PATTERNS):
+        raise ValueError(f"label {label} of {num_classes} classes: at most {2 * len(_PATTERNS)} classes")
+    pattern, freq = _class_params(label, num_classes)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    scale = 32.0 / max(32.0, min(height, width))  # same stripes per image at any size
-    t = (xx * np.cos(angle) + yy * np.sin(angle)) * scale
-    wave = 0.5 + 0.5 * np.sin(2 * np.pi * freq * t / 32.0 + rng.uniform(0, 2 * np.pi))
-    a, b = rng.uniform(0, 255, size=3), rng.uniform(0, 255, size=3)
+    scale = 32.0 / max(32.0, min(height, width))  # the same number of stripes at any image size
+    jitter = rng.normal(0.0, 0.05)  # a slight rotation (flip-symmetric on average)
+    u = (xx * np.cos(jitter) + yy * np.sin(jitter)) * scale
+    v = (-xx * np.sin(jitter) + yy * np.cos(jitter)) * scale
+    k = 2 * np.pi * freq / 32.0
+    phase = rng.uniform(0, 2 * np.pi, size=2)
+    if pattern == "vertical":
+        wave = np.sin(k * u + phase[0])
+    elif pattern == "horizontal":
+        wave = np.sin(k * v + phase[0])
+    elif pattern == "plaid":
+        wave = 0.5 * (np.sin(k * u + phase[0]) + np.sin(k * v + phase[1]))
+    elif pattern == "rings":
+        cy, cx = rng.uniform(0.3, 0.7, size=2) * (height * scale, width * scale)
+        wave = np.sin(k * np.hypot(u - cx, v - cy) + phase[0])
+    else:  # diagonal_cross: both diagonals, which a flip exchanges
+        d = k / np.sqrt(2.0)
+        wave = 0.5 * (np.sin(d * (u + v) + phase[0]) + np.sin(d * (u - v) + phase[1]))
+    wave = 0.5 + 0.5 * wave
+    # Two roughly complementary colours: always enough contrast to see the pattern.
+    a = rng.uniform(0, 255, size=3)
+    b = np.clip(255.0 - a + rng.normal(0.0, 30.0, size=3), 0, 255)
     image = a[None, None, :] * wave[..., None] + b[None, None, :] * (1 - wave[..., None])
     image += rng.normal(0.0, noise, size=image.shape)
     return np.clip(image, 0, 255).astype(np.uint8)

@@ -100,7 +100,9 @@ def _amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
     if not cfg.solver.amp.enabled:
         return None
     if device.type != "cuda":
-        raise ValueError(f"solver.amp.enabled=true needs a CUDA device, got device {device}; set solver.amp.enabled=false")
+        raise ValueError(
+            f"solver.amp.enabled=true needs a CUDA device, got device {device}; set solver.amp.enabled=false"
+        )
     return _AMP_DTYPES[str(cfg.solver.amp.dtype)]
 
 
@@ -112,7 +114,8 @@ def _init_process(cfg, device_name: Optional[str]):
     return info, device
 
 
-def _evaluate(cfg, model: ImageClassifier, dataset: ClassificationDataset, views, device, amp_dtype) -> Dict[str, float]:
+def _evaluate(cfg, model: ImageClassifier, dataset: ClassificationDataset, views, device,
+              amp_dtype) -> Dict[str, float]:
     metrics = evaluate_classifier(
         model, dataset, views=list(views), short_side=int(cfg.input.test_short_side),
         crop_size=int(cfg.input.crop_size), images_per_batch=int(cfg.test.images_per_batch), device=device,
