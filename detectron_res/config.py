@@ -66,6 +66,9 @@ class AnchorConfig:
     # Faster R-CNN: areas 128^2, 256^2, 512^2 x ratios 1:2, 1:1, 2:1 (COCO adds 64).
     sizes: List[int] = field(default_factory=lambda: [128, 256, 512])
     aspect_ratios: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    # Anchor centre inside its 16-pixel cell, as a fraction of the stride: 0.5 is
+    # the cell centre (py-faster-rcnn), 0.0 the cell corner (Detectron2, torchvision).
+    offset: float = 0.5
 
 
 @dataclass

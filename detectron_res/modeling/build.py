@@ -129,7 +129,7 @@ def build_model(cfg) -> FasterRCNN:
         aspect_ratios=list(m.anchor.aspect_ratios),
         stride=feature_stride,
         # Not in every config schema version; the cell centre (py-faster-rcnn) by default.
-        offset=float(OmegaConf.select(cfg, "model.anchor.offset", default=0.5)),
+        offset=float(cfg.model.anchor.offset),
     )
     rpn = RegionProposalNetwork(
         head=RPNHead(
