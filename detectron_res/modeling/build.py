@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Tuple
 
-from omegaconf import OmegaConf
 from torch import nn
 
 from .anchor_generator import AnchorGenerator
