@@ -649,6 +649,7 @@ def machine_info(device: torch.device) -> Dict[str, object]:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
         info["cudnn"] = torch.backends.cudnn.version()
+        info["cudnn_tf32"] = bool(torch.backends.cudnn.allow_tf32)
     else:
         info["mkldnn"] = torch.backends.mkldnn.is_available()
     return info

@@ -311,7 +311,17 @@ class _Matmul:
         self.size, self.dtype, self.flop = size, dtype, 2.0 * size**3
 
     def __call__(self) -> None:
-        torch.mm(self.a, self.b)
+        if self.a.is_cuda and self.dtype == torch.float32:
+            # Match the precision cuDNN gives the detectors' fp32 convolutions
+            # (TF32 unless torch.backends.cudnn.allow_tf32 is turned off).
+            saved = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
+            try:
+                torch.mm(self.a, self.b)
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = saved
+        else:
+            torch.mm(self.a, self.b)
 
 
 def _matmul_fn(device: torch.device, amp: str) -> _Matmul:
@@ -549,7 +559,8 @@ def write_markdown(results: Dict[str, Any], path: Path, png_name: Optional[str])
         ("CPU", f"{info['cpu']}, {info['cpu_count']} logical cores, torch threads {info['torch_threads']}"),
         ("versions", f"Python {info['python']}, torch {info['torch']}, torchvision {info['torchvision']}"),
         ("platform", info["platform"]),
-        ("autocast", results["amp"]),
+        ("autocast", results["amp"] + (
+            f"; fp32 convolutions in TF32: {info.get('cudnn_tf32')}, cudnn.benchmark on" if cuda else "")),
         ("load average at start / end", f"{results['load_start']} / {results['load_end']}"),
         ("wall time of the run", f"{results['wall_s']:.0f} s (budget {results['budget_s']:.0f} s)"),
     ]

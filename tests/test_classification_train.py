@@ -10,6 +10,7 @@ import copy
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -323,8 +324,11 @@ def test_two_process_training_and_sharded_evaluation(cifar_root, tmp_path):
             *_cifar_overrides(cifar_root, "model.depth=8", "solver.max_iter=3", "test.eval_period=0",
                               "diagnostics.grad_norm_period=1")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
          str(ROOT / "tools" / "train_classifier.py"), "--output-dir", str(out), *args],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
@@ -338,3 +342,28 @@ def test_two_process_training_and_sharded_evaluation(cifar_root, tmp_path):
     single = json.loads((tmp_path / "eval" / "inference" / "evaluation.json").read_text())
     assert single["num_images"] == 40
     assert single["metrics"]["test/top1_err"] == pytest.approx(final["test/top1_err"])
+
+
+@pytest.mark.cuda
+def test_training_with_amp_and_evaluation_on_the_device(cifar_root, tmp_path):
+    """On a GPU (``DETECTRON_RES_TEST_DEVICE``, default cuda; skipped without one):
+    bf16 autocast training with loader workers and pinned memory, then the device's
+    fp32 evaluation of the checkpoint agrees with the CPU's (TF32 convolutions may
+    flip one borderline image of the 40)."""
+    from detectron_res.classification.train import evaluate_classifier_checkpoint
+
+    device = os.environ.get("DETECTRON_RES_TEST_DEVICE", "cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    amp = str(device.startswith("cuda")).lower()
+    common = ["solver.max_iter=6", "test.eval_period=3", "diagnostics.grad_norm_period=1", "data.num_workers=2"]
+    cfg = load_classifier_config("cifar10_resnet20.yaml", _cifar_overrides(
+        cifar_root, *common, f"solver.amp.enabled={amp}", "solver.amp.dtype=bf16"))
+    train_classifier(cfg, output_dir=tmp_path / "dev", device=device)
+    grads = [r for r in read_metrics_json(tmp_path / "dev" / "diagnostics.json") if "grad_norm/fc" in r]
+    assert len(grads) == 6 and all(np.isfinite(v) for r in grads for v in r.values())
+    fp32 = load_classifier_config("cifar10_resnet20.yaml", _cifar_overrides(cifar_root, *common))
+    ckpt = str(tmp_path / "dev" / "model_final.pth")
+    on_device = evaluate_classifier_checkpoint(fp32, output_dir=tmp_path / "e1", weights=ckpt, device=device)
+    on_cpu = evaluate_classifier_checkpoint(fp32, output_dir=tmp_path / "e2", weights=ckpt, device="cpu")
+    assert abs(on_device["scalars"]["test/top1_err"] - on_cpu["scalars"]["test/top1_err"]) <= 100.0 / 40 + 1e-6

@@ -129,10 +129,6 @@ class ImageClassifier(nn.Module):
         probs = F.softmax(self.logits(images.flatten(0, 1)).float(), dim=1)  # (N*V, K)
         return probs.view(n, v, -1).mean(dim=1)
 
-    def stage_names(self) -> list:
-        """Top-level parts of the backbone that hold parameters, in forward order."""
-        return [name for name, m in self.backbone.named_children() if any(True for _ in m.parameters())]
-
 
 def classifier_arch_name(cfg) -> str:
     """``"resnet50"`` / ``"vgg16"`` (the names of ``detectron_res.weights.ARCHS``) or

@@ -129,7 +129,7 @@ def plot_runs(runs: Sequence[RunCurves], out_path: str | os.PathLike, *, title: 
             ax_err.plot(*run.train_error, "--", color=c, linewidth=1, label=f"{run.label} train")
         if run.test_error[0]:
             ax_err.plot(*run.test_error, "-", color=c, linewidth=2.2, marker="o" if len(run.test_error[0]) < 15
-                        else None, markersize=3, label=f"{run.label} test ({run.test_metric.split('/')[0]})")
+                        else None, markersize=3, label=f"{run.label} {run.test_metric.split('/')[0]}")
         if run.response_std is not None:
             it, layers = run.response_std
             stds = [v for _, v in layers]

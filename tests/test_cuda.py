@@ -1,0 +1,183 @@
+"""CUDA checks of the detector and of the speed benchmark (run by ``benchmarks/gpu.sh``).
+
+Skipped without a GPU. Every test runs on another device too: set
+``DETECTRON_RES_TEST_DEVICE=cpu`` to run the same code paths on the CPU (that is
+how they were tested before any GPU was at hand).
+
+* fp32 on the device gives the CPU's detections (TF32 switched off);
+* the speed options (FrozenBN folded, channels-last, the proposed changes) give
+  the plain detections on the device;
+* bf16 autocast inference stays close to fp32 and training steps run in fp32
+  and bf16 with finite losses and gradients;
+* torchvision's C4 detector with our weights gives our detections on the device;
+* ``benchmarks/run.py --quick`` runs end to end on the device.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+from common import (  # noqa: E402
+    DetectorSpec,
+    autocast_context,
+    build_pair,
+    make_images,
+    make_targets,
+    match_detections,
+    optimize_for_inference,
+    randomize_weights,
+)
+from proposed import apply_proposed  # noqa: E402
+
+from detectron_res.config import load_config  # noqa: E402
+from detectron_res.modeling.build import build_model  # noqa: E402
+
+DEVICE = torch.device(os.environ.get("DETECTRON_RES_TEST_DEVICE", "cuda"))
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(DEVICE.type == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+THIN = [
+    "model.backbone.depth=50",
+    "model.backbone.base_channels=16",
+    "model.backbone.norm=FrozenBN",
+    "model.backbone.freeze_at=2",
+    "model.backbone.stride_in_1x1=false",
+    "model.anchor.sizes=[32,64,128]",
+    "model.roi_heads.num_classes=5",
+    "model.roi_heads.pooler_type=ROIAlign",
+    "model.rpn.pre_nms_topk_test=300",
+    "model.rpn.post_nms_topk_test=30",
+    "model.rpn.pre_nms_topk_train=300",
+    "model.rpn.post_nms_topk_train=60",
+    "model.rpn.boundary_threshold=-1",
+    "model.roi_heads.batch_size_per_image=16",
+    "input.min_size_train=[112]",
+    "input.max_size_train=160",
+    "input.min_size_test=112",
+    "input.max_size_test=160",
+]
+
+
+@pytest.fixture(autouse=True)
+def strict_fp32():
+    """Exact fp32 on the GPU: cuDNN convolutions default to TF32 (10-bit mantissa) on Ampere and later."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def thin_model():
+    model = build_model(load_config(None, THIN))
+    randomize_weights(model, seed=1)
+    with torch.no_grad():
+        # Thin res5 features are large: soften the class scores (see test_speed_equivalence.py).
+        model.roi_heads.predictor.cls_score.weight.mul_(0.15)
+    return model.eval()
+
+
+def _images(device):
+    return make_images(1, 112, 144, seed=3, device=device) + make_images(1, 128, 96, seed=4, device=device)
+
+
+def _to_cpu(detections):
+    return [{k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in d.items()} for d in detections]
+
+
+def _assert_same(reference, other, *, score_tol=1e-3, box_tol=5e-2, min_agreement=1.0):
+    assert sum(len(d["boxes"]) for d in reference) > 0, "no detections to compare"
+    stats = match_detections(_to_cpu(reference), _to_cpu(other))
+    assert stats["agreement"] >= min_agreement, stats
+    assert stats["max_score_diff"] <= score_tol and stats["max_box_diff"] <= box_tol, stats
+
+
+def test_device_gives_the_cpu_detections():
+    model = thin_model()
+    reference = model(_images("cpu"))
+    on_device = model.to(DEVICE)(_images(DEVICE))
+    for d in on_device:
+        assert d["boxes"].device.type == DEVICE.type and d["boxes"].dtype == torch.float32
+    _assert_same(reference, on_device)
+
+
+def test_speed_options_keep_the_detections_on_the_device():
+    plain = thin_model().to(DEVICE)
+    images = _images(DEVICE)
+    reference = plain(images)
+    for model in (optimize_for_inference(plain), optimize_for_inference(apply_proposed(plain))):
+        _assert_same(reference, model(images))
+
+
+def test_bf16_autocast_inference_stays_close_to_fp32():
+    model = optimize_for_inference(apply_proposed(thin_model().to(DEVICE)))
+    images = _images(DEVICE)
+    reference = model(images)
+    with autocast_context(DEVICE, "bf16"):
+        low = model(images)
+    for d in low:
+        assert d["boxes"].dtype == torch.float32 and torch.isfinite(d["boxes"]).all()
+        assert d["scores"].min() > 0.05 and d["labels"].min() >= 1 and d["labels"].max() <= 5
+    # bf16 keeps 8 significant bits: scores move by ~1% and boxes by a pixel or
+    # two, which can reorder near-equal scores in NMS; most detections stay.
+    stats = match_detections(_to_cpu(reference), _to_cpu(low), iou=0.8)
+    assert stats["agreement"] >= 0.6, stats
+    assert stats["max_score_diff"] < 0.1, stats
+
+
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_training_steps_run_on_the_device(amp):
+    base = thin_model()
+    images = _images(DEVICE)
+    targets = make_targets(images, 5, boxes_per_image=3, seed=5)
+    for model in (base, apply_proposed(base).to(memory_format=torch.channels_last)):
+        model.to(DEVICE).train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        before = [p.detach().clone() for p in params]
+        optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+        for _ in range(2):
+            with autocast_context(DEVICE, amp):
+                losses = model(images, targets)
+            assert set(losses) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}
+            loss = sum(losses.values())
+            assert torch.isfinite(loss), losses
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            assert all(p.grad is None or torch.isfinite(p.grad).all() for p in params)
+            optimizer.step()
+        assert any(not torch.equal(b, p.detach()) for b, p in zip(before, params))
+
+
+def test_torchvision_c4_gives_our_detections_on_the_device():
+    spec = DetectorSpec(depth=50, num_classes=20, min_size=128, max_size=192, num_proposals=12, pre_nms_topk=400)
+    ours, tv = build_pair(spec, seed=0)
+    ours.to(DEVICE)
+    tv.to(DEVICE)
+    images = make_images(2, 128, 192, seed=2, device=DEVICE)
+    with torch.inference_mode():
+        tv_out = tv(images)
+    _assert_same(ours(images), tv_out)
+
+
+@pytest.mark.slow
+def test_quick_benchmark_runs_on_the_device(tmp_path):
+    import run
+
+    status = run.main(["--quick", "--device", str(DEVICE), "--out", str(tmp_path), "--budget-s", "60"])
+    suffix = "cuda" if DEVICE.type == "cuda" else "cpu"
+    results = json.loads((tmp_path / f"results_{suffix}.json").read_text())
+    assert status == 0, results["errors"]
+    assert results["inference"][0]["agreement"]["ours"]["agreement"] == 1.0
+    assert results["training"] and results["profile"]["top"] and results["scaling"]["rows"]
+    assert (tmp_path / ("RESULTS_GPU.md" if DEVICE.type == "cuda" else "RESULTS.md")).is_file()
