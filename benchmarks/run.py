@@ -39,6 +39,7 @@ import copy
 import datetime
 import json
 import math
+import signal
 import statistics
 import sys
 import time
@@ -113,6 +114,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     unknown = args.skip - {"train", "ablation", "scaling", "profile"}
     if unknown:
         parser.error(f"--skip: unknown parts {sorted(unknown)}; expected some of train, ablation, scaling, profile")
+    # Timed calls at most: a GPU call takes milliseconds, a CPU call seconds.
+    args.max_repeats = 20 if args.device.type == "cuda" else 7
     if args.budget_s is None:
         args.budget_s = 100.0 if args.quick else 540.0
     if args.out is None:
@@ -329,6 +332,14 @@ def _matmul_fn(device: torch.device, amp: str) -> _Matmul:
     return _Matmul(device, dtype, 8192 if device.type == "cuda" else 2048)
 
 
+class Interrupted(BaseException):
+    """SIGTERM (e.g. from ``timeout``): stop measuring, write what was measured."""
+
+
+def _raise_interrupted(signum, _frame):
+    raise Interrupted(f"stopped by signal {signum}")
+
+
 def _error_record(part: str, exc: BaseException) -> Dict[str, str]:
     return {"part": part, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=6)}
 
@@ -374,7 +385,7 @@ def inference_section(
     result["macs"] = count_macs(ours, padded, num_rois)
 
     per_round = sum(warmup_s.values())
-    repeats = budget.repeats(per_round, share_s - per_round, minimum=args.min_repeats, maximum=7)
+    repeats = budget.repeats(per_round, share_s - per_round, minimum=args.min_repeats, maximum=args.max_repeats)
     fns = {name: inference_fn(model, images, device, amp) for name, model in variants.items()}
     matmul = _matmul_fn(device, amp)
     fns["matmul"] = matmul
@@ -426,7 +437,7 @@ def training_section(
     result["warmup_s"] = warmup_s
     result["peak_memory"] = memory
     per_round = sum(warmup_s.values())
-    repeats = budget.repeats(per_round, share_s - per_round, minimum=args.min_repeats, maximum=7)
+    repeats = budget.repeats(per_round, share_s - per_round, minimum=args.min_repeats, maximum=args.max_repeats)
     times = interleaved_timings(fns, device=device, warmup=0, repeats=repeats)
     result["times"] = times
     result["summary"] = {name: summarize_times(t) for name, t in times.items()}
@@ -830,44 +841,10 @@ def evaluate_targets(results: Dict[str, Any]) -> List[Dict[str, str]]:
 
 
 # ----------------------------------------------------------------------------- main
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    if args.device.type == "cuda":
-        torch.cuda.set_device(args.device)
-        # Fixed input shapes: let cuDNN pick its fastest kernels (both detectors benefit).
-        torch.backends.cudnn.benchmark = True
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    budget = Budget(args.budget_s)
-    settings = scale_settings(args.quick)
+def measure(args, results: Dict[str, Any], budget: Budget, settings: Dict[str, Any], log: Callable[[str], None]) -> None:
+    """Run every part of the benchmark, filling ``results``; a failing part is recorded and the next runs."""
     image_size = settings["image_size"]
     base_spec = DetectorSpec(**settings["spec"])
-    suffix = "cuda" if args.device.type == "cuda" else "cpu"
-    if args.amp != "none":
-        suffix += f"_{args.amp}"
-
-    results: Dict[str, Any] = {
-        "argv": ["benchmarks/run.py"] + list(sys.argv[1:] if argv is None else argv),
-        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "quick": args.quick,
-        "amp": args.amp,
-        "budget_s": args.budget_s,
-        "machine": machine_info(args.device),
-        "load_start": _fmt_load(load_average()),
-        "spec": base_spec.__dict__ | {"anchor_sizes": list(base_spec.anchor_sizes)},
-        "spec_name": base_spec.with_(depth=args.depths[0]).name,
-        "image_size": list(image_size),
-        "errors": [],
-        "skipped": [],
-        "inference": [],
-        "training": [],
-    }
-
-    def log(message: str) -> None:
-        print(f"[{budget.elapsed():6.0f} s] {message}", flush=True)
-
     # Shares of the budget: what comes first matters most (the side-by-side figures).
     depths = args.depths
     n_train = len(depths) * len(args.train_batch_sizes) if "train" not in args.skip else 0
@@ -942,6 +919,57 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 results["scaling"] = scaling_section(args, first[0], spec, settings, budget, max(share["scaling"], budget.left()))
             except Exception as exc:  # noqa: BLE001
                 results["errors"].append(_error_record("scaling", exc))
+
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.device.type == "cuda":
+        torch.cuda.set_device(args.device)
+        # Fixed input shapes: let cuDNN pick its fastest kernels (both detectors benefit).
+        torch.backends.cudnn.benchmark = True
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    budget = Budget(args.budget_s)
+    settings = scale_settings(args.quick)
+    image_size = settings["image_size"]
+    base_spec = DetectorSpec(**settings["spec"])
+    suffix = "cuda" if args.device.type == "cuda" else "cpu"
+    if args.amp != "none":
+        suffix += f"_{args.amp}"
+
+    results: Dict[str, Any] = {
+        "argv": ["benchmarks/run.py"] + list(sys.argv[1:] if argv is None else argv),
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "quick": args.quick,
+        "amp": args.amp,
+        "budget_s": args.budget_s,
+        "machine": machine_info(args.device),
+        "load_start": _fmt_load(load_average()),
+        "spec": base_spec.__dict__ | {"anchor_sizes": list(base_spec.anchor_sizes)},
+        "spec_name": base_spec.with_(depth=args.depths[0]).name,
+        "image_size": list(image_size),
+        "errors": [],
+        "skipped": [],
+        "inference": [],
+        "training": [],
+    }
+
+    def log(message: str) -> None:
+        print(f"[{budget.elapsed():6.0f} s] {message}", flush=True)
+
+    # `timeout` sends SIGTERM: stop measuring and still write what was measured.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        measure(args, results, budget, settings, log)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        results["errors"].append({"part": "run", "error": f"interrupted after {budget.elapsed():.0f} s ({exc!r})",
+                                  "traceback": ""})
+        log("interrupted: writing the results measured so far")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
     results["load_end"] = _fmt_load(load_average())
     results["wall_s"] = budget.elapsed()
