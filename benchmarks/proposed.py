@@ -37,7 +37,7 @@ from types import MethodType
 from typing import List, Sequence, Tuple
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from detectron_res.modeling.backbone.norm import Conv2dNorm, FrozenBatchNorm2d
 from detectron_res.modeling.backbone.resnet import BasicBlock, BottleneckBlock
@@ -79,12 +79,26 @@ def _inplace_basic_forward(self: BasicBlock, x: Tensor) -> Tensor:
 
 
 def prepool_applicable(model: FasterRCNN) -> bool:
-    """Whether change 3 applies: ResNet res5 head with a stride-1 1x1 first conv, RoIAlign pooling."""
+    """Whether change 3 applies: ResNet res5 head whose first conv is 1x1, stride 1, followed
+    by a fixed affine norm (FrozenBN, or none once folded), and RoIAlign pooling.
+
+    A trainable BN (or GN) normalizes with statistics of what it sees, which differ
+    between the feature map and the pooled RoIs; RoIPool takes maxima, which do
+    not commute with a linear map.
+    """
     heads = model.roi_heads
     if not hasattr(heads, "res5") or heads.pooler.pooler_type not in ("ROIAlign", "ROIAlignV2"):
         return False
     first = heads.res5[0]
-    return isinstance(first, BottleneckBlock) and first.conv1.kernel_size == (1, 1) and first.conv1.stride == (1, 1)
+    if not isinstance(first, BottleneckBlock):
+        return False
+    conv1 = first.conv1
+    return (
+        conv1.kernel_size == (1, 1)
+        and conv1.stride == (1, 1)
+        and conv1.padding == (0, 0)
+        and isinstance(conv1.norm, (FrozenBatchNorm2d, nn.Identity))
+    )
 
 
 def _inside_feature_map(rois: Tensor, features: Tensor, spatial_scale: float) -> bool:

@@ -117,11 +117,13 @@ def test_every_speed_option_gives_the_plain_detections(overrides):
 def test_prepool_applies_only_where_it_is_exact():
     assert prepool_applicable(thin_model("model.backbone.depth=50", "model.roi_heads.pooler_type=ROIAlign"))
     assert prepool_applicable(thin_model("model.backbone.depth=50", "model.roi_heads.pooler_type=ROIAlignV2"))
-    # Max pooling does not commute with a linear map; stride-2 1x1 (MSRA layout) samples every other bin;
+    # Max pooling does not commute with a linear map; a stride-2 1x1 (MSRA layout) keeps every other bin;
     # basic blocks start with a 3x3 conv.
     assert not prepool_applicable(thin_model("model.backbone.depth=50", "model.roi_heads.pooler_type=ROIPool"))
     assert not prepool_applicable(thin_model("model.backbone.depth=50", "model.backbone.stride_in_1x1=true"))
     assert not prepool_applicable(thin_model("model.backbone.depth=18"))
+    # A trainable BN normalizes the map and the pooled RoIs with different batch statistics.
+    assert not prepool_applicable(thin_model("model.backbone.depth=50", "model.backbone.norm=BN", "model.backbone.freeze_at=0"))
     with pytest.raises(ValueError, match="unknown proposed changes"):
         apply_proposed(thin_model("model.backbone.depth=18"), ["fold_everything"])
 

@@ -1,0 +1,23 @@
+"""Settings shared by every test."""
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def full_fp32_precision_on_cuda(request):
+    """CUDA tests compare GPU results with CPU ones: run them in true fp32.
+
+    cuDNN convolutions use TF32 (10-bit mantissa) by default on Ampere and Hopper,
+    which moves boxes by a few hundredths of a pixel (seen on an H200); that is a
+    precision setting, not a bug, so parity tests switch it off.
+    """
+    if request.node.get_closest_marker("cuda") is None:
+        yield
+        return
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
