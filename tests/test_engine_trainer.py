@@ -184,8 +184,15 @@ def test_signal_checkpoints_and_stops(tmp_path, signum):
 
 
 def test_logging_outputs(tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="detectron_res"):
-        make_trainer(tmp_path, max_iter=6).train()
+    # setup_logging (called by other tests in the same session) stops propagation
+    # to the root logger, so attach caplog's handler to the package logger itself.
+    package_logger = logging.getLogger("detectron_res")
+    package_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="detectron_res"):
+            make_trainer(tmp_path, max_iter=6).train()
+    finally:
+        package_logger.removeHandler(caplog.handler)
     records = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [1, 3, 5]  # log_period 2, and the last iteration
     for r in records:

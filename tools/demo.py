@@ -40,6 +40,10 @@ def main(argv=None) -> int:
     parser.add_argument("--datasets-root", default=None,
                         help="where datasets live (default $DETECTRON_RES_DATASETS, else ./datasets)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch compute threads (default 1: with the loader process this fills 2 cores; the "
+                             "demo's small convolutions run several times slower with 2 threads on a busy 2-core "
+                             "machine)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="demo config overrides")
     args = parser.parse_args(argv)
 
@@ -48,6 +52,9 @@ def main(argv=None) -> int:
     from detectron_res.data.shapes import generate_shapes_dataset
     from detectron_res.engine.launch import train
 
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
     if args.datasets_root:
         os.environ[DATASETS_ENV_VAR] = os.path.abspath(args.datasets_root)
     times = {}
@@ -83,7 +90,8 @@ def main(argv=None) -> int:
                "--weights", str(output_dir / "model_final.pth"), "--output", str(infer_dir), "--device", args.device,
                "--quiet"]
         print(f"[demo] {' '.join(cmd)}", flush=True)
-        infer_status = subprocess.run(cmd).returncode
+        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, args.threads)))
+        infer_status = subprocess.run(cmd, env=env).returncode
     times["inference"] = time.perf_counter() - t2
     total = time.perf_counter() - t0
 

@@ -12,8 +12,10 @@ Checkpoint file format (``format_version`` 1), a plain dict that loads with
       "scaler":     GradScaler state_dict ({} when AMP fp16 is off),
       "iteration":  0-based index of the last COMPLETED iteration
                     (-1 before any); training resumes at iteration + 1,
-      "rng":        {"python": [...], "numpy": {...}, "torch": ByteTensor, "cuda": [ByteTensor, ...]},
-      "sampler":    {"batches_consumed": int, "seed": int},
+      "rng":        {"python": [...], "numpy": {...}, "torch": ByteTensor, "cuda": [ByteTensor, ...]}
+                    (rank 0's; "rng_ranks" holds every rank's in a multi-process run),
+      "sampler":    {"batches_consumed": int (per process), "seed": int, "world_size": int},
+      "hooks":      {hook class name: state} (e.g. the best metric so far),
       "config":     resolved config as a plain dict,
       "class_names":  [str, ...]     (class_names[i] is label i + 1),
       "category_ids": [int|str, ...] (dataset's original ids, same order),

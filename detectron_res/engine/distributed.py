@@ -131,13 +131,29 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
-def _raise_timeout(what: str, error: Exception) -> None:
+_FAILURE_MARKERS = ("gloo", "nccl", "connection closed", "connection reset", "timed out", "timeout", "broken pipe")
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    """True for errors of a collective (a peer died, hung or was unreachable)."""
+    if isinstance(error, DistributedTimeoutError):
+        return False
+    if isinstance(error, dist.DistError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(m in text for m in _FAILURE_MARKERS)
+
+
+def raise_collective_failure(what: str, error: Exception) -> None:
+    """Re-raise a failed collective as :class:`DistributedTimeoutError` with a one-line message."""
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
     raise DistributedTimeoutError(
-        f"rank {get_rank()}/{get_world_size()}: {what} failed ({type(error).__name__}: {first_line}); "
+        f"rank {get_rank()}/{get_world_size()}: {what} failed ({type(error).__name__}: {first_line[:200]}); "
         f"another rank probably died or hung (deadline {_TIMEOUT_S:g} s, config key dist.timeout_s): "
         "check the other ranks' logs"
     ) from error
+
+
 
 
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
@@ -150,7 +166,7 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     try:
         dist.all_reduce(buf, op=dist.ReduceOp.SUM)
     except (RuntimeError, dist.DistBackendError) as e:  # DistBackendError subclasses RuntimeError
-        _raise_timeout("all_reduce", e)
+        raise_collective_failure("all_reduce", e)
     return (buf / world).to(device=device, dtype=values.dtype)
 
 
@@ -162,7 +178,7 @@ def any_rank(flag: bool) -> bool:
     try:
         dist.all_reduce(buf, op=dist.ReduceOp.MAX)
     except (RuntimeError, dist.DistBackendError) as e:
-        _raise_timeout("all_reduce", e)
+        raise_collective_failure("all_reduce", e)
     return bool(buf.item() > 0)
 
 
@@ -176,7 +192,7 @@ def synchronize() -> None:
         else:
             dist.barrier()
     except (RuntimeError, dist.DistBackendError) as e:
-        _raise_timeout("barrier", e)
+        raise_collective_failure("barrier", e)
 
 
 def broadcast_object(obj, src: int = 0):
@@ -187,7 +203,7 @@ def broadcast_object(obj, src: int = 0):
     try:
         dist.broadcast_object_list(box, src=src, device=_collective_device())
     except (RuntimeError, dist.DistBackendError) as e:
-        _raise_timeout("broadcast", e)
+        raise_collective_failure("broadcast", e)
     return box[0]
 
 
@@ -200,7 +216,7 @@ def all_gather_object(obj) -> list:
     try:
         dist.all_gather_object(out, obj)
     except (RuntimeError, dist.DistBackendError) as e:
-        _raise_timeout("all_gather", e)
+        raise_collective_failure("all_gather", e)
     return out
 
 

@@ -1,8 +1,9 @@
 """Scalar metrics recorded during training, and the writers that publish them.
 
 The trainer and its hooks ``put`` scalars into a :class:`MetricStorage` keyed by
-iteration; :class:`JSONWriter`, :class:`TensorboardWriter` and
-:class:`ConsoleWriter` read from it.  Only the main process writes files.
+iteration; the ``MetricsWriter`` hook (:mod:`.hooks`) reads from it and writes
+console lines, :class:`JSONWriter` lines and :class:`TensorboardWriter` events.
+Only the main process writes files.
 """
 
 from __future__ import annotations

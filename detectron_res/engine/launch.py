@@ -42,7 +42,7 @@ from .checkpoint import (
 from .distributed import DistInfo
 from .hooks import default_hooks
 from .solver import WarmupMultiStepLR, build_optimizer
-from .trainer import Trainer, _unwrap
+from .trainer import Trainer
 
 logger = logging.getLogger("detectron_res")
 
@@ -58,8 +58,8 @@ CLASS_SPECIFIC_PREFIXES = ("roi_heads.predictor.cls_score.", "roi_heads.predicto
 def setup_logging(output_dir: str | os.PathLike | None, rank: int = 0) -> None:
     """Console + file logging for the ``detectron_res`` loggers.
 
-    Rank 0 logs INFO to stdout and ``output_dir/log.txt``; other ranks log warnings
-    to stderr and everything to ``output_dir/log_rank{r}.txt``.
+    Rank 0 logs INFO to stdout and ``output_dir/log.txt``; other ranks log only
+    warnings and errors, to stderr (only rank 0 writes files).
     """
     root = logging.getLogger("detectron_res")
     root.setLevel(logging.INFO)
@@ -74,10 +74,9 @@ def setup_logging(output_dir: str | os.PathLike | None, rank: int = 0) -> None:
     console.setFormatter(fmt)
     console._detectron_res = True  # type: ignore[attr-defined]
     root.addHandler(console)
-    if output_dir is not None:
+    if output_dir is not None and rank == 0:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        name = "log.txt" if rank == 0 else f"log_rank{rank}.txt"
-        fh = logging.FileHandler(Path(output_dir) / name)
+        fh = logging.FileHandler(Path(output_dir) / "log.txt")
         fh.setLevel(logging.INFO)
         fh.setFormatter(fmt)
         fh._detectron_res = True  # type: ignore[attr-defined]
@@ -464,6 +463,7 @@ def _train(cfg, *, output_dir: Path, resume: bool, weights: str | None, dist_inf
     from ..modeling.build import build_model
 
     world, rank = dist_info.world_size, dist_info.rank
+    cfg.output_dir = str(output_dir)  # the saved config says where its outputs are
     s = cfg.solver
     if s.ims_per_batch % world != 0:
         raise ValueError(

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from . import distributed as comm
-from .checkpoint import capture_rng_state, restore_rng_state
+from .checkpoint import CHECKPOINT_FORMAT_VERSION, capture_rng_state, restore_rng_state
 from .events import MetricStorage
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,8 @@ class HookBase:
         """Inverse of :meth:`state_dict`."""
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (the model itself otherwise)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
@@ -158,7 +159,13 @@ class Trainer:
                 self.storage.iteration = self.iter
                 for h in self.hooks:
                     h.before_step()
-                self.run_step()
+                try:
+                    self.run_step()
+                except RuntimeError as e:
+                    # DDP's gradient all-reduce fails when a peer is gone: say so in one line.
+                    if comm.get_world_size() > 1 and comm.is_collective_failure(e):
+                        comm.raise_collective_failure(f"iteration {self.iter}", e)
+                    raise
                 for h in self.hooks:
                     h.after_step()
                 if self.stop_requested:
@@ -233,8 +240,8 @@ class Trainer:
         rng_all = comm.all_gather_object(capture_rng_state())
         rng = rng_all[0]
         state = {
-            "format_version": 1,
-            "model": _unwrap(self.model).state_dict(),
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "model": unwrap_model(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
             "scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else {},

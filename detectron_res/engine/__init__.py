@@ -1,0 +1,23 @@
+"""Training engine: the iteration loop, its hooks, checkpoints, solver and process groups.
+
+* :mod:`.trainer`: :class:`~.trainer.Trainer` (``run_step``) and :class:`~.trainer.HookBase`;
+* :mod:`.hooks`: LR schedule, timing, periodic / best / preemption checkpoints,
+  evaluation, console + JSON + TensorBoard logging (:func:`~.hooks.default_hooks`);
+* :mod:`.checkpoint`: the checkpoint format, atomic writes, ``load_checkpoint``;
+* :mod:`.solver`: SGD parameter groups and the warmup + multi-step LR schedule;
+* :mod:`.distributed`: torchrun / DDP process groups (NCCL or gloo);
+* :mod:`.launch`: config -> datasets, model, loaders, trainer (what ``tools/train_net.py`` runs).
+"""
+
+from .checkpoint import CHECKPOINT_FORMAT_VERSION, Checkpointer, CheckpointError, load_checkpoint
+from .trainer import HookBase, NonFiniteLossError, Trainer
+
+__all__ = [
+    "CHECKPOINT_FORMAT_VERSION",
+    "Checkpointer",
+    "CheckpointError",
+    "HookBase",
+    "NonFiniteLossError",
+    "Trainer",
+    "load_checkpoint",
+]
