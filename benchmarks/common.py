@@ -504,28 +504,43 @@ def autocast_context(device: torch.device, amp: str):
 
 
 class Timer:
-    """Wall time of one call, synchronizing the device before and after."""
+    """Wall time of one call, synchronizing the device before and after.
+
+    Also keeps the CPU time the process spent in the call (all threads) in
+    ``last_cpu_s``: on a CPU shared with other jobs, wall time grows with their
+    load while CPU time mostly does not, so it is a steadier second measure.
+    """
 
     def __init__(self, device: torch.device):
         self.device = device
+        self.last_cpu_s = 0.0
 
     def __call__(self, fn: Callable[[], object]) -> float:
         synchronize(self.device)
+        cpu_start = time.process_time()
         start = time.perf_counter()
         fn()
         synchronize(self.device)
-        return time.perf_counter() - start
+        wall = time.perf_counter() - start
+        self.last_cpu_s = time.process_time() - cpu_start
+        return wall
 
 
 def interleaved_timings(
-    fns: Dict[str, Callable[[], object]], *, device: torch.device, warmup: int, repeats: int
+    fns: Dict[str, Callable[[], object]],
+    *,
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    cpu_times: Optional[Dict[str, List[float]]] = None,
 ) -> Dict[str, List[float]]:
-    """Seconds per call of each function, the functions run in turns.
+    """Wall seconds per call of each function, the functions run in turns.
 
     Taking turns (A B, B A, A B, ...) exposes every function to the same
     background load on a shared machine, so their ratio is meaningful even when
     the absolute times drift. ``warmup`` untimed turns come first (allocator,
-    oneDNN/cuDNN kernel selection, caches).
+    oneDNN/cuDNN kernel selection, caches). If ``cpu_times`` is given, the
+    process's CPU seconds of each call are appended to ``cpu_times[name]``.
     """
     timer = Timer(device)
     names = list(fns)
@@ -537,6 +552,8 @@ def interleaved_timings(
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
             times[name].append(timer(fns[name]))
+            if cpu_times is not None:
+                cpu_times.setdefault(name, []).append(timer.last_cpu_s)
     return times
 
 

@@ -1,5 +1,4 @@
 """Checkpoint files: atomic writes, retention, pointer, RNG state, errors, fine-tuning loads."""
-import os
 import random
 
 import numpy as np

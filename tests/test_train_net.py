@@ -287,8 +287,12 @@ def test_finetune_other_classes_reports_skipped_keys_then_eval_only(tmp_path, da
     assert code == 0, err[-2000:]
     assert "final evaluation: " in stdout and "voc/mAP50=" in stdout
     assert (ev / "inference" / "two_val" / "evaluation.json").is_file()
+    # ... and one JSON line in metrics.json with the scalar metrics (issue: --eval-only writes metrics.json)
+    record = json.loads((ev / "metrics.json").read_text().splitlines()[-1])
+    assert record["eval_only"] is True and "voc/mAP50" in record and "coco/AP" in record
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_cleanly(tmp_path, data_root):
     out = tmp_path / "term"
     env = dict(os.environ, DETECTRON_RES_DATASETS=str(data_root), OMP_NUM_THREADS="1")
@@ -335,6 +339,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_dead_rank_makes_the_other_exit_with_clear_error(tmp_path, data_root):
     """Two processes joined by environment variables (as torchrun sets them, but
     without torchrun's agent, which would stop the survivor itself): rank 1 is

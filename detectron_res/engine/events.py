@@ -129,6 +129,9 @@ class TensorboardWriter:
         self._writer.close()
 
 
+_HEADLINE_METRICS = ("AP", "AP50", "AP75", "mAP50", "mAP75", "mAP50_95")
+
+
 def format_eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(seconds)))
 
@@ -169,7 +172,10 @@ def plot_training_curves(metrics_path: str | os.PathLike, out_path: str | os.Pat
 
     keys = sorted({k for r in records for k in r})
     loss_keys = [k for k in keys if k.startswith("loss") or k == "total_loss"]
-    metric_keys = [k for k in keys if "/" in k]  # evaluator metrics: "coco/AP", "voc/mAP50"
+    # Evaluator metrics ("coco/AP", "voc/mAP50"): the headline ones, if present.
+    metric_keys = [k for k in keys if "/" in k]
+    headline = [k for k in metric_keys if k.rsplit("/", 1)[-1] in _HEADLINE_METRICS]
+    metric_keys = headline or metric_keys
     panels = [("losses", loss_keys, True), ("learning rate", ["lr"] if "lr" in keys else [], False)]
     if metric_keys:
         panels.append(("evaluation", metric_keys, False))

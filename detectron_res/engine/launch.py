@@ -19,6 +19,7 @@ periods) inversely (Goyal et al. 2017).
 from __future__ import annotations
 
 import logging
+import json
 import os
 import sys
 import time
@@ -640,8 +641,17 @@ def evaluate_checkpoint(
         if dist_info.is_main:
             logger.info("Evaluating %s (iteration %s) on %s", source, state.get("iteration"),
                         ", ".join(ds.name for ds in test_datasets))
-        return evaluate(cfg, model, test_datasets, device=dev, output_dir=output_dir / "inference",
-                        amp_dtype=_AMP_DTYPES[str(cfg.solver.amp.dtype)] if cfg.solver.amp.enabled and
-                        dev.type == "cuda" else None)
+        results = evaluate(cfg, model, test_datasets, device=dev, output_dir=output_dir / "inference",
+                           amp_dtype=_AMP_DTYPES[str(cfg.solver.amp.dtype)] if cfg.solver.amp.enabled and
+                           dev.type == "cuda" else None)
+        if dist_info.is_main:
+            # metrics.json is the run's JSON-lines log (training writes it too): append
+            # one line rather than overwrite, so a training run's history survives.
+            output_dir.mkdir(parents=True, exist_ok=True)
+            record = {"iteration": state.get("iteration"), "eval_only": True, "weights": str(source),
+                      **results.get("scalars", {})}
+            with open(output_dir / "metrics.json", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        return results
     finally:
         comm.destroy_distributed()
