@@ -445,6 +445,7 @@ def inference_section(
         "size": matmul.size,
         "dtype": str(matmul.dtype).replace("torch.", ""),
         "median_flops": matmul.flop / statistics.median(matmul_times),
+        "best_flops": matmul.flop / min(matmul_times),
         "n": len(matmul_times),
     }
     return result
@@ -672,7 +673,7 @@ def write_markdown(results: Dict[str, Any], path: Path, png_name: Optional[str])
             ratio = r["ratio_vs_torchvision"]["ours"]
             macs = r["macs"]["total"]
             rate = 2 * macs / s["ours"]["median_s"]
-            peak = r["matmul_interleaved"]["median_flops"]
+            peak = r["matmul_interleaved"]["best_flops"]
             prop = s.get("ours+proposed")
             prop_ratio = r["ratio_vs_torchvision"].get("ours+proposed")
             agree = r["agreement"]["ours"]
@@ -688,8 +689,8 @@ def write_markdown(results: Dict[str, Any], path: Path, png_name: Optional[str])
         lines.append(
             "GMACs: multiply-adds of convolutions and linear layers (trunk at the padded size, RPN head, res5 and "
             "predictor on the proposals), counted by `FlopCounterMode`; GFLOP/s = 2 x GMACs / median time; "
-            "% of matmul: of the median rate of a dense matmul (fp32 2048^3 on CPU) timed in the same turns as the "
-            "detectors, i.e. under the same background load. "
+            "% of matmul: of the best rate of a dense matmul (fp32 2048^3 on CPU, 8192^3 on CUDA, in the autocast "
+            "dtype) timed in the same turns as the detectors: the machine's limit in this run. "
             "'Detections equal': detections of ours matched by torchvision's (same label, IoU >= 0.99) over the "
             "larger count. Ratios are medians of the per-turn ratios (range in brackets); '(CPU time)' is the same "
             "ratio of the process's CPU seconds, which other jobs on a shared CPU disturb less than wall time."
@@ -862,7 +863,7 @@ def evaluate_targets(results: Dict[str, Any]) -> List[Dict[str, str]]:
                     if "ours+proposed" in r["ratio_vs_torchvision"] else ""),
                 "status": _met(ratio <= TARGET_INFERENCE_RATIO),
             })
-            peak = r["matmul_interleaved"]["median_flops"]
+            peak = r["matmul_interleaved"]["best_flops"]
             if peak:
                 fraction = 2 * r["macs"]["total"] / r["summary"]["ours"]["median_s"] / peak
                 targets.append({

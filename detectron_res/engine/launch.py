@@ -498,7 +498,14 @@ def _train(cfg, *, output_dir: Path, resume: bool, weights: str | None, dist_inf
         else:
             state = load_checkpoint(last)
     if state is not None:
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise ValueError(
+                f"{last}: the checkpoint does not fit the model built from this config ({first}); resume with the "
+                f"config it was trained with ({output_dir / 'config.yaml'}) or start a new --output-dir"
+            ) from None
         if list(state.get("class_names") or []) != list(train_dataset.class_names):
             raise ValueError(
                 f"{last}: checkpoint classes {list(state.get('class_names') or [])[:5]}... differ from training "
