@@ -753,7 +753,8 @@ def write_markdown(results: Dict[str, Any], path: Path, png_name: Optional[str])
         lines.append("")
         lines.append(
             "Each detector samples its own RPN anchors and RoIs (random), so the two do the same amount of work but "
-            "not the same arithmetic. Memory: peak of the first (warm-up) iteration above what was allocated before."
+            "not the same arithmetic. Memory: peak of the first iteration above what was in use before it (CUDA: "
+            "allocated tensors; CPU: resident set, which the allocator's reuse of freed memory makes approximate)."
         )
         lines.append("")
 
