@@ -77,6 +77,7 @@ __all__ = [
     "machine_info",
     "load_average",
     "matmul_flops",
+    "default_matmul_size",
     "autocast_context",
 ]
 
@@ -108,6 +109,10 @@ class DetectorSpec:
         anchor_sizes: anchor sizes in pixels, ratios 0.5, 1, 2 (COCO: 64..512).
         pooler_type: ``ROIAlign`` (= torchvision's ``MultiScaleRoIAlign``).
         rpn_min_size: proposals narrower/lower than this many pixels are dropped.
+        pre_nms_topk_train, post_nms_topk_train: RPN top-n before / after NMS in
+            training (Faster R-CNN: 12000 / 2000).
+        rois_per_image_train: RoIs sampled per image for the box head (128, 25%
+            foreground).
     """
 
     depth: int = 50
@@ -133,7 +138,10 @@ class DetectorSpec:
 
 def our_config_overrides(spec: DetectorSpec) -> List[str]:
     """``section.key=value`` overrides that make the project's config describe ``spec``."""
-    as_list = lambda values: "[" + ",".join(str(v) for v in values) + "]"  # noqa: E731
+
+    def as_list(values) -> str:
+        return "[" + ",".join(str(v) for v in values) + "]"
+
     return [
         "model.backbone.name=resnet",
         f"model.backbone.depth={spec.depth}",
@@ -615,14 +623,22 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> Dict[str, Opt
     return {"peak_mib": (peak - before) / mib, "method": "RSS high-water mark above the RSS before"}
 
 
+def default_matmul_size(device: torch.device, dtype: torch.dtype) -> int:
+    """8192 on CUDA; 2048 on the CPU, 512 for bf16 there (CPUs without bf16
+    instructions emulate it at well under 1 GFLOP/s: a 2048^3 product takes a minute)."""
+    if device.type == "cuda":
+        return 8192
+    return 512 if dtype == torch.bfloat16 else 2048
+
+
 def matmul_flops(device: torch.device, *, dtype: torch.dtype = torch.float32, size: Optional[int] = None, repeats: int = 5) -> Dict[str, float]:
     """Dense ``size x size`` matmul rate in FLOP/s (2 n^3 per product): the machine's limit.
 
     Returns the median and the best of ``repeats`` timed products (one untimed
-    first). ``size`` defaults to 2048 on CPU and 8192 on CUDA.
+    first). ``size`` defaults to :func:`default_matmul_size`.
     """
     if size is None:
-        size = 8192 if device.type == "cuda" else 2048
+        size = default_matmul_size(device, dtype)
     g = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=g).to(device=device, dtype=dtype)
     b = torch.randn(size, size, generator=g).to(device=device, dtype=dtype)

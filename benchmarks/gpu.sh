@@ -124,7 +124,7 @@ if tests.exists():
     lines = [l for l in tests.read_text().splitlines() if l.strip()]
     print("\n## CUDA tests\n\n```\n" + "\n".join(lines[-12:]) + "\n```")
 for name in ("fp32", "bf16"):
-    md = sorted((out / name).glob("RESULTS_GPU*.md")) if (out / name).is_dir() else []
+    md = sorted((out / name).glob("RESULTS*.md")) if (out / name).is_dir() else []
     if not md:
         print(f"\n## Benchmark, {name}\n\n(no results: see bench_{name}.log)")
         continue

@@ -62,6 +62,7 @@ from common import (  # noqa: E402
     autocast_context,
     build_ours,
     build_pair,
+    default_matmul_size,
     interleaved_timings,
     load_average,
     machine_info,
@@ -103,6 +104,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.device = torch.device(args.device)
     if args.device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available on this machine")
+    if args.device.type == "cuda" and args.device.index is None:
+        # torch.cuda.set_device and friends want an index.
+        args.device = torch.device("cuda", torch.cuda.current_device())
     if args.device.type not in ("cpu", "cuda"):
         parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device}")
     default_depths = "50" if args.quick else "50,101"
@@ -376,7 +380,7 @@ class _Matmul:
 
 def _matmul_fn(device: torch.device, amp: str) -> _Matmul:
     dtype = torch.bfloat16 if amp == "bf16" else torch.float32
-    return _Matmul(device, dtype, 8192 if device.type == "cuda" else 2048)
+    return _Matmul(device, dtype, default_matmul_size(device, dtype))
 
 
 class Interrupted(BaseException):
@@ -569,7 +573,8 @@ def profile_section(args, ours: nn.Module, images, row_limit: int = 15) -> Dict[
         "clock": "device (CUDA kernels)" if device.type == "cuda" else "CPU",
         "total_ms": total / 1000.0,
         "top": [
-            {"op": e.key, "self_ms": key(e) / 1000.0, "percent": 100.0 * key(e) / total, "calls": int(e.count)}
+            # CUDA kernel names run to hundreds of characters of template arguments.
+            {"op": e.key[:90], "self_ms": key(e) / 1000.0, "percent": 100.0 * key(e) / total, "calls": int(e.count)}
             for e in top
         ],
     }
@@ -689,7 +694,7 @@ def write_markdown(results: Dict[str, Any], path: Path, png_name: Optional[str])
         lines.append(
             "GMACs: multiply-adds of convolutions and linear layers (trunk at the padded size, RPN head, res5 and "
             "predictor on the proposals), counted by `FlopCounterMode`; GFLOP/s = 2 x GMACs / median time; "
-            "% of matmul: of the best rate of a dense matmul (fp32 2048^3 on CPU, 8192^3 on CUDA, in the autocast "
+            "% of matmul: of the best rate of a dense matmul (2048^3 fp32 on CPU, 8192^3 on CUDA, in the autocast "
             "dtype) timed in the same turns as the detectors: the machine's limit in this run. "
             "'Detections equal': detections of ours matched by torchvision's (same label, IoU >= 0.99) over the "
             "larger count. Ratios are medians of the per-turn ratios (range in brackets); '(CPU time)' is the same "
