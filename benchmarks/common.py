@@ -12,7 +12,10 @@ assembled into the same architecture and loaded with the same weights:
   (ResNet paper, Appendix A), ``FastRCNNPredictor``;
 * :func:`copy_weights_to_torchvision` copies every tensor by an explicit key
   table and fails on any key it cannot place;
-* :func:`optimize_for_inference` switches on the speed options our model offers,
+* :data:`SPEED_OPTIONS` are our model's speed switches (config keys
+  ``model.fold_frozen_bn`` and ``model.speed.*``): :func:`build_ours` takes the
+  ones to switch on, :func:`with_speed_options` rebuilds a model with others,
+  :func:`optimize_for_inference` returns a copy prepared for inference;
   :func:`match_detections` compares two detectors' outputs;
 * timing (:func:`interleaved_timings`), memory (:func:`peak_memory`) and the
   machine's dense matmul rate (:func:`matmul_flops`) on CPU or CUDA.
@@ -58,6 +61,9 @@ from detectron_res.modeling.faster_rcnn import FasterRCNN
 
 __all__ = [
     "DetectorSpec",
+    "SPEED_OPTIONS",
+    "speed_overrides",
+    "with_speed_options",
     "our_config_overrides",
     "build_ours",
     "randomize_weights",
@@ -136,8 +142,39 @@ class DetectorSpec:
         return f"R-{self.depth}-C4"
 
 
-def our_config_overrides(spec: DetectorSpec) -> List[str]:
-    """``section.key=value`` overrides that make the project's config describe ``spec``."""
+# Our detector's speed switches, by short name -> config key. Each is exact (results
+# change by float rounding only); benchmarks/OPTIMIZATIONS.md says what each saves.
+SPEED_OPTIONS: Tuple[str, ...] = (
+    "fold_frozen_bn",  # prepare_for_inference folds FrozenBN into the conv weights
+    "channels_last",  # prepare_for_inference stores weights NHWC
+    "fused_frozen_bn",  # unfolded FrozenBN scales the weight, not the output (training)
+    "inplace_relu",  # in-place ReLU and residual addition
+    "res5_conv1_before_pool",  # res5's first 1x1 conv on the map before RoIAlign
+    "res5_shortcut_before_pool",  # and its projection shortcut
+    "roi_align_by_matrix",  # CPU RoIAlign as one sparse matrix product (all cores; fast backward)
+)
+_SPEED_KEYS = {
+    "fold_frozen_bn": "model.fold_frozen_bn",
+    "channels_last": "model.speed.channels_last",
+    "fused_frozen_bn": "model.speed.fused_frozen_bn",
+    "inplace_relu": "model.speed.inplace_relu",
+    "res5_conv1_before_pool": "model.speed.res5_conv1_before_pool",
+    "res5_shortcut_before_pool": "model.speed.res5_shortcut_before_pool",
+    "roi_align_by_matrix": "model.speed.roi_align_by_matrix",
+}
+
+
+def speed_overrides(options: Sequence[str] = SPEED_OPTIONS) -> List[str]:
+    """Config overrides that switch on the speed ``options`` (names of :data:`SPEED_OPTIONS`) and off the others."""
+    unknown = sorted(set(options) - set(SPEED_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown speed options {unknown}; expected some of {', '.join(SPEED_OPTIONS)}")
+    return [f"{_SPEED_KEYS[name]}={'true' if name in options else 'false'}" for name in SPEED_OPTIONS]
+
+
+def our_config_overrides(spec: DetectorSpec, options: Sequence[str] = SPEED_OPTIONS) -> List[str]:
+    """``section.key=value`` overrides that make the project's config describe ``spec``,
+    with the speed ``options`` on and the others off."""
 
     def as_list(values) -> str:
         return "[" + ",".join(str(v) for v in values) + "]"
@@ -152,7 +189,6 @@ def our_config_overrides(spec: DetectorSpec) -> List[str]:
         "model.input_format=RGB",
         f"model.pixel_mean={as_list(TORCHVISION_PIXEL_MEAN)}",
         f"model.pixel_std={as_list(TORCHVISION_PIXEL_STD)}",
-        "model.fold_frozen_bn=true",
         f"model.anchor.sizes={as_list(spec.anchor_sizes)}",
         "model.anchor.aspect_ratios=[0.5,1.0,2.0]",
         f"model.rpn.pre_nms_topk_test={spec.pre_nms_topk}",
@@ -175,7 +211,7 @@ def our_config_overrides(spec: DetectorSpec) -> List[str]:
         f"input.min_size_test={spec.min_size}",
         f"input.max_size_test={spec.max_size}",
         "input.size_divisibility=32",
-    ]
+    ] + speed_overrides(options)
 
 
 @torch.no_grad()
@@ -224,12 +260,26 @@ def randomize_weights(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def build_ours(spec: DetectorSpec, seed: int = 0) -> FasterRCNN:
-    """Our detector for ``spec`` from the project's config and ``build_model``, random weights, eval mode."""
-    cfg = load_config(None, our_config_overrides(spec))
+def build_ours(spec: DetectorSpec, seed: int = 0, options: Sequence[str] = SPEED_OPTIONS) -> FasterRCNN:
+    """Our detector for ``spec`` from the project's config and ``build_model``, random weights, eval mode.
+
+    ``options``: the speed switches to turn on (default all, the config's defaults).
+    """
+    cfg = load_config(None, our_config_overrides(spec, options))
     model = build_model(cfg)
     randomize_weights(model, seed)
     return model.eval()
+
+
+def with_speed_options(model: FasterRCNN, spec: DetectorSpec, options: Sequence[str]) -> FasterRCNN:
+    """``model``'s weights in a detector built for ``spec`` with the speed ``options`` on (the others off).
+
+    The options are constructor settings, so the detector is rebuilt from its
+    config; ``model`` is left as it is. Returned in ``model``'s mode, on its device.
+    """
+    other = build_model(load_config(None, our_config_overrides(spec, options)))
+    other.load_state_dict(model.state_dict())
+    return other.to(model.device).train(model.training)
 
 
 class _TorchvisionTrunk(nn.Sequential):
@@ -395,23 +445,12 @@ def build_pair(spec: DetectorSpec, seed: int = 0) -> Tuple[FasterRCNN, Torchvisi
     return ours, tv
 
 
-def optimize_for_inference(model: FasterRCNN, *, fold_bn: bool = True, channels_last: bool = True) -> FasterRCNN:
-    """A copy of ``model`` with the inference speed options switched on.
-
-    Args:
-        fold_bn: fold FrozenBN into the convolutions (``prepare_for_inference``;
-            the config key ``model.fold_frozen_bn`` must be true).
-        channels_last: store conv weights as NHWC, which oneDNN (CPU) and cuDNN
-            (tensor cores) run without converting layouts at every layer.
-    """
-    model = copy.deepcopy(model)
-    if fold_bn:
-        model.prepare_for_inference()
-    else:
-        model.eval()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    return model
+def optimize_for_inference(model: FasterRCNN) -> FasterRCNN:
+    """A copy of ``model`` after ``prepare_for_inference()``: what inference tools
+    (``Predictor``, evaluation) run. Which of FrozenBN folding and channels-last
+    weights it applies is the model's config (``model.fold_frozen_bn``,
+    ``model.speed.channels_last``)."""
+    return copy.deepcopy(model).prepare_for_inference()
 
 
 # ----------------------------------------------------------------------------- inputs

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Side-by-side speed benchmark: our Faster R-CNN C4 against torchvision's, same weights, same inputs.
 
-    python benchmarks/run.py                 # CPU, paper scale, writes benchmarks/RESULTS.md (~10 min)
+    python benchmarks/run.py                 # CPU, paper scale, writes benchmarks/RESULTS.md (< 10 min)
     python benchmarks/run.py --quick         # every code path at a small scale (< 2 min)
     python benchmarks/run.py --device cuda --amp bf16 --train-batch-sizes 2,8 --out OUTDIR
 
@@ -9,25 +9,33 @@ What is measured, all in one process on the same inputs (see ``common.py`` for h
 both detectors are built and made equal):
 
 * inference latency of R-50-C4 and R-101-C4 at the paper's scale (shorter side
-  600, longer at most 1000; a 600 x 800 image) with 300 proposals: ours (with
-  the speed options the model offers: FrozenBN folded, channels-last) against
-  torchvision's ``FasterRCNN`` built into the same C4 architecture, called in
-  turns; median, min/max and the ratio ours / torchvision (of wall time, and of
-  the process's CPU time, which a shared CPU's other jobs disturb less);
+  600, longer at most 1000; a 600 x 800 image) with 300 proposals: ours (built
+  with the config's speed options and prepared by ``prepare_for_inference()``,
+  as ``Predictor`` and evaluation run it) against torchvision's ``FasterRCNN``
+  built into the same C4 architecture, called in turns; median, min/max and the
+  ratio ours / torchvision (of wall time, and of the process's CPU time, which a
+  shared CPU's other jobs disturb less);
 * one training iteration (forward, backward, SGD step) with batch 2 (and more
-  with ``--train-batch-sizes``) for the same pairs;
+  with ``--train-batch-sizes``) for the same pairs, ours as the trainer runs it;
 * the dense fp32 matmul rate of the machine, measured in the same run, and the
   fraction of it our inference reaches (2 x multiply-adds / time);
 * latency against the shorter side (400..1000) and the number of proposals
-  (100..1000), split into stages, as tables and a PNG;
+  (100..600), split into stages, as tables and a PNG;
 * peak memory of inference and of a training step;
 * an operator profile of our inference;
-* an ablation of each speed option, and of the changes proposed for the
-  modeling code (``proposed.py``, measured but not yet part of the model).
+* an ablation of the speed options (config keys ``model.fold_frozen_bn`` and
+  ``model.speed.*``, see ``OPTIMIZATIONS.md``): all of them off (``ours_plain``)
+  and each one left out of ours (``ours-<option>``), timed in the same turns as
+  ours and torchvision; in training ``ours_plain`` only, each option too with
+  ``--train-ablation``.
 
-A wall-time budget (``--budget-s``) decides how many timed repeats each part
-gets beyond the first: on a busy shared machine fewer, never none. Every part
-runs; the budget only spreads the extra repeats.
+``--budget-s`` is the wall-time budget of the whole run (default 540 s, with
+``--quick`` 100 s). The parts run in order of importance (R-50 inference, R-50
+training, R-101 inference and training, profile, scaling); each gets one turn
+of every detector at least, a part whose first turn would not fit in what is
+left is skipped (and listed under "Not measured"; never with ``--quick``, whose
+point is to run every code path), and extra turns fill what the budget leaves
+after the first turns of the parts still to come.
 
 Outputs under ``--out`` (default ``benchmarks/``, or ``benchmarks/out/`` with
 ``--quick``): ``RESULTS.md`` (``RESULTS_GPU.md`` on CUDA), ``results_<device>.json``
@@ -57,6 +65,7 @@ from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from common import (  # noqa: E402
+    SPEED_OPTIONS,
     DetectorSpec,
     Timer,
     autocast_context,
@@ -75,8 +84,8 @@ from common import (  # noqa: E402
     peak_memory,
     summarize_times,
     synchronize,
+    with_speed_options,
 )
-from proposed import apply_proposed  # noqa: E402
 
 # The issue's targets (CPU, measured side by side) and the GPU ones.
 TARGET_INFERENCE_RATIO = 0.7
@@ -84,6 +93,24 @@ TARGET_MATMUL_FRACTION = 0.5
 TARGET_TRAIN_RATIO = 0.85
 TARGET_GPU_TRAIN_SPEEDUP = 1.5
 TARGET_GPU_R101_LATENCY_S = 0.040
+
+# Options left out one at a time in the ablations. fused_frozen_bn does nothing in
+# inference once FrozenBN is folded, fold_frozen_bn and channels_last nothing in
+# training (prepare_for_inference applies them).
+INFERENCE_ABLATION = (
+    "fold_frozen_bn", "channels_last", "inplace_relu", "res5_conv1_before_pool", "res5_shortcut_before_pool",
+    "roi_align_by_matrix",
+)
+TRAINING_ABLATION = (
+    "fused_frozen_bn", "inplace_relu", "res5_conv1_before_pool", "res5_shortcut_before_pool", "roi_align_by_matrix",
+)
+
+# Cost of each part's first turn in units of one inference call of R-50 'ours' at the
+# run's scale (measured on the 2-core CPU: a training iteration of batch 2 costs ~4.2
+# inference calls per detector, R-101 ~1.25x R-50, the scaling sweep ~6 calls plus
+# building its detectors). Used to skip a part that would not fit in the budget.
+_COST_UNITS = {"inference": 1.4, "training": 4.2, "profile": 1.3, "scaling": 8.0}
+_DEPTH_COST = {18: 0.5, 34: 0.7, 50: 1.0, 101: 1.25, 152: 1.6}
 
 
 # ----------------------------------------------------------------------------- setup
@@ -94,11 +121,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--amp", default="none", choices=("none", "bf16"), help="autocast dtype for both detectors")
     parser.add_argument("--depths", default=None, help="ResNet depths, comma-separated (default 50,101; --quick: 50)")
     parser.add_argument("--train-batch-sizes", default="2", help="training batch sizes, comma-separated (default 2)")
-    parser.add_argument("--budget-s", type=float, default=None, help="wall-time budget in seconds (default 540; --quick 100)")
+    parser.add_argument("--budget-s", type=float, default=None, help="wall-time budget of the whole run in seconds (default 540; --quick 100)")
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/, --quick: benchmarks/out/)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--skip", default="", help="parts to leave out, comma-separated: train, ablation, scaling, profile")
-    parser.add_argument("--min-repeats", type=int, default=1, help="timed calls per detector at least (CPU: the first call counts; CUDA: after an untimed warm-up)")
+    parser.add_argument("--min-repeats", type=int, default=1, help="timed calls per detector at least, even beyond the budget (CPU: the first call counts; CUDA: after an untimed warm-up)")
+    parser.add_argument("--train-ablation", action="store_true", help="time each speed option left out of ours in training too (R-50 only; ~4 training steps per turn more)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.device = torch.device(args.device)
@@ -143,8 +171,10 @@ def scale_settings(quick: bool) -> Dict[str, Any]:
     return {
         "image_size": (600, 800),
         "spec": dict(min_size=600, max_size=1000, num_proposals=300),
-        "sizes": [400, 600, 800, 1000],
-        "proposals": [100, 300, 600, 1000],
+        # The ends and the middle of each range: 5 distinct detector runs (600 px with
+        # 300 proposals is a point of both sweeps); 800 px and 1000 proposals add ~30 s.
+        "sizes": [400, 600, 1000],
+        "proposals": [100, 300, 600],
     }
 
 
@@ -161,10 +191,19 @@ class Budget:
     def left(self) -> float:
         return self.total_s - self.elapsed()
 
-    def repeats(self, seconds_per_round: float, share_s: float, *, minimum: int = 1, maximum: int = 7) -> int:
-        """Timed rounds that fit in ``min(share_s, time left)``, within ``[minimum, maximum]``."""
-        room = min(share_s, self.left())
+    def repeats(
+        self, seconds_per_round: float, share_s: float, *, minimum: int = 1, maximum: int = 7, reserve_s: float = 0.0
+    ) -> int:
+        """Timed rounds that fit in ``min(share_s, time left - reserve_s)``, within ``[minimum, maximum]``.
+
+        ``reserve_s``: what the parts still to come need for their first turns.
+        """
+        room = min(share_s, self.left() - reserve_s)
         return max(minimum, min(maximum, int(room // max(seconds_per_round, 1e-6))))
+
+    def fits(self, estimate_s: float) -> bool:
+        """Whether a part estimated to take ``estimate_s`` still fits in what is left."""
+        return estimate_s <= self.left()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -175,7 +214,10 @@ def count_macs(model: nn.Module, padded_hw: Tuple[int, int], num_rois: int) -> D
     (nothing is computed): the trunk at the padded input size, the RPN head on
     its output, and res5 + predictor on ``num_rois`` pooled RoIs. RoIAlign, NMS
     and elementwise work are not counted (the ResNet paper's FLOPs are the
-    multiply-adds of convolutions and fully connected layers).
+    multiply-adds of convolutions and fully connected layers). Where the model
+    runs res5's first conv or its shortcut on the feature map before pooling
+    (``model.speed.res5_*_before_pool``, proposals on the map), ``res5`` counts
+    them on the map; ``before_pool_saving`` is what that saves.
     """
     meta = copy.deepcopy(model).to("meta")
     heads = meta.roi_heads
@@ -194,12 +236,15 @@ def count_macs(model: nn.Module, padded_hw: Tuple[int, int], num_rois: int) -> D
     pooled = torch.empty(num_rois, features.shape[1], size, size, device="meta")
     counts["res5"], region = measure(lambda: heads.res5(pooled).mean(dim=(2, 3)))
     counts["predictor"], _ = measure(lambda: heads.predictor(region))
+    saving = 0
+    for name in heads.convs_moved_before_pool:
+        # A 1x1 conv on the Hf x Wf map instead of on num_rois x S' x S' pooled positions (S' = bins it keeps).
+        conv = getattr(heads.res5[0], name)
+        kept = len(range(0, size, conv.stride[0]))
+        saving += conv.in_channels * conv.out_channels * (num_rois * kept * kept - features.shape[2] * features.shape[3])
+    counts["res5"] -= saving
     counts["total"] = sum(counts.values())
-    # What the proposed "prepool_conv1" change saves: conv1 of res5's first block
-    # runs on the feature map instead of on every pooled RoI.
-    conv1 = heads.res5[0].conv1
-    per_position = conv1.in_channels * conv1.out_channels
-    counts["prepool_saving"] = per_position * (num_rois * size * size - features.shape[2] * features.shape[3])
+    counts["before_pool_saving"] = saving
     return counts
 
 
@@ -213,7 +258,9 @@ class StageTimer:
     Stages: ``trunk`` (backbone), ``rpn``, ``roi_pool``, ``res5``, ``predictor``,
     ``roi_post`` (the rest of the RoI heads: decoding, NMS), ``other``
     (preprocessing, mapping boxes back). The device is synchronized at every
-    boundary, so each stage's time is its own.
+    boundary, so each stage's time is its own. ``res5`` is the time of
+    ``ROIHeads.pool_and_res5`` less the pooling in it: res5 is not always called
+    as one module (its first conv may run on the map before pooling).
     """
 
     STAGES = ("trunk", "rpn", "roi_pool", "res5", "predictor", "roi_post", "other")
@@ -229,7 +276,6 @@ class StageTimer:
             "rpn": model.rpn,
             "roi_heads": heads,
             "roi_pool": heads.pooler,
-            "res5": heads.res5,
             "predictor": heads.predictor,
         }
         self._handles = []
@@ -237,6 +283,17 @@ class StageTimer:
             self._handles.append(module.register_forward_pre_hook(self._pre(name)))
             self._handles.append(module.register_forward_hook(self._post(name)))
         self._handles.append(heads.register_forward_pre_hook(self._count_rois))
+        # A method has no hooks: time it through an instance attribute, removed by remove().
+        self._heads = heads
+        pool_and_res5 = heads.pool_and_res5
+
+        def timed_pool_and_res5(*args, **kwargs):
+            self._pre("pool_and_res5")(None, args)
+            out = pool_and_res5(*args, **kwargs)
+            self._post("pool_and_res5")(None, args, out)
+            return out
+
+        heads.pool_and_res5 = timed_pool_and_res5
 
     def _pre(self, name):
         def hook(_module, _args):
@@ -264,7 +321,7 @@ class StageTimer:
             "trunk": t.get("trunk", 0.0),
             "rpn": t.get("rpn", 0.0),
             "roi_pool": t.get("roi_pool", 0.0),
-            "res5": t.get("res5", 0.0),
+            "res5": t.get("pool_and_res5", 0.0) - t.get("roi_pool", 0.0),
             "predictor": t.get("predictor", 0.0),
         }
         stages["roi_post"] = t.get("roi_heads", 0.0) - stages["roi_pool"] - stages["res5"] - stages["predictor"]
@@ -275,6 +332,8 @@ class StageTimer:
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
+        if "pool_and_res5" in vars(self._heads):
+            del self._heads.pool_and_res5
 
 
 def inference_fn(model: nn.Module, images: List[torch.Tensor], device: torch.device, amp: str, out: Optional[dict] = None, key: str = ""):
@@ -318,9 +377,10 @@ def first_call_is_timed(device: torch.device) -> bool:
 
 def _more_rounds(
     args, fns: Dict[str, Callable[[], Any]], first_s: Dict[str, float], first_cpu_s: Dict[str, float],
-    budget: Budget, share_s: float,
+    budget: Budget, share_s: float, reserve_s: float = 0.0,
 ) -> Tuple[Dict[str, List[float]], Dict[str, List[float]]]:
-    """Timed rounds after the first calls (which took ``first_s``), as many as the budget allows.
+    """Timed rounds after the first calls (which took ``first_s``), as many as the budget allows
+    (``share_s`` for this part, keeping ``reserve_s`` for the parts to come).
 
     Returns wall and CPU seconds per call of each function; on the CPU the first
     calls are included (see :func:`first_call_is_timed`).
@@ -329,7 +389,8 @@ def _more_rounds(
     counted = first_call_is_timed(device)
     per_round = sum(first_s.values())
     repeats = budget.repeats(
-        per_round, share_s - per_round, minimum=max(args.min_repeats - int(counted), 0), maximum=args.max_repeats
+        per_round, share_s - per_round, minimum=max(args.min_repeats - int(counted), 0),
+        maximum=args.max_repeats - int(counted), reserve_s=reserve_s,
     )
     cpu_times: Dict[str, List[float]] = {}
     times = interleaved_timings(fns, device=device, warmup=0, repeats=repeats, cpu_times=cpu_times)
@@ -347,11 +408,16 @@ def _record_times(result: Dict[str, Any], times: Dict[str, List[float]], cpu_tim
     result["ratio_vs_torchvision"] = {
         name: paired_ratio(t, times["torchvision"]) for name, t in times.items() if name != "torchvision"
     }
+    # Ablation variants against ours: > 1 means the option left out saves time.
+    result["ratio_vs_ours"] = {name: paired_ratio(t, times["ours"]) for name, t in times.items() if name != "ours"}
     if result.get("device_type", "cpu") == "cpu" and cpu_times:
         result["cpu_times"] = cpu_times
         result["cpu_summary"] = {name: summarize_times(t) for name, t in cpu_times.items()}
         result["cpu_ratio_vs_torchvision"] = {
             name: paired_ratio(t, cpu_times["torchvision"]) for name, t in cpu_times.items() if name != "torchvision"
+        }
+        result["cpu_ratio_vs_ours"] = {
+            name: paired_ratio(t, cpu_times["ours"]) for name, t in cpu_times.items() if name != "ours"
         }
 
 
@@ -396,10 +462,20 @@ def _error_record(part: str, exc: BaseException) -> Dict[str, str]:
 
 
 # ------------------------------------------------------------------------- sections
+def ablation_models(ours: nn.Module, spec: DetectorSpec, left_out: Sequence[str]) -> Dict[str, nn.Module]:
+    """``ours_plain`` (every speed option off) and ``ours-<option>`` (ours without it), with ours' weights."""
+    models = {"ours_plain": with_speed_options(ours, spec, ())}
+    for option in left_out:
+        models[f"ours-{option}"] = with_speed_options(ours, spec, [o for o in SPEED_OPTIONS if o != option])
+    return models
+
+
 def inference_section(
-    args, ours: nn.Module, tv: nn.Module, spec: DetectorSpec, images, budget: Budget, share_s: float, *, ablation: bool
+    args, ours: nn.Module, tv: nn.Module, spec: DetectorSpec, images, budget: Budget, share_s: float, *,
+    ablation: bool, reserve_s: float = 0.0,
 ) -> Dict[str, Any]:
-    """Ours (optimized) vs torchvision at one depth; with ``ablation``, each option separately.
+    """Ours (all speed options, prepared for inference) vs torchvision at one depth; with
+    ``ablation``, every option off and each one left out, in the same turns.
 
     The dense matmul of the machine is timed in the same turns, so that the
     fraction of it our inference reaches compares numbers taken under the same
@@ -409,10 +485,8 @@ def inference_section(
     result: Dict[str, Any] = {"model": spec.name, "depth": spec.depth, "device_type": device.type}
     variants: Dict[str, nn.Module] = {"ours": optimize_for_inference(ours), "torchvision": tv}
     if ablation:
-        variants["ours_plain"] = ours
-        # plain -> fold_only is what folding gives, fold_only -> ours what channels-last adds.
-        variants["ours_fold_only"] = optimize_for_inference(ours, channels_last=False)
-        variants["ours+proposed"] = optimize_for_inference(apply_proposed(ours))
+        for name, model in ablation_models(ours, spec, INFERENCE_ABLATION).items():
+            variants[name] = optimize_for_inference(model)
     result["variants"] = list(variants)
 
     # Warm-up call of every variant: it measures peak memory and gives the detections compared below.
@@ -441,7 +515,7 @@ def inference_section(
     matmul = _matmul_fn(device, amp)
     matmul_times = [Timer(device)(matmul) for _ in range(3)]
     fns["matmul"] = matmul
-    times, cpu_times = _more_rounds(args, fns, warmup_s, first_cpu_s, budget, share_s)
+    times, cpu_times = _more_rounds(args, fns, warmup_s, first_cpu_s, budget, share_s, reserve_s)
     matmul_times += times.pop("matmul")
     cpu_times.pop("matmul", None)
     _record_times(result, times, cpu_times)
@@ -455,23 +529,30 @@ def inference_section(
     return result
 
 
+def training_variants(args, ours: nn.Module, tv: nn.Module, spec: DetectorSpec, *, ablation: bool) -> Dict[str, nn.Module]:
+    """The detectors of a training comparison: copies, so that the models passed in keep their weights.
+
+    'ours' is the model as ``tools/train_net.py`` trains it (the config's speed
+    options; weights in the default NCHW layout). With ``ablation``: every option
+    off (``ours_plain``); with ``--train-ablation`` also each training option left
+    out and ours with channels-last weights (``ours+channels_last``).
+    """
+    variants: Dict[str, nn.Module] = {"ours": copy.deepcopy(ours), "torchvision": copy.deepcopy(tv)}
+    if ablation:
+        left_out = TRAINING_ABLATION if args.train_ablation else ()
+        variants.update(ablation_models(ours, spec, left_out))
+        if args.train_ablation:
+            variants["ours+channels_last"] = copy.deepcopy(ours).to(memory_format=torch.channels_last)
+    return variants
+
+
 def training_section(
     args, ours: nn.Module, tv: nn.Module, spec: DetectorSpec, batch_size: int, image_size, budget: Budget, share_s: float,
-    *, proposed: bool
+    *, ablation: bool, reserve_s: float = 0.0,
 ) -> Dict[str, Any]:
-    """One training iteration: ours vs torchvision (and ours with the proposed changes).
-
-    'ours' trains with channels-last weights (the memory format is the user's
-    choice, not a model setting; it is what the inference side uses too).
-    Copies are trained, so the models passed in keep their weights.
-    """
+    """One training iteration: ours vs torchvision (with ``ablation``, ours without its speed options too)."""
     device, amp = args.device, args.amp
-    variants: Dict[str, nn.Module] = {
-        "ours": copy.deepcopy(ours).to(memory_format=torch.channels_last),
-        "torchvision": copy.deepcopy(tv),
-    }
-    if proposed:
-        variants["ours+proposed"] = apply_proposed(ours).to(memory_format=torch.channels_last)
+    variants = training_variants(args, ours, tv, spec, ablation=ablation)
     for model in variants.values():
         model.to(device)
     images = make_images(batch_size, *image_size, seed=args.seed + 1, device=device)
@@ -491,7 +572,7 @@ def training_section(
         first_cpu_s[name] = time.process_time() - cpu_start
     result["warmup_s"] = warmup_s
     result["peak_memory"] = memory
-    times, cpu_times = _more_rounds(args, fns, warmup_s, first_cpu_s, budget, share_s)
+    times, cpu_times = _more_rounds(args, fns, warmup_s, first_cpu_s, budget, share_s, reserve_s)
     _record_times(result, times, cpu_times)
     result["images_per_s"] = {name: batch_size / s["median_s"] for name, s in result["summary"].items()}
     return result
@@ -608,6 +689,36 @@ def _met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
+def _ablation_table(record: Dict[str, Any], title: str) -> List[str]:
+    """Markdown lines: every variant of one comparison against ours and torchvision."""
+    lines = [f"### {title}", ""]
+    lines.append(
+        "| variant | median (min-max, n) | / ours | (CPU time) | / torchvision | (CPU time) | peak memory | "
+        "detections equal to tv |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for name, s in record["summary"].items():
+        vs_ours = record.get("ratio_vs_ours", {}).get(name)
+        vs_ours_cpu = record.get("cpu_ratio_vs_ours", {}).get(name)
+        agree = record.get("agreement", {}).get(name)
+        lines.append(
+            f"| {name} | {_fmt_time_summary(s)} | {'%.2f' % vs_ours['median'] if vs_ours else '1'} | "
+            f"{'%.2f' % vs_ours_cpu['median'] if vs_ours_cpu else '-'} | "
+            f"{'%.2f' % record['ratio_vs_torchvision'][name]['median'] if name != 'torchvision' else '1'} | "
+            f"{_fmt_cpu_ratio(record, name) if name != 'torchvision' else '-'} | "
+            f"{_fmt_mib(record['peak_memory'][name])} | "
+            f"{'%d/%d' % (agree['matched'], max(agree['num_a'], agree['num_b'])) if agree else '-'} |"
+        )
+    lines.append("")
+    lines.append(
+        "ours: every speed option on (the config's defaults); ours_plain: all off (`model.fold_frozen_bn=false`, "
+        "`model.speed.*=false`); ours-X: ours with option X off, so '/ ours' above 1 is what X saves. Ratios are "
+        "medians of the per-turn ratios. What each option does: `benchmarks/OPTIMIZATIONS.md`."
+    )
+    lines.append("")
+    return lines
+
+
 def write_markdown(results: Dict[str, Any], path: Path, png_name: Optional[str]) -> None:
     info = results["machine"]
     lines: List[str] = []
@@ -654,8 +765,9 @@ def write_markdown(results: Dict[str, Any], path: Path, png_name: Optional[str])
         f"detections; training: {spec['pre_nms_topk_train']} -> {spec['post_nms_topk_train']} proposals, "
         f"{spec['rois_per_image_train']} RoIs per image, SGD. ResNet layout: torchvision v1.5, FrozenBN. Weights: "
         "random (FrozenBN with random statistics), copied into torchvision's model key by key. "
-        "'ours' = `optimize_for_inference`: FrozenBN folded (`prepare_for_inference`) + channels-last. "
-        "Times: median (min-max, n timed calls), the detectors called in turns; on the CPU the first call of each "
+        "'ours' = our detector with the config's speed options (`model.fold_frozen_bn`, `model.speed.*`, all on), "
+        "in inference after `prepare_for_inference()` (FrozenBN folded, channels-last weights), in training as "
+        "`tools/train_net.py` runs it. Times: median (min-max, n timed calls), the detectors called in turns; on the CPU the first call of each "
         "is one of the n (it also measures peak memory; first calls are no slower there), on CUDA it is an "
         "untimed warm-up."
     )
@@ -666,34 +778,33 @@ def write_markdown(results: Dict[str, Any], path: Path, png_name: Optional[str])
         lines.append("## Inference latency (one image)")
         lines.append("")
         lines.append(
-            "| model | ours | torchvision | ours / torchvision | (CPU time) | ours + proposed | (ratio) | GMACs | "
+            "| model | ours | torchvision | ours / torchvision | (CPU time) | ours_plain / tv | GMACs | "
             "ours GFLOP/s | % of matmul | peak mem ours / tv | detections equal to tv |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in inf:
             if "error" in r:
                 lines.append(f"| {r.get('model', '?')} | error: {r['error']} |")
                 continue
             s = r["summary"]
             ratio = r["ratio_vs_torchvision"]["ours"]
+            plain_ratio = r["ratio_vs_torchvision"].get("ours_plain")
             macs = r["macs"]["total"]
             rate = 2 * macs / s["ours"]["median_s"]
             peak = r["matmul_interleaved"]["best_flops"]
-            prop = s.get("ours+proposed")
-            prop_ratio = r["ratio_vs_torchvision"].get("ours+proposed")
             agree = r["agreement"]["ours"]
             lines.append(
                 f"| {r['model']} | {_fmt_time_summary(s['ours'])} | {_fmt_time_summary(s['torchvision'])} | "
                 f"**{ratio['median']:.2f}** ({ratio['min']:.2f}-{ratio['max']:.2f}) | {_fmt_cpu_ratio(r, 'ours')} | "
-                f"{_fmt_time_summary(prop) if prop else '-'} | "
-                f"{'%.2f' % prop_ratio['median'] if prop_ratio else '-'} | {macs / 1e9:.1f} | {rate / 1e9:.1f} | "
+                f"{'%.2f' % plain_ratio['median'] if plain_ratio else '-'} | {macs / 1e9:.1f} | {rate / 1e9:.1f} | "
                 f"{100 * rate / peak:.0f}% | {_fmt_mib(r['peak_memory']['ours'])} / {_fmt_mib(r['peak_memory']['torchvision'])} | "
                 f"{agree['matched']}/{max(agree['num_a'], agree['num_b'])} (max score diff {agree['max_score_diff']:.1e}) |"
             )
         lines.append("")
         lines.append(
-            "GMACs: multiply-adds of convolutions and linear layers (trunk at the padded size, RPN head, res5 and "
-            "predictor on the proposals), counted by `FlopCounterMode`; GFLOP/s = 2 x GMACs / median time; "
+            "GMACs: multiply-adds of convolutions and linear layers of ours (trunk at the padded size, RPN head, res5 "
+            "and predictor on the proposals; res5's first conv on the feature map where it runs there), counted by "
+            "`FlopCounterMode`; GFLOP/s = 2 x GMACs / median time; "
             "% of matmul: of the best rate of a dense matmul (2048^3 fp32 on CPU, 8192^3 on CUDA, in the autocast "
             "dtype) timed in the same turns as the detectors: the machine's limit in this run. "
             "'Detections equal': detections of ours matched by torchvision's (same label, IoU >= 0.99) over the "
@@ -702,57 +813,31 @@ def write_markdown(results: Dict[str, Any], path: Path, png_name: Optional[str])
         )
         lines.append("")
         for r in inf:
-            if "error" in r or len(r["summary"]) <= 2:
-                continue
-            lines.append(f"### Ablation of the speed options ({r['model']})")
-            lines.append("")
-            lines.append(
-                "| variant | median (min-max, n) | / ours_plain | / torchvision | (CPU time) | peak memory | "
-                "detections equal to tv |"
-            )
-            lines.append("|---|---|---|---|---|---|---|")
-            plain = r["summary"]["ours_plain"]["median_s"]
-            for name, s in r["summary"].items():
-                ratio = r["ratio_vs_torchvision"].get(name)
-                agree = r["agreement"].get(name)
-                lines.append(
-                    f"| {name} | {_fmt_time_summary(s)} | {s['median_s'] / plain:.2f} | "
-                    f"{'%.2f' % ratio['median'] if ratio else '1.00'} | {_fmt_cpu_ratio(r, name)} | "
-                    f"{_fmt_mib(r['peak_memory'][name])} | "
-                    f"{'%d/%d' % (agree['matched'], max(agree['num_a'], agree['num_b'])) if agree else '-'} |"
-                )
-            lines.append("")
-            lines.append(
-                "ours_plain: the model as built; fold_only: `prepare_for_inference()` (FrozenBN folded); ours: "
-                "folded and `model.to(memory_format=torch.channels_last)`; ours+proposed: that and the changes of "
-                "`benchmarks/proposed.py` (fused FrozenBN, in-place ReLU/add, res5 conv1 before RoIAlign), "
-                "proposed for the modeling code in `benchmarks/PROPOSED_OPTIMIZATIONS.md`."
-            )
-            lines.append("")
+            if "error" not in r and len(r["summary"]) > 2:
+                lines += _ablation_table(r, f"Ablation of the speed options, inference ({r['model']})")
 
     train = results.get("training", [])
     if train:
         lines.append("## Training iteration (forward, backward, SGD step)")
         lines.append("")
         lines.append(
-            "| model | batch | ours | torchvision | ours / torchvision | (CPU time) | images/s ours / tv | ours + proposed | "
-            "(ratio) | peak mem ours / tv |"
+            "| model | batch | ours | torchvision | ours / torchvision | (CPU time) | images/s ours / tv | "
+            "ours_plain / tv | peak mem ours / tv |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
         for r in train:
             if "error" in r:
                 lines.append(f"| {r.get('model', '?')} | {r.get('batch_size', '?')} | error: {r['error']} |")
                 continue
             s = r["summary"]
             ratio = r["ratio_vs_torchvision"]["ours"]
-            prop = s.get("ours+proposed")
-            prop_ratio = r["ratio_vs_torchvision"].get("ours+proposed")
+            plain_ratio = r["ratio_vs_torchvision"].get("ours_plain")
             ips = r["images_per_s"]
             lines.append(
                 f"| {r['model']} | {r['batch_size']} | {_fmt_time_summary(s['ours'])} | {_fmt_time_summary(s['torchvision'])} | "
                 f"**{ratio['median']:.2f}** ({ratio['min']:.2f}-{ratio['max']:.2f}) | {_fmt_cpu_ratio(r, 'ours')} | "
                 f"{ips['ours']:.2f} / {ips['torchvision']:.2f} | "
-                f"{_fmt_time_summary(prop) if prop else '-'} | {'%.2f' % prop_ratio['median'] if prop_ratio else '-'} | "
+                f"{'%.2f' % plain_ratio['median'] if plain_ratio else '-'} | "
                 f"{_fmt_mib(r['peak_memory']['ours'])} / {_fmt_mib(r['peak_memory']['torchvision'])} |"
             )
         lines.append("")
@@ -762,6 +847,9 @@ def write_markdown(results: Dict[str, Any], path: Path, png_name: Optional[str])
             "allocated tensors; CPU: resident set, which the allocator's reuse of freed memory makes approximate)."
         )
         lines.append("")
+        for r in train:
+            if "error" not in r and len(r["summary"]) > 2:
+                lines += _ablation_table(r, f"Ablation of the speed options, training ({r['model']}, batch {r['batch_size']})")
 
     scaling = results.get("scaling")
     if scaling and scaling.get("rows"):
@@ -807,7 +895,7 @@ def write_markdown(results: Dict[str, Any], path: Path, png_name: Optional[str])
         for t in targets:
             lines.append(f"| {t['target']} | {t['measured']} | {t['status']} |")
         lines.append("")
-        lines.append("Analysis of the gaps and the proposed changes: `benchmarks/PROPOSED_OPTIMIZATIONS.md`.")
+        lines.append("What the speed options save, what did not help, and the gaps: `benchmarks/OPTIMIZATIONS.md`.")
         lines.append("")
 
     if results.get("errors") or results.get("skipped"):
@@ -865,8 +953,8 @@ def evaluate_targets(results: Dict[str, Any]) -> List[Dict[str, str]]:
             targets.append({
                 "target": f"{r['model']} inference <= {TARGET_INFERENCE_RATIO}x torchvision",
                 "measured": f"{ratio:.2f}x (CPU time {_fmt_cpu_ratio(r, 'ours')}x)" + (
-                    f"; ours + proposed: {r['ratio_vs_torchvision']['ours+proposed']['median']:.2f}x"
-                    if "ours+proposed" in r["ratio_vs_torchvision"] else ""),
+                    f"; all speed options off: {r['ratio_vs_torchvision']['ours_plain']['median']:.2f}x"
+                    if "ours_plain" in r["ratio_vs_torchvision"] else ""),
                 "status": _met(ratio <= TARGET_INFERENCE_RATIO),
             })
             peak = r["matmul_interleaved"]["best_flops"]
@@ -905,24 +993,55 @@ def evaluate_targets(results: Dict[str, Any]) -> List[Dict[str, str]]:
             targets.append({
                 "target": f"{r['model']} batch {r['batch_size']} training <= {TARGET_TRAIN_RATIO}x torchvision",
                 "measured": f"{ratio:.2f}x (CPU time {_fmt_cpu_ratio(r, 'ours')}x)" + (
-                    f"; ours + proposed: {r['ratio_vs_torchvision']['ours+proposed']['median']:.2f}x"
-                    if "ours+proposed" in r["ratio_vs_torchvision"] else ""),
+                    f"; all speed options off: {r['ratio_vs_torchvision']['ours_plain']['median']:.2f}x"
+                    if "ours_plain" in r["ratio_vs_torchvision"] else ""),
                 "status": _met(ratio <= TARGET_TRAIN_RATIO),
             })
     return targets
 
 
 # ----------------------------------------------------------------------------- main
+def _plan(args, ablation: bool) -> List[Dict[str, Any]]:
+    """The parts of a run in order of importance, each with its estimated cost.
+
+    ``cost``: seconds of one turn of every detector in the part, in units of one
+    R-50 'ours' inference call (``_COST_UNITS``); ``turns``: how many turns the
+    part should get when the budget allows, which sets its share of the budget.
+    """
+    parts: List[Dict[str, Any]] = []
+    n_inference_ablation = 1 + len(INFERENCE_ABLATION)
+    n_training_ablation = 1 + (len(TRAINING_ABLATION) + 1 if args.train_ablation else 0)
+    for i, depth in enumerate(args.depths):
+        depth_cost = _DEPTH_COST.get(depth, 1.0)
+        with_ablation = ablation and i == 0
+        variants = 2 + (n_inference_ablation if with_ablation else 0)
+        parts.append({"kind": "inference", "depth": depth, "ablation": with_ablation,
+                      "cost": _COST_UNITS["inference"] * depth_cost * variants, "turns": 2})
+        if "train" in args.skip:
+            continue
+        for batch_size in args.train_batch_sizes:
+            variants = 2 + (n_training_ablation if with_ablation else 0)
+            parts.append({"kind": "training", "depth": depth, "batch_size": batch_size, "ablation": with_ablation,
+                          "cost": _COST_UNITS["training"] * depth_cost * variants * batch_size / 2,
+                          "turns": 2 if i == 0 else 1})
+    if "profile" not in args.skip:
+        parts.append({"kind": "profile", "cost": _COST_UNITS["profile"], "turns": 1})
+    if "scaling" not in args.skip:
+        parts.append({"kind": "scaling", "cost": _COST_UNITS["scaling"], "turns": 1})
+    return parts
+
+
 def measure(args, results: Dict[str, Any], budget: Budget, settings: Dict[str, Any], log: Callable[[str], None]) -> None:
-    """Run every part of the benchmark, filling ``results``; a failing part is recorded and the next runs."""
+    """Run every part of the benchmark that fits in the budget, filling ``results``.
+
+    Each part's share of what is left is in proportion to its estimated cost
+    times the turns it should get, among the parts still to come; a part whose
+    first turn is estimated not to fit is skipped and recorded. A failing part
+    is recorded and the next runs.
+    """
     image_size = settings["image_size"]
     base_spec = DetectorSpec(**settings["spec"])
-    # Shares of the budget: what comes first matters most (the side-by-side figures).
-    depths = args.depths
-    n_train = len(depths) * len(args.train_batch_sizes) if "train" not in args.skip else 0
-    weights = {"inference": 0.30, "training": 0.42 if n_train else 0.0, "scaling": 0.18, "profile": 0.10}
-    total_weight = sum(weights.values())
-    share = {k: args.budget_s * v / total_weight for k, v in weights.items()}
+    parts = _plan(args, "ablation" not in args.skip)
 
     log(f"machine: {results['machine']}")
     try:
@@ -935,56 +1054,59 @@ def measure(args, results: Dict[str, Any], budget: Budget, settings: Dict[str, A
 
     images = make_images(1, *image_size, seed=args.seed, device=args.device)
     pairs: Dict[int, Tuple[nn.Module, nn.Module]] = {}
-    for i, depth in enumerate(depths):
+    unit_s: Optional[float] = None  # one R-50 'ours' inference call, once measured
+    build_s: Dict[int, float] = {}
+    for k, part in enumerate(parts):
+        kind, depth = part["kind"], part.get("depth", args.depths[0])
         spec = base_spec.with_(depth=depth)
+        label = {"inference": f"inference {spec.name}", "training": f"training {spec.name} batch {part.get('batch_size')}"}.get(kind, kind)
+        weight = lambda p: p["cost"] * p["turns"]  # noqa: E731
+        share_s = budget.left() * weight(part) / sum(weight(p) for p in parts[k:])
+        # --quick runs every part whatever the budget: its point is to exercise every code path.
+        if unit_s is not None and not args.quick:
+            estimate_s = part["cost"] * unit_s + (build_s.get(args.depths[0], 0.0) * _DEPTH_COST.get(depth, 1.0)
+                                                  if kind == "inference" else 0.0)
+            if not budget.fits(estimate_s):
+                results["skipped"].append(
+                    f"{label}: its first turn (~{estimate_s:.0f} s) did not fit in the {budget.left():.0f} s left of "
+                    f"--budget-s {args.budget_s:.0f}"
+                )
+                log(f"skipped {label} (~{estimate_s:.0f} s estimated, {budget.left():.0f} s left)")
+                continue
+        reserve_s = 0.0 if unit_s is None else sum(p["cost"] for p in parts[k + 1:]) * unit_s
         try:
-            log(f"inference {spec.name}")
-            ours, tv = build_pair(spec, seed=args.seed)
-            pairs[depth] = (ours.to(args.device), tv.to(args.device))
-            r = inference_section(
-                args, ours, tv, spec, images, budget, share["inference"] / len(depths),
-                ablation=(i == 0 and "ablation" not in args.skip),
-            )
-            results["inference"].append(r)
-            log(f"  medians: { {k: round(v['median_s'], 4) for k, v in r['summary'].items()} }")
-        except Exception as exc:  # noqa: BLE001
-            results["errors"].append(_error_record(f"inference {spec.name}", exc))
-            log(f"  failed: {exc}")
-
-    if "train" not in args.skip:
-        for depth in depths:
-            for batch_size in args.train_batch_sizes:
-                spec = base_spec.with_(depth=depth)
+            log(f"{label} (share {share_s:.0f} s)")
+            if kind == "inference":
+                start = time.perf_counter()
+                ours, tv = build_pair(spec, seed=args.seed)
+                pairs[depth] = (ours.to(args.device), tv.to(args.device))
+                build_s[depth] = time.perf_counter() - start
+                r = inference_section(args, ours, tv, spec, images, budget, share_s,
+                                      ablation=part["ablation"], reserve_s=reserve_s)
+                results["inference"].append(r)
+                if unit_s is None:
+                    unit_s = r["summary"]["ours"]["median_s"] / _DEPTH_COST.get(depth, 1.0)
+            elif kind == "training":
                 if depth not in pairs:
+                    results["skipped"].append(f"{label}: its inference part did not run")
                     continue
-                try:
-                    log(f"training {spec.name} batch {batch_size}")
-                    r = training_section(args, *pairs[depth], spec, batch_size, image_size, budget,
-                                         share["training"] / n_train, proposed=depth == depths[0])
-                    results["training"].append(r)
-                    log(f"  medians: { {k: round(v['median_s'], 4) for k, v in r['summary'].items()} }")
-                except Exception as exc:  # noqa: BLE001
-                    results["errors"].append(_error_record(f"training {spec.name} batch {batch_size}", exc))
-                    log(f"  failed: {exc}")
-
-    spec = base_spec.with_(depth=depths[0])
-    first = pairs.get(depths[0])
-    if first is None:
-        results["skipped"].append("profile and scaling (no model was built)")
-    else:
-        if "profile" not in args.skip:
-            try:
-                log("profile")
-                results["profile"] = profile_section(args, first[0], images)
-            except Exception as exc:  # noqa: BLE001
-                results["errors"].append(_error_record("profile", exc))
-        if "scaling" not in args.skip:
-            try:
-                log("scaling")
-                results["scaling"] = scaling_section(args, first[0], spec, settings, budget, share["scaling"])
-            except Exception as exc:  # noqa: BLE001
-                results["errors"].append(_error_record("scaling", exc))
-
+                r = training_section(args, *pairs[depth], spec, part["batch_size"], image_size, budget, share_s,
+                                     ablation=part["ablation"], reserve_s=reserve_s)
+                results["training"].append(r)
+            elif kind == "profile" and args.depths[0] in pairs:
+                results["profile"] = profile_section(args, pairs[args.depths[0]][0], images)
+            elif kind == "scaling" and args.depths[0] in pairs:
+                results["scaling"] = scaling_section(
+                    args, pairs[args.depths[0]][0], base_spec.with_(depth=args.depths[0]), settings, budget, share_s
+                )
+            else:
+                results["skipped"].append(f"{kind} (no {base_spec.with_(depth=args.depths[0]).name} model was built)")
+                continue
+            if kind in ("inference", "training"):
+                log(f"  medians: { {name: round(v['median_s'], 4) for name, v in r['summary'].items()} }")
+        except Exception as exc:  # noqa: BLE001
+            results["errors"].append(_error_record(label, exc))
+            log(f"  failed: {exc}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

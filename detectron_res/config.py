@@ -110,6 +110,24 @@ class ROIHeadsConfig:
 
 
 @dataclass
+class SpeedConfig:
+    # Exact speed options: each changes results by float rounding only (checked by
+    # tests/test_speed_equivalence.py); measured in benchmarks/OPTIMIZATIONS.md.
+    # FrozenBN scales the conv weight instead of the conv output (training and inference).
+    fused_frozen_bn: bool = True
+    inplace_relu: bool = True  # ResNet blocks apply ReLU and the residual addition in place
+    # C4 head with RoIAlign: res5's first 1x1 conv / its 1x1 projection shortcut (fixed
+    # affine norm) runs once on the feature map before pooling instead of on every RoI;
+    # exact while the RoIs lie on the map (else the plain order runs).
+    res5_conv1_before_pool: bool = True
+    res5_shortcut_before_pool: bool = True
+    channels_last: bool = True  # prepare_for_inference stores conv weights NHWC (oneDNN / cuDNN)
+    # RoIAlign of CPU tensors as one sparse matrix product for all channels (every core;
+    # torchvision's CPU kernel runs on one). CUDA keeps torchvision's kernel.
+    roi_align_by_matrix: bool = True
+
+
+@dataclass
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     # ImageNet initialization used for training when --weights is not given: a
@@ -121,6 +139,7 @@ class ModelConfig:
     pixel_mean: List[float] = field(default_factory=lambda: [103.53, 116.28, 123.675])
     pixel_std: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     fold_frozen_bn: bool = True  # fold FrozenBN into convolutions for inference
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     anchor: AnchorConfig = field(default_factory=AnchorConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: ROIHeadsConfig = field(default_factory=ROIHeadsConfig)
@@ -162,6 +181,11 @@ class DataConfig:
     use_difficult: bool = False  # train on VOC "difficult" objects
     num_workers: int = 2
     aspect_ratio_grouping: bool = True
+    # Images with more pixels are refused before decoding (decompression bombs), at
+    # start-up, in the loaders and in tools/infer.py. The default is Pillow's
+    # (a 13k x 13k image; detectron_res.data.image_io.DEFAULT_MAX_PIXELS); raise it for
+    # genuinely huge images (e.g. aerial tiles).
+    max_pixels: int = 178_956_970
 
 
 @dataclass
@@ -342,6 +366,8 @@ def _check_choices(cfg: DictConfig) -> None:
     for name, spec in cfg.data.datasets.items():
         if spec.format not in ("coco", "voc", "yolo"):
             raise ConfigError(f"config key 'data.datasets.{name}.format' must be one of coco, voc, yolo; got {spec.format!r}")
+    if cfg.data.max_pixels < 1:
+        raise ConfigError(f"config key 'data.max_pixels' must be >= 1 (a pixel count); got {cfg.data.max_pixels}")
     if cfg.solver.ims_per_batch < 1:
         raise ConfigError(f"config key 'solver.ims_per_batch' must be >= 1; got {cfg.solver.ims_per_batch}")
     if list(cfg.solver.steps) != sorted(cfg.solver.steps):

@@ -46,6 +46,7 @@ import collections
 import logging
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,8 @@ __all__ = [
     "WeightsDownloadError",
     "WeightsMismatchError",
     "RestrictedUnpickler",
+    "refused_pickle_reason",
+    "torch_error_line",
     "ARCHS",
     "FORMATS",
     "TORCHVISION_URLS",
@@ -356,18 +359,45 @@ def _load_pickle(path: Path) -> Any:
             raise WeightsFormatError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from e
 
 
+def refused_pickle_reason(error: BaseException) -> Optional[str]:
+    """What a ``torch.load(weights_only=True)`` error refused, as one short line, or None.
+
+    torch raises ``pickle.UnpicklingError`` with a paragraph whose first line
+    advises re-running with ``weights_only=False`` (which would run the file's
+    code); what matters is the global the file asked for ("Trying to load
+    unsupported GLOBAL posix.system ..."; older versions: "Unsupported global:
+    GLOBAL posix.system was not an allowed global ..."). A file naming a global
+    outside torch's allow-list would build arbitrary objects or run code when
+    unpickled. Returns ``"global 'posix.system'"``; None for other errors
+    (truncated, random or foreign bytes: "Unsupported operand 216"), which make a
+    file unreadable, not unsafe.
+    """
+    if not isinstance(error, pickle.UnpicklingError):
+        return None
+    match = re.search(r"GLOBAL ([\w.]+)", str(error))
+    return f"global '{match.group(1).rstrip('.')}'" if match else None
+
+
+def torch_error_line(error: BaseException) -> str:
+    """One informative line of any ``torch.load`` error (for one-line messages)."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "In PyTorch")
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(boilerplate)]
+    return f"{type(error).__name__}: {(useful or lines or [''])[0]}".rstrip(": ")
+
+
 def _load_torch(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # torch explains at length; keep the line naming the refused global.
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        reason = next((ln for ln in lines if "GLOBAL" in ln or "global" in ln), lines[0] if lines else "")
-        raise UnsafeWeightsError(
-            f"{path}: refusing to load with torch.load(weights_only=True): {reason}"
-        ) from e
-    except Exception as e:
-        raise WeightsFormatError(f"{path}: not a readable torch file ({type(e).__name__}: {e})") from e
+    except Exception as e:  # torch raises many types for truncated / foreign / unsafe files
+        refused = refused_pickle_reason(e)
+        if refused is not None:
+            raise UnsafeWeightsError(
+                f"{path}: refusing to load: the file names {refused}, outside torch.load(weights_only=True)'s "
+                "allow-list (weights hold only tensors, numbers, strings and containers; this file would build "
+                "other objects or run code when unpickled)"
+            ) from None
+        raise WeightsFormatError(f"{path}: not a readable torch file ({torch_error_line(e)})") from None
 
 
 def _read_file(path: Path) -> Any:

@@ -21,3 +21,25 @@ def full_fp32_precision_on_cuda(request):
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.fixture(autouse=True)
+def restore_package_logger():
+    """Undo what an in-process tool run did to the ``detectron_res`` logger.
+
+    ``launch.setup_logging`` gives the logger its own handlers and stops propagation
+    (so a training run does not print every line twice); left in place, that hides
+    later tests' records from pytest's ``caplog``.
+    """
+    import logging
+
+    logger = logging.getLogger("detectron_res")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    try:
+        yield
+    finally:
+        for handler in logger.handlers[:]:
+            if handler not in saved[0]:
+                logger.removeHandler(handler)
+                handler.close()
+        logger.propagate, logger.level = saved[1], saved[2]

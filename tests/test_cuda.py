@@ -5,7 +5,7 @@ Skipped without a GPU. Every test runs on another device too: set
 how they were tested before any GPU was at hand).
 
 * fp32 on the device gives the CPU's detections (TF32 switched off);
-* the speed options (FrozenBN folded, channels-last, the proposed changes) give
+* the speed options (config keys ``model.fold_frozen_bn``, ``model.speed.*``) give
   the plain detections on the device;
 * bf16 autocast inference stays close to fp32 and training steps run in fp32
   and bf16 with finite losses and gradients;
@@ -34,8 +34,8 @@ from common import (  # noqa: E402
     match_detections,
     optimize_for_inference,
     randomize_weights,
+    speed_overrides,
 )
-from proposed import apply_proposed  # noqa: E402
 
 from detectron_res.config import load_config  # noqa: E402
 from detectron_res.modeling.build import build_model  # noqa: E402
@@ -79,8 +79,8 @@ def strict_fp32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def thin_model():
-    model = build_model(load_config(None, THIN))
+def thin_model(*overrides):
+    model = build_model(load_config(None, THIN + list(overrides)))
     randomize_weights(model, seed=1)
     with torch.no_grad():
         # Thin res5 features are large: soften the class scores (see test_speed_equivalence.py).
@@ -113,15 +113,16 @@ def test_device_gives_the_cpu_detections():
 
 
 def test_speed_options_keep_the_detections_on_the_device():
-    plain = thin_model().to(DEVICE)
+    plain = thin_model(*speed_overrides(())).to(DEVICE)
     images = _images(DEVICE)
     reference = plain(images)
-    for model in (optimize_for_inference(plain), optimize_for_inference(apply_proposed(plain))):
+    fast = thin_model().to(DEVICE)  # every speed option on: the config's defaults
+    for model in (fast, optimize_for_inference(fast)):
         _assert_same(reference, model(images))
 
 
 def test_bf16_autocast_inference_stays_close_to_fp32():
-    model = optimize_for_inference(apply_proposed(thin_model().to(DEVICE)))
+    model = optimize_for_inference(thin_model().to(DEVICE))
     images = _images(DEVICE)
     reference = model(images)
     with autocast_context(DEVICE, "bf16"):
@@ -138,10 +139,9 @@ def test_bf16_autocast_inference_stays_close_to_fp32():
 
 @pytest.mark.parametrize("amp", ["none", "bf16"])
 def test_training_steps_run_on_the_device(amp):
-    base = thin_model()
     images = _images(DEVICE)
     targets = make_targets(images, 5, boxes_per_image=3, seed=5)
-    for model in (base, apply_proposed(base).to(memory_format=torch.channels_last)):
+    for model in (thin_model(*speed_overrides(())), thin_model().to(memory_format=torch.channels_last)):
         model.to(DEVICE).train()
         params = [p for p in model.parameters() if p.requires_grad]
         before = [p.detach().clone() for p in params]

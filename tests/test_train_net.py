@@ -305,7 +305,7 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path, data_root):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr[-2000:]
+    assert proc.returncode == 5, stderr[-2000:]  # EXIT_STOPPED_BY_SIGNAL
     assert "continue with: --resume" in stdout
     state = load_checkpoint(find_last_checkpoint(out))
     assert 0 <= state["iteration"] < 10000 and not (out / "model_final.pth").exists()
@@ -372,4 +372,4 @@ def test_dead_rank_makes_the_other_exit_with_clear_error(tmp_path, data_root):
     assert procs[0].returncode == 4, err[-2000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: rank 0/2:") and "another rank probably died or hung" in last, last
-    assert "dist.timeout_s" in last and waited < 60
+    assert "dist.timeout_s" in last and waited < 30 + 10  # within the configured timeout (+ process exit)

@@ -80,11 +80,18 @@ def _calibrate_batchnorm(model: nn.Module, inputs) -> None:
         module.running_var.copy_(x.var(dim=(0, 2, 3), unbiased=False))
 
     handles = [m.register_forward_pre_hook(set_stats) for m in norms if m.running_mean is not None]
+    # A conv with a fused FrozenBN (model.speed.fused_frozen_bn) never calls its norm module,
+    # so the hook would not run: apply the norms separately while calibrating.
+    fused = [m for m in model.modules() if getattr(m, "fuse_frozen_bn", False)]
+    for m in fused:
+        m.fuse_frozen_bn = False
     try:
         model(inputs)
     finally:
         for h in handles:
             h.remove()
+        for m in fused:
+            m.fuse_frozen_bn = True
 
 
 def _analyze_detector(args) -> Dict:

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
+from detectron_res.data.coco import validate_coco_json  # noqa: E402
 from detectron_res.evaluation.coco import evaluate_coco, format_coco_table, load_coco_gt  # noqa: E402
 from detectron_res.evaluation.report import write_json  # noqa: E402
 
@@ -47,15 +49,33 @@ def _read_results(path: str) -> list:
                 f"--results {path}: entry {i} is {str(r)[:80]!r}, expected "
                 '{"image_id", "category_id", "bbox": [x, y, w, h], "score"}'
             )
+        # pycocotools would crash on a short box and score NaN boxes as quietly unmatched.
+        bbox, score = r["bbox"], r["score"]
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_finite(v) for v in bbox) or min(bbox[2:]) < 0:
+            raise ValueError(
+                f"--results {path}: entry {i} has bbox {bbox!r}, expected [x, y, w, h]: 4 finite numbers, w and h >= 0"
+            )
+        if not _finite(score):
+            raise ValueError(f"--results {path}: entry {i} has score {score!r}, expected a finite number")
     return results
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        # pycocotools trusts the file (a list crashes it, NaN boxes or unknown category
+        # ids go unnoticed): the toolkit's reader checks it first, without the images.
+        validate_coco_json(args.gt, name=args.gt)
         coco_gt = load_coco_gt(args.gt)
         results = _read_results(args.results)
-        metrics, _, summary = evaluate_coco(coco_gt, results)
+        try:
+            metrics, _, summary = evaluate_coco(coco_gt, results)
+        except ValueError as e:  # results that do not fit the ground truth: name the file
+            raise ValueError(f"--results {args.results}: {e}") from None
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -147,21 +147,70 @@ def discover_inputs(arguments: Sequence[str]) -> Tuple[List[InputFile], List[Fai
 # ----------------------------------------------------------------------------
 # Outputs
 # ----------------------------------------------------------------------------
+# Characters an output stem never contains: path separators (a name from another OS
+# may hold "\\"), and control characters, which make file names unreadable.
+_UNSAFE_STEM_CHARS = re.compile(r"[/\\\x00-\x1f\x7f]+")
+# The summary file's stem: no input may take it (its JSON would be overwritten).
+_RESERVED_STEMS = {"predictions"}
+
+
+def safe_stem(path: Path) -> str:
+    """The base name of ``path``'s outputs: its file name without extension (never a
+    folder), separators and control characters replaced by ``_``, leading dots
+    removed (so no hidden file, ``.`` or ``..``); ``image`` if nothing is left."""
+    stem = _UNSAFE_STEM_CHARS.sub("_", path.stem).lstrip(".")
+    return stem or "image"
+
+
+def writable_target(path: Path) -> Path:
+    """``path``, made safe to write: a symbolic link there (planted in a shared output
+    folder) is removed rather than followed, so outputs never land outside the folder."""
+    if path.is_symlink():
+        path.unlink()
+    return path
+
+
 class OutputNamer:
-    """Unique output names in one folder: ``a.jpg`` and ``sub/a.png`` -> ``a``, ``a_2``."""
+    """Unique output names in one folder: ``a.jpg`` and ``sub/a.png`` -> ``a``, ``a_2``.
+
+    Every output is a plain file directly in ``folder``, named from the input's file
+    name only (:func:`safe_stem`), so no input name (``..``, absolute paths, links)
+    can place it elsewhere. Two inputs never share a stem (compared case-insensitively,
+    as on macOS and Windows file systems, and after sanitizing), no input takes
+    ``predictions`` (the summary), and no output overwrites an input.
+    """
 
     def __init__(self, folder: Path, inputs: Sequence[InputFile]) -> None:
         self.folder = folder
         self.taken = {p.path.resolve() for p in inputs}
-        self.stems: set = set()
+        self.stems: set = set()  # casefolded
+
+    def _free(self, stem: str) -> bool:
+        key = stem.casefold()
+        return (
+            key not in self.stems
+            and key not in _RESERVED_STEMS
+            and (self.folder / f"{stem}.json").resolve() not in self.taken
+        )
+
+    def _names(self, stem: str, source: Path) -> List[str]:
+        """Stems of the files ``source`` writes: ``stem``, and ``stem_annotated`` when its
+        annotated copy would have an input's name (see :meth:`image_path`)."""
+        if _kind_of(source) == "video":
+            exts = [".mp4", ".avi"]
+        else:
+            exts = [source.suffix.lower() if source.suffix.lower() in _WRITABLE_EXTENSIONS else ".png"]
+        if any((self.folder / f"{stem}{ext}").resolve() in self.taken for ext in exts):
+            return [stem, f"{stem}_annotated"]
+        return [stem]
 
     def stem_for(self, path: Path) -> str:
-        stem, n = path.stem or "image", 1
+        stem, n = safe_stem(path), 1
         candidate = stem
-        while candidate in self.stems:
+        while not all(self._free(name) for name in self._names(candidate, path)):
             n += 1
             candidate = f"{stem}_{n}"
-        self.stems.add(candidate)
+        self.stems.update(name.casefold() for name in self._names(candidate, path))
         return candidate
 
     def image_path(self, stem: str, source: Path) -> Path:
@@ -169,7 +218,7 @@ class OutputNamer:
         target = self.folder / f"{stem}{ext}"
         if target.resolve() in self.taken:  # never overwrite an input (--output pointing at the inputs)
             target = self.folder / f"{stem}_annotated{ext}"
-        return target
+        return writable_target(target)
 
 
 _NUMBER_LIST = re.compile(r"\[\s*(-?[\d.eE+-]+(?:,\s*-?[\d.eE+-]+)*)\s*\]")
@@ -179,7 +228,7 @@ def _write_json(path: Path, data: dict) -> None:
     text = json.dumps(data, indent=1)
     # Keep each box on one line: [x1, y1, x2, y2] instead of five lines.
     text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text)
-    path.write_text(text + "\n")
+    writable_target(path).write_text(text + "\n")
 
 
 def _image_record(name: str, size: Tuple[int, int], detections) -> dict:
@@ -225,10 +274,12 @@ class Runner:
     def run_images(self, images: Sequence[InputFile]) -> None:
         from detectron_res.data.image_io import read_image
 
+        # The decompression-bomb limit of the config (data.max_pixels=... on the command line).
+        max_pixels = int(self.predictor.cfg.data.max_pixels)
         batch: List[Tuple[InputFile, np.ndarray]] = []
         for item in images:
             try:
-                image = read_image(item.path, format="BGR")
+                image = read_image(item.path, format="BGR", max_pixels=max_pixels)
             except Exception as e:  # ImageReadError, OSError, or anything a broken file provokes
                 # ImageReadError's message starts with the path, which report() prints already.
                 self.report(str(item.path), getattr(e, "reason", None) or _one_line(e))
@@ -359,6 +410,7 @@ def _open_video_writer(
         path = folder / f"{stem}{ext}"
         if path.resolve() in taken:
             path = folder / f"{stem}_annotated{ext}"
+        writable_target(path)
         writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (int(size[1]), int(size[0])))
         if writer.isOpened():
             return writer, path

@@ -27,8 +27,17 @@ Outputs go to ``output/<config name>/`` unless ``--output-dir`` (or the config's
 ``config.yaml``, ``log.txt``, ``metrics.json``, ``tensorboard/``,
 ``training_curves.png`` and ``inference/<dataset>/``.
 
-SIGTERM / SIGUSR1 write a checkpoint after the current iteration and exit with
-status 0 (run again with ``--resume``). A non-finite loss exits with status 3.
+Exit status:
+
+* 0: finished (training to ``solver.max_iter`` and its final evaluation, or ``--eval-only``);
+* 2: a user error (config, dataset, weights), one line naming the file / key;
+* 3: a non-finite loss; the last checkpoint is intact;
+* 4: another distributed rank died or hung (after ``dist.timeout_s``);
+* 5: stopped by SIGTERM or SIGUSR1: training writes a checkpoint after the current
+  iteration (an evaluation in progress is abandoned before its next batch) and is
+  continued with ``--resume``; ``--eval-only`` writes nothing for the interrupted dataset;
+* 6: a file could not be written or accessed (disk full, quota, read-only or
+  unwritable output directory); the previous checkpoint and ``last_checkpoint`` are intact.
 """
 
 from __future__ import annotations
@@ -45,6 +54,8 @@ from detectron_res.config import add_config_arguments, config_from_args  # noqa:
 EXIT_USER_ERROR = 2
 EXIT_NON_FINITE_LOSS = 3
 EXIT_DIST_FAILURE = 4
+EXIT_STOPPED_BY_SIGNAL = 5
+EXIT_OUTPUT_ERROR = 6
 _DEFAULT_OUTPUT_DIR = "output/default"  # the schema's default: replaced by output/<config stem>
 
 
@@ -77,6 +88,16 @@ def output_dir_for(cfg, args) -> Path:
     return Path("output") / Path(args.config).stem
 
 
+def _print_all_problems(error: Exception) -> None:
+    """A dataset with several problems: list them all (stdout), so that one run shows
+    everything to fix; the one-line error on stderr names the first."""
+    problems = getattr(error, "errors", None) or []
+    if len(problems) > 1:
+        print(f"{len(problems)} problems found:")
+        for problem in problems:
+            print(f"  {problem}")
+
+
 def main(argv=None) -> int:
     # Options may come before, between or after the key=value overrides.
     args = build_parser().parse_intermixed_args(argv)
@@ -84,8 +105,11 @@ def main(argv=None) -> int:
     output_dir = output_dir_for(cfg, args)
     cfg.output_dir = str(output_dir)
 
+    from detectron_res.data.image_io import ImageReadError
+    from detectron_res.engine.checkpoint import CheckpointWriteError, describe_os_error
     from detectron_res.engine.distributed import DistributedTimeoutError
     from detectron_res.engine.launch import evaluate_checkpoint, train
+    from detectron_res.engine.signals import EvaluationInterrupted
     from detectron_res.engine.trainer import NonFiniteLossError
 
     try:
@@ -100,11 +124,30 @@ def main(argv=None) -> int:
     except DistributedTimeoutError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DIST_FAILURE
-    except (ValueError, FileNotFoundError) as e:
+    except EvaluationInterrupted as e:  # --eval-only
+        print(f"stopped: {e}; run --eval-only again to evaluate (output: {output_dir})")
+        return EXIT_STOPPED_BY_SIGNAL
+    except CheckpointWriteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_OUTPUT_ERROR
+    except (ValueError, FileNotFoundError, ImageReadError) as e:
         # User mistakes (config keys, dataset files, checkpoints, weights) carry a
-        # one-line message naming the file / key and what was expected.
+        # one-line message naming the file / key and what was expected. An image that
+        # passed the header check at start-up but cannot be decoded (truncated) is
+        # found when the loader reaches it: the same one line, from a checkpoint on.
+        _print_all_problems(e)
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as e:
+        # Disk full, quota, permissions, read-only file system while writing logs,
+        # metrics or evaluation files: the OS reason and the file, not a traceback.
+        where = e.filename if e.filename else f"writing into {output_dir}"
+        print(f"error: {where}: {describe_os_error(e)}; check free space and permissions of {output_dir}",
+              file=sys.stderr)
+        return EXIT_OUTPUT_ERROR
+    if result.get("stop"):
+        print(result["stop"]["message"])
+        return EXIT_STOPPED_BY_SIGNAL
     scalars = result.get("scalars", {})
     if scalars:
         shown = ", ".join(f"{k}={v:.2f}" for k, v in sorted(scalars.items()) if k.split("/")[-1] in

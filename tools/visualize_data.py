@@ -39,7 +39,8 @@ def main(argv=None) -> int:
         return 2
     try:
         dataset = get_datasets(
-            names, custom=cfg.data.datasets, filter_empty=bool(cfg.data.filter_empty) and is_train
+            names, custom=cfg.data.datasets, filter_empty=bool(cfg.data.filter_empty) and is_train,
+            max_pixels=int(cfg.data.max_pixels),
         )
         print(dataset.summary())
         if is_train:
@@ -60,6 +61,11 @@ def main(argv=None) -> int:
             use_difficult=bool(cfg.data.use_difficult),
         )  # fmt: skip
     except (DatasetError, ImageReadError, ValueError) as e:
+        problems = getattr(e, "errors", None) or []
+        if len(problems) > 1:  # all of them (stdout); the error line names the first
+            print(f"{len(problems)} problems found:")
+            for problem in problems:
+                print(f"  {problem}")
         print(f"error: {e}", file=sys.stderr)
         return 2
     with open(os.path.join(out, "summary.txt"), "w") as f:

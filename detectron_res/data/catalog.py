@@ -299,6 +299,7 @@ def concat_datasets(datasets: Sequence[DetectionDataset], name: Optional[str] = 
         report.notes.append("image ids collided across the parts: ids were prefixed with '<dataset name>/'")
     report.update_counts(records, first.class_names)
     formats = {ds.format for ds in datasets}
+    limits = [ds.max_pixels for ds in datasets]
     return DetectionDataset(
         name=name,
         records=records,
@@ -307,6 +308,8 @@ def concat_datasets(datasets: Sequence[DetectionDataset], name: Optional[str] = 
         format=formats.pop() if len(formats) == 1 else "mixed",
         report=report,
         extra={"parts": [ds.name for ds in datasets], "part_extras": [ds.extra for ds in datasets]},
+        # every part passed its check with its own limit: decode with the most permissive
+        max_pixels=None if None in limits else max(limits),
     )
 
 

@@ -40,7 +40,7 @@ from .dataset import (
 )
 from .image_io import DEFAULT_MAX_PIXELS
 
-__all__ = ["load_coco_json"]
+__all__ = ["load_coco_json", "validate_coco_json"]
 
 
 def _read_json(json_file: str, name: str) -> Dict[str, Any]:
@@ -63,8 +63,110 @@ def _read_json(json_file: str, name: str) -> Dict[str, Any]:
     return data
 
 
+def _is_id(v: Any) -> bool:
+    # ids are dictionary keys here and in pycocotools: lists or dicts would crash both.
+    return isinstance(v, (int, str)) and not isinstance(v, bool)
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_coco_dict(data: Dict[str, Any], json_file: str, name: str, errors: ErrorCollector) -> Dict[Any, tuple]:
+    """The checks that need no image file: structure, ids, and every annotation.
+
+    Structural problems that make the rest unreadable raise :class:`DatasetError`
+    at once; problems of single annotations go to ``errors`` (not raised here).
+
+    Returns:
+        annotation id -> ``(x, y, w, h)`` floats for every annotation that passed.
+    """
+    src = os.path.basename(json_file)
+    for key in ("images", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DatasetError(
+                f"dataset '{name}': {json_file}: key '{key}' is "
+                f"{'missing' if key not in data else type(data[key]).__name__}, expected a list"
+            )
+    annotations = data.get("annotations", [])
+    if not isinstance(annotations, list):
+        raise DatasetError(
+            f"dataset '{name}': {json_file}: key 'annotations' is {type(annotations).__name__}, expected a list"
+        )
+
+    for i, img in enumerate(data["images"]):
+        if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
+            errors.add(f"{src}: images[{i}] = {str(img)[:80]} lacks 'id' or 'file_name'")
+        elif not _is_id(img["id"]):
+            errors.add(f"{src}: images[{i}] has id {img['id']!r}, expected an integer or a string")
+    for i, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or not isinstance(cat.get("id"), int) or "name" not in cat:
+            errors.add(f"{src}: categories[{i}] = {str(cat)[:80]} lacks an integer 'id' or a 'name'")
+    for i, ann in enumerate(annotations):
+        if not isinstance(ann, dict) or any(k not in ann for k in ("id", "image_id", "category_id", "bbox")):
+            errors.add(
+                f"{src}: annotations[{i}] = {str(ann)[:80]} lacks one of 'id', 'image_id', 'category_id', 'bbox'"
+            )
+            continue
+        for key in ("id", "image_id", "category_id"):
+            if not _is_id(ann[key]):
+                errors.add(f"{src}: annotations[{i}] has {key} {ann[key]!r}, expected an integer or a string")
+    errors.raise_if_any()
+
+    # Duplicates would merge two images (or annotations) in pycocotools' index.
+    check_unique_ids([img["id"] for img in data["images"]], src, errors)
+    check_unique_ids([c["id"] for c in data["categories"]], src, errors, what="category id")
+    check_unique_ids([a["id"] for a in annotations], src, errors, what="annotation id")
+    errors.raise_if_any()
+
+    image_ids = {img["id"] for img in data["images"]}
+    known_cats = sorted(c["id"] for c in data["categories"])
+    known_cat_set = set(known_cats)
+    valid: Dict[Any, tuple] = {}
+    for ann in annotations:
+        if ann["image_id"] not in image_ids:
+            errors.add(f"{src} annotation id {ann['id']!r}: image_id {ann['image_id']!r} is not in 'images'")
+            continue
+        where = f"{src} annotation id {ann['id']!r} (image id {ann['image_id']!r})"
+        bbox = ann["bbox"]
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+            errors.add(f"{where}: bbox = {bbox!r}, expected [x, y, width, height] numbers")
+            continue
+        x, y, bw, bh = (float(v) for v in bbox)
+        if not all(math.isfinite(v) for v in (x, y, bw, bh)):
+            errors.add(f"{where}: bbox = {bbox!r} contains NaN or infinity")
+            continue
+        if bw < 0 or bh < 0:
+            errors.add(f"{where}: bbox = {bbox!r} has a negative width or height")
+            continue
+        if ann["category_id"] not in known_cat_set:
+            errors.add(f"{where}: category_id {ann['category_id']!r} is not in 'categories' (known ids: {known_cats})")
+            continue
+        valid[ann["id"]] = (x, y, bw, bh)
+    return valid
+
+
+def validate_coco_json(json_file: str, *, name: Optional[str] = None) -> Dict[str, Any]:
+    """Check a COCO json without its images (e.g. ground truth given to an evaluator).
+
+    Applies every check of :func:`load_coco_json` that needs no image file: valid
+    JSON, structure, unique ids, annotations of known images and categories, boxes
+    of 4 finite numbers with non-negative sizes.
+
+    Returns:
+        the parsed json.
+
+    Raises:
+        DatasetError: one line naming the file and the first problem (all of them in
+            ``err.errors``).
+    """
+    json_file = os.path.abspath(os.fspath(json_file))
+    name = name or os.path.basename(json_file)
+    data = _read_json(json_file, name)
+    errors = ErrorCollector(name)
+    _check_coco_dict(data, json_file, name, errors)
+    errors.raise_if_any()
+    return data
 
 
 def load_coco_json(
@@ -106,39 +208,11 @@ def load_coco_json(
     data = _read_json(json_file, name)
     errors = ErrorCollector(name)
     report = DatasetReport(name=name)
-
-    # --- structure ---------------------------------------------------------------------
-    for key in ("images", "categories"):
-        if not isinstance(data.get(key), list):
-            raise DatasetError(
-                f"dataset '{name}': {json_file}: key '{key}' is "
-                f"{'missing' if key not in data else type(data[key]).__name__}, expected a list"
-            )
-    annotations = data.get("annotations", [])
-    if not isinstance(annotations, list):
-        raise DatasetError(
-            f"dataset '{name}': {json_file}: key 'annotations' is {type(annotations).__name__}, expected a list"
-        )
     if "annotations" not in data:
         report.notes.append(f"{src} has no 'annotations' key (image-only split, e.g. test-dev)")
-
-    for i, img in enumerate(data["images"]):
-        if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
-            errors.add(f"{src}: images[{i}] = {str(img)[:80]} lacks 'id' or 'file_name'")
-    for i, cat in enumerate(data["categories"]):
-        if not isinstance(cat, dict) or not isinstance(cat.get("id"), int) or "name" not in cat:
-            errors.add(f"{src}: categories[{i}] = {str(cat)[:80]} lacks an integer 'id' or a 'name'")
-    for i, ann in enumerate(annotations):
-        if not isinstance(ann, dict) or any(k not in ann for k in ("id", "image_id", "category_id", "bbox")):
-            errors.add(
-                f"{src}: annotations[{i}] = {str(ann)[:80]} lacks one of 'id', 'image_id', 'category_id', 'bbox'"
-            )
-    errors.raise_if_any()
-
-    check_unique_ids([img["id"] for img in data["images"]], src, errors)
-    check_unique_ids([c["id"] for c in data["categories"]], src, errors, what="category id")
-    check_unique_ids([a["id"] for a in annotations], src, errors, what="annotation id")
-    errors.raise_if_any()
+    # Everything that needs no image file; the annotations' errors are collected with
+    # the image files' below, so that one run reports all of them.
+    valid_boxes = _check_coco_dict(data, json_file, name, errors)
 
     # pycocotools builds the image -> annotations index (and is what COCOeval uses, so
     # reading through it guarantees both sides see the same data). It prints progress.
@@ -181,12 +255,6 @@ def load_coco_json(
     for (file_name, _, where), size in zip(items, sizes):
         if size is None and check_images != "header":
             errors.add(f"{where}: no 'height'/'width' in the json; use check_images='header' to read them")
-    image_ids = {img["id"] for img in images}
-    for ann in annotations:
-        if ann["image_id"] not in image_ids:
-            errors.add(
-                f"{src} annotation id {ann['id']!r}: image_id {ann['image_id']!r} is not in 'images'"
-            )
     errors.raise_if_any()
 
     # --- annotations ----------------------------------------------------------------------
@@ -196,23 +264,8 @@ def load_coco_json(
         boxes, labels, difficult, crowd, wheres = [], [], [], [], []
         for ann in coco.imgToAnns.get(img["id"], []):
             where = f"{src} annotation id {ann['id']!r} (image id {img['id']!r})"
-            bbox = ann["bbox"]
-            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
-                errors.add(f"{where}: bbox = {bbox!r}, expected [x, y, width, height] numbers")
-                continue
-            x, y, bw, bh = (float(v) for v in bbox)
-            if not all(math.isfinite(v) for v in (x, y, bw, bh)):
-                errors.add(f"{where}: bbox = {bbox!r} contains NaN or infinity")
-                continue
-            if bw < 0 or bh < 0:
-                errors.add(f"{where}: bbox = {bbox!r} has a negative width or height")
-                continue
+            x, y, bw, bh = valid_boxes[ann["id"]]  # every annotation passed _check_coco_dict
             cat = ann["category_id"]
-            if cat not in known_cats:
-                errors.add(
-                    f"{where}: category_id {cat!r} is not in 'categories' (known ids: {sorted(known_cats)})"
-                )
-                continue
             if cat not in cat_to_label:
                 report.add_skipped(f"box of category '{known_cats[cat]}' not in class_names, dropped", where)
                 continue
@@ -244,6 +297,7 @@ def load_coco_json(
         category_ids=out_category_ids,
         format="coco",
         report=report,
+        max_pixels=max_pixels,
         extra={"json_file": json_file, "image_root": image_root},
     )
     return dataset.filter_empty() if filter_empty else dataset

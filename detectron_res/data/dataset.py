@@ -97,7 +97,8 @@ class ErrorCollector:
             return
         first = self.errors[0]
         more = len(self.errors) - 1
-        suffix = f" [and {more} more error(s); see DatasetError.errors]" if more else ""
+        # All of them are in DatasetError.errors; the tools print that list on stdout.
+        suffix = f" [and {more} more error(s)]" if more else ""
         raise DatasetError(f"dataset '{self.dataset_name}': {first}{suffix}", self.errors)
 
 
@@ -271,6 +272,9 @@ class DetectionDataset:
         report: what was loaded, fixed and skipped.
         extra: reader-specific information (``json_file``, ``voc_root``, ``year``,
             ``split``, ``yolo_root``, ``parts`` ...), used by the evaluators.
+        max_pixels: the decompression-bomb limit the images were checked against
+            (config key ``data.max_pixels``); the loaders decode with the same limit,
+            so an image accepted at start-up is never refused mid-training.
     """
 
     name: str
@@ -280,6 +284,7 @@ class DetectionDataset:
     format: str
     report: DatasetReport
     extra: Dict[str, Any] = field(default_factory=dict)
+    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS
 
     def __len__(self) -> int:
         return len(self.records)
@@ -331,6 +336,7 @@ class DetectionDataset:
             format=self.format,
             report=report,
             extra=dict(self.extra),
+            max_pixels=self.max_pixels,
         )
 
 

@@ -12,8 +12,10 @@ readers (COCO, VOC, YOLO), the loaders and the inference tool see the same pixel
 * Corrupt, truncated, empty or non-image files raise :class:`ImageReadError`
   naming the file, never a half-decoded image (Pillow's default is to refuse
   truncated files, and we do not change that).
-* A pixel-count guard (``max_pixels``) refuses decompression bombs before any
-  pixel is decoded.
+* A pixel-count guard (``max_pixels``, config key ``data.max_pixels``) refuses
+  decompression bombs before any pixel is decoded. A limit above Pillow's own
+  (``2 * PIL.Image.MAX_IMAGE_PIXELS``) raises Pillow's for the whole process, so
+  that genuinely huge images can be read when the user asks for it.
 
 Why Pillow and not OpenCV: ``cv2.imdecode`` applies EXIF orientation only with
 ``IMREAD_COLOR`` (which in turn loses the information needed to scale 16-bit data
@@ -26,8 +28,9 @@ libjpeg-turbo, so decoding speed is the same.
 from __future__ import annotations
 
 import os
+import re
 import warnings
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -69,9 +72,32 @@ class ImageReadError(OSError):
         return (ImageReadError, (self.path, self.reason))
 
 
-def _open(path: PathLike, max_pixels: int) -> Image.Image:
+def _too_many_pixels(pixels: str, max_pixels: Optional[int]) -> str:
+    return (
+        f"{pixels} pixels exceeds max_pixels={max_pixels} (possible decompression bomb; raise the limit, "
+        "config key data.max_pixels, if the image is genuine)"
+    )
+
+
+def _allow_in_pillow(max_pixels: Optional[int]) -> None:
+    """Make Pillow's own bomb check (which raises above ``2 * MAX_IMAGE_PIXELS``) no
+    stricter than ``max_pixels``. Only ever raised, never lowered: other code in the
+    process keeps at least the protection it had."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None:
+        return
+    if max_pixels is None:
+        Image.MAX_IMAGE_PIXELS = None
+    elif max_pixels > 2 * limit:
+        Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1
+
+
+def _open(path: PathLike, max_pixels: Optional[int]) -> Image.Image:
     """Open ``path`` lazily (header only) and apply the pixel-count guard."""
     path = os.fspath(path)
+    if max_pixels is not None and max_pixels < 1:
+        raise ValueError(f"max_pixels={max_pixels}: expected a positive pixel count (config key data.max_pixels)")
+    _allow_in_pillow(max_pixels)
     if not os.path.exists(path):
         raise ImageReadError(path, "file does not exist")
     if os.path.isdir(path):
@@ -84,7 +110,9 @@ def _open(path: PathLike, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
     except Image.DecompressionBombError as e:
-        raise ImageReadError(path, f"refused as a possible decompression bomb ({e})") from None
+        # Pillow's message: "Image size (N pixels) exceeds limit of ... pixels, ...".
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise ImageReadError(path, _too_many_pixels(found.group(1) if found else "more than", max_pixels)) from None
     except Exception as e:  # Pillow raises OSError, SyntaxError, struct.error, ...
         raise ImageReadError(path, f"not a readable image ({type(e).__name__}: {e})") from None
     width, height = img.size
@@ -93,11 +121,7 @@ def _open(path: PathLike, max_pixels: int) -> Image.Image:
         raise ImageReadError(path, f"image has an empty size {width}x{height}")
     if max_pixels is not None and width * height > max_pixels:
         img.close()
-        raise ImageReadError(
-            path,
-            f"{width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels} "
-            "(possible decompression bomb; raise max_pixels if the image is genuine)",
-        )
+        raise ImageReadError(path, _too_many_pixels(f"{width}x{height} = {width * height}", max_pixels))
     return img
 
 
@@ -110,7 +134,7 @@ def _exif_orientation(img: Image.Image) -> int:
         return 1
 
 
-def read_image_size(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tuple[int, int]:
+def read_image_size(path: PathLike, *, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> Tuple[int, int]:
     """Return ``(height, width)`` of the image as :func:`read_image` would return it.
 
     Reads only the header (no pixel decoding), so that whole datasets can be checked
@@ -156,7 +180,7 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
 
 
 def read_image(
-    path: PathLike, format: str = "BGR", *, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: PathLike, format: str = "BGR", *, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
     """Read an image file into a ``uint8`` array of shape ``(H, W, 3)``.
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import signal
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -38,7 +39,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .dataset import DetectionDataset, ImageRecord
-from .image_io import read_image
+from .image_io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from .transforms import apply_transforms, build_transforms
 
 __all__ = [
@@ -229,6 +230,12 @@ class DetectionMapDataset(Dataset):
     ``boxes`` (``float32 [M, 4]``), ``labels`` (``int64 [M]``), optionally
     ``difficult``/``iscrowd``, and ``image_size``, ``orig_size``, ``image_id``,
     ``file_name``.
+
+    An image that cannot be read (the header check at start-up does not decode the
+    pixels, so a truncated file is found here) raises :class:`ImageReadError` naming
+    the file. Inside a ``DataLoader`` the error travels to the main process as a value
+    (:meth:`__getitems__`) and is raised there unchanged, one line, by the loader's
+    iterator.
     """
 
     def __init__(
@@ -239,6 +246,7 @@ class DetectionMapDataset(Dataset):
         is_train: bool,
         input_format: str = "BGR",
         use_difficult: bool = False,
+        max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
     ):
         if input_format not in ("BGR", "RGB"):
             raise ValueError(f"input_format={input_format!r}: expected 'BGR' or 'RGB' (config key model.input_format)")
@@ -247,21 +255,32 @@ class DetectionMapDataset(Dataset):
         self.is_train = is_train
         self.input_format = input_format
         self.use_difficult = use_difficult
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def __getitems__(self, keys: Sequence[Tuple[int, int]]) -> Union[List[Dict[str, Any]], "_LoadFailure"]:
+        """What a ``DataLoader`` calls for one batch: the samples, or the first failure."""
+        samples = []
+        for key in keys:
+            try:
+                samples.append(self[key])
+            except (ImageReadError, _ImageChangedError) as e:
+                return _LoadFailure(e)
+        return samples
 
     def __getitem__(self, key: Tuple[int, int]) -> Dict[str, Any]:
         index, seed = key
         r = self.records[index]
         # Albumentations' colour transforms assume RGB; convert at the end.
-        image = read_image(r.file_name, format="RGB")
+        image = read_image(r.file_name, format="RGB", max_pixels=self.max_pixels)
         if image.shape[:2] != (r.height, r.width):
             # With check_images="header" (the default) the size was read from this file
             # when the dataset was loaded, so the file changed since; with "exists" or
             # "none" the annotation's size was trusted. Either way the boxes may not fit
             # the pixels: refuse rather than train on it.
-            raise ValueError(
+            raise _ImageChangedError(
                 f"{r.file_name}: image is {image.shape[0]}x{image.shape[1]} (HxW) but the dataset recorded "
                 f"{r.height}x{r.width} (the file changed after the dataset was loaded, or the annotation's "
                 "size is wrong and the dataset was loaded without check_images='header')"
@@ -291,6 +310,30 @@ class DetectionMapDataset(Dataset):
             out["difficult"] = torch.from_numpy(r.difficult[sel].astype(bool))
             out["iscrowd"] = torch.from_numpy(r.iscrowd[sel].astype(bool))
         return out
+
+
+class _ImageChangedError(ValueError):
+    """An image whose size differs from the one recorded when the dataset was loaded."""
+
+
+class _LoadFailure:
+    """A sample that could not be loaded, carried out of a worker as a value.
+
+    An exception raised in a ``DataLoader`` worker reaches the main process rebuilt
+    by torch from text that embeds the worker's traceback (or as a ``RuntimeError``
+    when its type cannot be rebuilt from one string, as :class:`ImageReadError`
+    cannot), so the user would see a traceback instead of the one-line message.
+    """
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _raise_load_failures(batches: Iterator[Any]) -> Iterator[Any]:
+    for batch in batches:
+        if isinstance(batch, _LoadFailure):
+            raise batch.error
+        yield batch
 
 
 def collate_batch(samples: Sequence[Dict[str, Any]], size_divisibility: int = 32) -> Batch:
@@ -328,6 +371,8 @@ class _Collate:
         self.size_divisibility = size_divisibility
 
     def __call__(self, samples):
+        if isinstance(samples, _LoadFailure):  # see DetectionMapDataset.__getitems__
+            return samples
         return collate_batch(samples, self.size_divisibility)
 
 
@@ -340,6 +385,12 @@ def _worker_init(worker_id: int) -> None:
     # OpenCV needs no setting here: the worker inherited setNumThreads(0) from the
     # fork (see _ForkSafeDataLoader), so it runs single-threaded; the workers are the
     # parallelism. Calling cv2.setNumThreads in a forked child can deadlock.
+    # Preemption signals are for the main process, which checkpoints and stops
+    # (engine/signals.py). SLURM and `kill -- -PGID` signal the whole process group;
+    # a worker killed by that would fail the main process mid-checkpoint instead.
+    # Workers still exit with the main process (DataLoader's parent watchdog).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 class _ForkSafeDataLoader(DataLoader):
@@ -355,11 +406,11 @@ class _ForkSafeDataLoader(DataLoader):
 
     def __iter__(self):
         if self.num_workers == 0:
-            return super().__iter__()
+            return _raise_load_failures(super().__iter__())
         previous = cv2.getNumThreads()
         cv2.setNumThreads(0)
         try:
-            return super().__iter__()
+            return _raise_load_failures(super().__iter__())
         finally:
             cv2.setNumThreads(previous)
 
@@ -448,7 +499,8 @@ def build_train_loader(
         is_train=True, min_sizes=min_sizes, max_size=max_size, hflip_prob=hflip_prob, photometric=photometric
     )
     map_ds = DetectionMapDataset(
-        dataset.records, transform, is_train=True, input_format=input_format, use_difficult=use_difficult
+        dataset.records, transform, is_train=True, input_format=input_format, use_difficult=use_difficult,
+        max_pixels=dataset.max_pixels,
     )
     sampler = TrainingSampler(len(dataset), shuffle=True, seed=seed, rank=rank, world_size=world_size)
     groups = _group_ids(dataset.records) if aspect_ratio_grouping else None
@@ -494,7 +546,9 @@ def build_test_loader(
     if num_workers < 0:
         raise ValueError(f"data.num_workers={num_workers}: expected >= 0")
     transform = build_transforms(is_train=False, min_sizes=[min_size], max_size=max_size)
-    map_ds = DetectionMapDataset(dataset.records, transform, is_train=False, input_format=input_format)
+    map_ds = DetectionMapDataset(
+        dataset.records, transform, is_train=False, input_format=input_format, max_pixels=dataset.max_pixels
+    )
     sampler = InferenceSampler(len(dataset), rank=rank, world_size=world_size)
     return _ForkSafeDataLoader(
         map_ds,

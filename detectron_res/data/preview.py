@@ -69,7 +69,7 @@ def write_previews(
     paths = []
     for n, (index, sample_seed) in enumerate(items):
         r = dataset.records[index]
-        image = read_image(r.file_name, format="RGB")
+        image = read_image(r.file_name, format="RGB", max_pixels=dataset.max_pixels)
         image, boxes, kept = apply_transforms(transform, image, r.boxes, seed=sample_seed)
         labels = r.labels[kept].copy()
         difficult = r.difficult[kept] & (not use_difficult)

@@ -23,6 +23,7 @@ Boxes are ``x1, y1, x2, y2`` in continuous 0-based pixel coordinates (albumentat
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -41,7 +42,14 @@ if int(A.__version__.split(".")[0]) < 2:
         f"detectron_res needs albumentations>=2.0, found {A.__version__}: pip install -U 'albumentations>=2.0'"
     )
 
+logger = logging.getLogger(__name__)
+
+# albumentations' filter_bboxes drops, whatever min_area says, every box whose area
+# is below 1e-7 square pixels (its "epsilon"), before and after each transform.
+ALBUMENTATIONS_MIN_AREA = 1e-7
+
 __all__ = [
+    "ALBUMENTATIONS_MIN_AREA",
     "get_resize_shape",
     "ResizeShortestEdge",
     "build_transforms",
@@ -207,15 +215,36 @@ def apply_transforms(
 
     Returns:
         ``(image uint8 (H', W', 3), boxes float32 [M, 4], kept int64 [M])`` where
-        ``kept`` indexes the input boxes that survived (all of them for the toolkit's
-        transforms, which neither crop nor drop).
+        ``kept`` indexes the input boxes that survived: all of them for the toolkit's
+        transforms (which neither crop nor drop), except boxes of less than
+        :data:`ALBUMENTATIONS_MIN_AREA` square pixels in the input or the resized
+        image, which albumentations always removes; a warning counts those.
+
+    Raises:
+        ValueError: a box is not finite or has no area (``x2 <= x1`` or ``y2 <= y1``);
+            the dataset readers drop such boxes, so this is a caller's error.
     """
     if seed is not None:
         transform.set_random_seed(int(seed) % (2**32))
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"apply_transforms: box {i} {boxes[i].tolist()} has no area or is not finite ({int(bad.sum())} such "
+            "boxes); expected x1 < x2 and y1 < y2 (the dataset readers drop such boxes)"
+        )
     out = transform(image=image, bboxes=boxes, box_indices=np.arange(len(boxes)))
     out_boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
     kept = np.asarray(out["box_indices"], dtype=np.int64).reshape(-1)
+    if len(kept) != len(boxes):
+        # Not silent: the caller's labels stay aligned through ``kept``, but a box
+        # smaller than a pixel's ten-millionth is gone from the training targets.
+        lost = np.setdiff1d(np.arange(len(boxes)), kept)
+        logger.warning(
+            "apply_transforms: %d box(es) with less than %g square pixels left out by albumentations (e.g. %s)",
+            len(lost), ALBUMENTATIONS_MIN_AREA, boxes[lost[0]].tolist(),
+        )
     return out["image"], out_boxes, kept
 
 

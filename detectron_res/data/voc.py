@@ -260,6 +260,7 @@ def load_voc(
         category_ids=list(range(1, len(class_names) + 1)),
         format="voc",
         report=report,
+        max_pixels=max_pixels,
         extra={
             "voc_root": root,
             "year": None if year is None else str(year),

@@ -40,6 +40,9 @@ from .image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 
 __all__ = ["load_yolo", "read_class_names_file"]
 
+# Normalized values may overshoot [0, 1] by rounding in the exporting tool (6 decimals).
+_NORMALIZED_TOLERANCE = 1e-4
+
 
 def read_class_names_file(path: str) -> List[str]:
     """Read class names: a text file with one name per line, or a YOLO ``data.yaml``
@@ -111,7 +114,7 @@ def load_yolo(
     Raises:
         DatasetError: missing folders or class names, lines that are not
             ``class cx cy w h``, class indices out of range, NaN or negative sizes,
-            unreadable images.
+            values outside ``[0, 1]`` (not normalized), unreadable images.
     """
     del check_images  # the sizes are needed: headers are always read
     root = os.path.abspath(os.fspath(yolo_root))
@@ -174,8 +177,12 @@ def load_yolo(
         if not os.path.isfile(label_file):
             without_labels.append(rid)
         else:
-            with open(label_file, encoding="utf-8") as f:
-                lines = f.read().splitlines()
+            try:
+                with open(label_file, encoding="utf-8") as f:
+                    lines = f.read().splitlines()
+            except UnicodeDecodeError as e:
+                errors.add(f"{rel_label}: not UTF-8 text (byte {e.start}); expected lines 'class cx cy w h'")
+                lines = []
             for lineno, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue
@@ -204,6 +211,20 @@ def load_yolo(
                     continue
                 if w < 0 or h < 0:
                     errors.add(f"{where}: {line.strip()!r} has a negative width or height")
+                    continue
+                # A value above 1 means the file holds pixel coordinates (a common export
+                # mistake); denormalizing them would push every box out of the image and
+                # drop it, so it is an error rather than a clipped box. Boxes whose centre
+                # lies inside but whose extent crosses the border are still just clipped.
+                outside = [
+                    f"{k}={v:g}" for k, v in zip(("cx", "cy", "w", "h"), (cx, cy, w, h))
+                    if not -_NORMALIZED_TOLERANCE <= v <= 1 + _NORMALIZED_TOLERANCE
+                ]
+                if outside:
+                    errors.add(
+                        f"{where}: {line.strip()!r} has {', '.join(outside)} outside [0, 1]; expected "
+                        "cx cy w h normalized by the image width and height (pixel coordinates?)"
+                    )
                     continue
                 raw.append((int(cls_f) + 1, cx, cy, w, h))
                 wheres.append(where)
@@ -258,6 +279,7 @@ def load_yolo(
         category_ids=list(range(1, num_classes + 1)),
         format="yolo",
         report=report,
+        max_pixels=max_pixels,
         extra={"yolo_root": root, "split": split, "class_names_file": class_names_file},
     )
     return dataset.filter_empty() if filter_empty else dataset

@@ -4,18 +4,22 @@
 * :mod:`.hooks`: LR schedule, timing, periodic / best / preemption checkpoints,
   evaluation, console + JSON + TensorBoard logging (:func:`~.hooks.default_hooks`);
 * :mod:`.checkpoint`: the checkpoint format, atomic writes, ``load_checkpoint``;
+* :mod:`.signals`: SIGTERM / SIGUSR1 stop requests (training and evaluation);
 * :mod:`.solver`: SGD parameter groups and the warmup + multi-step LR schedule;
 * :mod:`.distributed`: torchrun / DDP process groups (NCCL or gloo);
 * :mod:`.launch`: config -> datasets, model, loaders, trainer (what ``tools/train_net.py`` runs).
 """
 
-from .checkpoint import CHECKPOINT_FORMAT_VERSION, Checkpointer, CheckpointError, load_checkpoint
+from .checkpoint import CHECKPOINT_FORMAT_VERSION, Checkpointer, CheckpointError, CheckpointWriteError, load_checkpoint
+from .signals import EvaluationInterrupted
 from .trainer import HookBase, NonFiniteLossError, Trainer
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
     "Checkpointer",
     "CheckpointError",
+    "CheckpointWriteError",
+    "EvaluationInterrupted",
     "HookBase",
     "NonFiniteLossError",
     "Trainer",

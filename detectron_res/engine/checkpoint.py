@@ -16,6 +16,8 @@ Checkpoint file format (``format_version`` 1), a plain dict that loads with
                     (rank 0's; "rng_ranks" holds every rank's in a multi-process run),
       "sampler":    {"batches_consumed": int (per process), "seed": int, "world_size": int},
       "hooks":      {hook class name: state} (e.g. the best metric so far),
+      "metrics":    {"recent": {name: [float, ...]}}: the logged medians' windows
+                    (optional; a resumed run then logs what an uninterrupted one would),
       "config":     resolved config as a plain dict,
       "class_names":  [str, ...]     (class_names[i] is label i + 1),
       "category_ids": [int|str, ...] (dataset's original ids, same order),
@@ -29,13 +31,22 @@ Files are named ``model_{iteration:07d}.pth`` (``model_0000999.pth`` after 1000
 iterations), ``model_final.pth`` at the end of training and ``model_best.pth``
 for the best evaluation; ``last_checkpoint`` is a text file holding the file name
 of the newest one.
+
+Failures while saving (disk full, quota, read-only or unwritable directory) raise
+:class:`CheckpointWriteError`, a one-line message naming the file and the OS reason;
+nothing already on disk is replaced, so the previous checkpoint and the
+``last_checkpoint`` pointer stay valid.  A process killed in the middle of a write
+leaves only a hidden ``.<name>.XXXXXXXX.tmp`` file, which the next run removes
+(:meth:`Checkpointer.remove_stale_temporaries`).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +65,24 @@ _REQUIRED_KEYS = ("format_version", "model")
 
 class CheckpointError(ValueError):
     """A file that is not a readable detectron_res checkpoint (one-line message)."""
+
+
+class CheckpointVersionError(CheckpointError):
+    """A detectron_res checkpoint of a ``format_version`` this version cannot read."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint (or the ``last_checkpoint`` pointer) could not be written: disk full,
+    quota exceeded, read-only or unwritable directory.  The message is one line
+    naming the file, the OS reason and what is still intact; the underlying
+    :class:`OSError` is the ``__cause__``."""
+
+
+def describe_os_error(error: OSError) -> str:
+    """``'No space left on device [ENOSPC]'``: the OS reason and its errno name."""
+    reason = error.strerror or str(error) or type(error).__name__
+    name = errno.errorcode.get(error.errno) if error.errno is not None else None
+    return f"{reason} [{name}]" if name else reason
 
 
 # ---------------------------------------------------------------------------
@@ -99,11 +128,51 @@ def atomic_write_bytes(path: str | os.PathLike, write_fn) -> None:
     _fsync_dir(path.parent)
 
 
+class _WriteErrorKeeper:
+    """File wrapper that remembers the first OSError raised by ``write``.
+
+    torch.save writes through a C++ zip writer that swallows the Python exception
+    of a failed ``write`` and raises ``RuntimeError: unexpected pos ...`` instead,
+    so a full disk would surface without its errno; :func:`save_checkpoint` re-raises
+    the remembered OSError.
+    """
+
+    def __init__(self, f) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            if self.error is None:
+                self.error = e
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+
+def _torch_save(state: Mapping[str, Any], f) -> None:
+    keeper = _WriteErrorKeeper(f)
+    try:
+        torch.save(state, keeper)
+    except RuntimeError:
+        if keeper.error is not None:
+            raise keeper.error from None
+        raise
+
+
 def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Atomically write ``state`` (a checkpoint dict, see module docstring) to ``path``."""
+    """Atomically write ``state`` (a checkpoint dict, see module docstring) to ``path``.
+
+    Raises:
+        OSError: the file could not be written (its errno kept, e.g. ENOSPC); the
+            previous content of ``path``, if any, is unchanged.
+    """
     state = dict(state)
     state.setdefault("format_version", CHECKPOINT_FORMAT_VERSION)
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
+    atomic_write_bytes(path, lambda f: _torch_save(state, f))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -132,9 +201,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for truncated / foreign pickles
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        from ..weights import refused_pickle_reason, torch_error_line
+
+        refused = refused_pickle_reason(e)
+        if refused is not None:  # the file asks for code to run: say so, not "corrupt"
+            raise CheckpointError(
+                f"{path}: refusing to load checkpoint: the file names {refused}, which checkpoints never hold "
+                "(only tensors, numbers, strings, lists and dicts); unpickling it would build other objects or run code"
+            ) from None
         raise CheckpointError(
-            f"{path}: cannot read checkpoint ({type(e).__name__}: {msg}); the file is corrupt or not a torch file"
+            f"{path}: cannot read checkpoint ({torch_error_line(e)}); the file is corrupt or not a torch file"
         ) from None
     if not isinstance(state, dict) or any(k not in state for k in _REQUIRED_KEYS):
         keys = sorted(state.keys())[:8] if isinstance(state, dict) else type(state).__name__
@@ -144,7 +220,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         )
     version = state["format_version"]
     if version != CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointError(
+        raise CheckpointVersionError(
             f"{path}: checkpoint format_version={version!r} is not supported "
             f"(this version of detectron_res reads format_version={CHECKPOINT_FORMAT_VERSION})"
         )
@@ -152,9 +228,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def is_detector_checkpoint(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a file that :func:`load_checkpoint` accepts."""
+    """True when ``path`` is a file that :func:`load_checkpoint` accepts.
+
+    Raises:
+        CheckpointVersionError: a detectron_res checkpoint of another format version;
+            it is not something else (ImageNet weights), so callers must not try
+            other readers on it and hide the real reason.
+    """
     try:
         load_checkpoint(path)
+    except CheckpointVersionError:
+        raise
     except (CheckpointError, FileNotFoundError, IsADirectoryError):
         return False
     return True
@@ -246,16 +330,67 @@ class Checkpointer:
         The pointer is updated only after the file is complete, so it never names a
         partial file, and pruning happens last, so the previous checkpoint survives
         until the new one is on disk.
+
+        Raises:
+            CheckpointWriteError: the checkpoint or the pointer could not be written
+                (disk full, read-only directory, ...); what was on disk before is intact.
         """
         if not self.save_to_disk:
             return None
         path = self.output_dir / f"{name}.pth"
-        save_checkpoint(state, path)
+        pointer = self.output_dir / LAST_CHECKPOINT_FILE
+        previous = self._pointer_target()
+        try:
+            save_checkpoint(state, path)
+        except OSError as e:
+            kept = (f"the previous checkpoint {previous} is intact and {pointer.name} still names it" if previous
+                    else "no earlier checkpoint exists")
+            raise CheckpointWriteError(
+                f"cannot write checkpoint {path}: {describe_os_error(e)}; {kept}; free disk space or make "
+                f"{self.output_dir} writable, then continue with --resume"
+            ) from e
         if update_pointer:
-            atomic_write_bytes(self.output_dir / LAST_CHECKPOINT_FILE, lambda f: f.write(path.name.encode()))
-        self._prune()
+            try:
+                atomic_write_bytes(pointer, lambda f: f.write(path.name.encode()))
+            except OSError as e:
+                still = f"it still names {previous.name}" if previous else "it was not created"
+                raise CheckpointWriteError(
+                    f"cannot update {pointer}: {describe_os_error(e)}; {path} was written but {still}; free disk "
+                    f"space or make {self.output_dir} writable, then continue with --resume"
+                ) from e
+        try:
+            self._prune()
+        except OSError as e:  # an old file that cannot be deleted costs disk space, not correctness
+            logger.warning("Could not delete old checkpoints in %s: %s", self.output_dir, describe_os_error(e))
         logger.info("Saved checkpoint %s", path)
         return path
+
+    def _pointer_target(self) -> Path | None:
+        try:
+            return find_last_checkpoint(self.output_dir)
+        except (CheckpointError, OSError):
+            return None
+
+    # mkstemp names of atomic_write_bytes: "." + final name + "." + 8 random characters + ".tmp"
+    _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete the temporary files of writes that a killed process left unfinished.
+
+        Call it before training starts (no write of this run is in flight then);
+        returns the removed paths.  Only the main process removes anything.
+        """
+        if not self.save_to_disk or not self.output_dir.is_dir():
+            return []
+        removed = []
+        for p in self.output_dir.iterdir():
+            if p.is_file() and self._TEMPORARY.match(p.name):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+        if removed:
+            logger.info("Removed %d incomplete temporary file(s) of an interrupted write: %s", len(removed),
+                        ", ".join(p.name for p in sorted(removed)))
+        return removed
 
     def periodic_checkpoints(self) -> list[Path]:
         """Periodic checkpoint files, oldest first."""

@@ -18,6 +18,8 @@ from collections import defaultdict, deque
 from pathlib import Path
 from typing import Iterable
 
+from .checkpoint import atomic_write_bytes
+
 logger = logging.getLogger(__name__)
 
 
@@ -49,6 +51,31 @@ class MetricStorage:
     def put_scalars(self, *, smooth: bool = True, **values: float) -> None:
         for name, value in values.items():
             self.put_scalar(name, value, smooth=smooth)
+
+    def state_dict(self) -> dict:
+        """For checkpoints: the smoothing windows and the raw values of the current
+        iteration, so that a resumed run logs the same values as an uninterrupted
+        one, and can write the current iteration's line if a kill prevented it::
+
+            {"iteration": int, "recent": {name: [float, ...]}, "latest": {name: float}}
+        """
+        return {
+            "iteration": self.iteration,
+            "recent": {name: list(values) for name, values in self._recent.items() if self._smoothing.get(name, True)},
+            "latest": {name: values[-1][1] for name, values in self._history.items()
+                       if values and values[-1][0] == self.iteration},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Inverse of :meth:`state_dict` (an empty dict, from older checkpoints, restores nothing)."""
+        recent = state.get("recent") or {}
+        for name, values in recent.items():
+            self._recent[name].extend(float(v) for v in values)
+            self._smoothing[name] = True
+        it = state.get("iteration")
+        for name, value in (state.get("latest") or {}).items():
+            self._history[name].append((int(it), float(value)))
+            self._smoothing.setdefault(name, False)
 
     def history(self, name: str) -> list[tuple[int, float]]:
         return list(self._history.get(name, []))
@@ -89,15 +116,20 @@ class JSONWriter:
     def __init__(self, path: str | os.PathLike, *, resume_from_iter: int | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.last_iteration = -1  # of the lines kept on resume
         if resume_from_iter is not None and self.path.is_file():
             kept = []
             for line in self.path.read_text().splitlines():
                 try:
-                    if json.loads(line).get("iteration", -1) <= resume_from_iter:
-                        kept.append(line)
+                    it = json.loads(line).get("iteration", -1)
                 except json.JSONDecodeError:  # a line cut by a kill mid-write
                     continue
-            self.path.write_text("".join(k + "\n" for k in kept))
+                if it <= resume_from_iter:
+                    kept.append(line)
+                    self.last_iteration = max(self.last_iteration, it)
+            # Atomic: a kill during this rewrite must not cost the history.
+            text = "".join(k + "\n" for k in kept).encode()
+            atomic_write_bytes(self.path, lambda f: f.write(text))
         elif resume_from_iter is None and self.path.is_file():
             self.path.unlink()
         self._file = open(self.path, "a")

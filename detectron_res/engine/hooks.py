@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
-import threading
 import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
 from . import distributed as comm
-from .checkpoint import Checkpointer, CheckpointError, load_checkpoint
+from .checkpoint import Checkpointer, CheckpointError, CheckpointWriteError, load_checkpoint
 from .events import JSONWriter, TensorboardWriter, format_eta, plot_training_curves
+from .signals import STOP, STOP_SIGNALS, EvaluationInterrupted
 from .trainer import HookBase, run_without_rng_side_effects
 
 logger = logging.getLogger(__name__)
@@ -71,6 +70,29 @@ class LRScheduler(HookBase):
         self.scheduler.step()
 
 
+def save_on_main_process(checkpointer: Checkpointer, name: str, state: Mapping[str, Any], **kwargs) -> Path | None:
+    """``checkpointer.save`` on the main process; called on EVERY rank.
+
+    When the main process cannot write (disk full, read-only directory), every rank
+    raises :class:`CheckpointWriteError` at the same point, instead of the other
+    ranks running on into a collective that rank 0 never joins.
+    """
+    error: CheckpointWriteError | None = None
+    path = None
+    try:
+        path = checkpointer.save(name, state, **kwargs)
+    except CheckpointWriteError as e:
+        error = e
+    if comm.any_rank(error is not None):
+        if error is not None:
+            raise error
+        raise CheckpointWriteError(
+            f"rank {comm.get_rank()}: the main process could not write {checkpointer.output_dir / (name + '.pth')}; "
+            "its log has the reason"
+        )
+    return path
+
+
 class PeriodicCheckpointer(HookBase):
     """Writes ``model_{iter:07d}.pth`` every ``period`` iterations and ``model_final.pth`` at the end.
 
@@ -83,12 +105,15 @@ class PeriodicCheckpointer(HookBase):
         self.checkpointer = checkpointer
         self.period = int(period)
         self.last_saved_iter: int | None = None
+        self.last_saved_path: Path | None = None
 
     def save(self, name: str | None = None) -> None:
         it = self.trainer.iter
         state = self.trainer.checkpoint_state()
-        self.checkpointer.save(name or f"model_{it:07d}", state)
+        name = name or f"model_{it:07d}"
+        save_on_main_process(self.checkpointer, name, state)
         self.last_saved_iter = it
+        self.last_saved_path = self.checkpointer.output_dir / f"{name}.pth"
 
     def after_step(self) -> None:
         it = self.trainer.iter
@@ -127,6 +152,9 @@ class EvalHook(HookBase):
         self.period = int(period)
         self.eval_fn = eval_fn
         self.latest: dict[str, float] = {}
+        # Set when a stop signal cut an evaluation short (see detectron_res.engine.signals).
+        self.interrupted: EvaluationInterrupted | None = None
+        self.interrupted_iter: int | None = None
 
     def _evaluate(self) -> None:
         model = self.trainer.model
@@ -134,6 +162,13 @@ class EvalHook(HookBase):
         try:
             # Keep training randomness independent of evaluation (exact resume).
             results = run_without_rng_side_effects(self.eval_fn)
+        except EvaluationInterrupted as e:
+            # Every rank stopped at the same batch (StoppableLoader agrees across
+            # ranks); the partial evaluation is dropped and PreemptionHandler, which
+            # runs next, checkpoints this iteration and ends training.
+            self.interrupted, self.interrupted_iter = e, self.trainer.iter
+            logger.warning("Evaluation at iteration %d abandoned: %s", self.trainer.iter, e)
+            return
         finally:
             model.train()
         metrics = comm.broadcast_object(_flatten_metrics(results or {}) if comm.is_main_process() else None)
@@ -211,7 +246,7 @@ class BestCheckpointer(HookBase):
             self.best_value, self.best_iter = value, self.trainer.iter
             state = self.trainer.checkpoint_state()
             state["best_metric"] = {"name": self.metric, "value": value, "mode": self.mode}
-            self.checkpointer.save("model_best", state, update_pointer=False)
+            save_on_main_process(self.checkpointer, "model_best", state, update_pointer=False)
             logger.info("New best %s=%.4f at iteration %d: saved model_best.pth", self.metric, value, self.trainer.iter)
 
     def after_step(self) -> None:
@@ -226,44 +261,44 @@ class PreemptionHandler(HookBase):
     """On SIGTERM or SIGUSR1 (sent by cluster schedulers before preemption), finish the
     current iteration, write a checkpoint and leave the loop cleanly.
 
-    The signal only sets a flag; the decision is shared across ranks each
-    iteration (one tiny all-reduce) so that all ranks stop at the same iteration
-    even when the scheduler signals only some of them.
+    The signal only sets a flag (:data:`detectron_res.engine.signals.STOP`, which
+    also makes a running evaluation stop before its next batch); the decision is
+    shared across ranks each iteration (one tiny all-reduce) so that all ranks stop
+    at the same iteration even when the scheduler signals only some of them.
+
+    After training, ``stopped_at`` is the last iteration run (None when no signal
+    stopped training) and ``checkpoint`` the file written for it.
     """
 
-    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s is not None)
+    SIGNALS = STOP_SIGNALS
 
     def __init__(self, periodic: PeriodicCheckpointer) -> None:
         self.periodic = periodic
-        self.received: int | None = None
-        self._previous: dict[int, object] = {}
+        self.stopped_at: int | None = None
+        self.checkpoint: Path | None = None
+        self.signal_name: str | None = None
 
-    def _handle(self, signum, frame) -> None:
-        self.received = signum
-        logger.warning("Received %s: will checkpoint and stop after iteration %d",
-                       signal.Signals(signum).name, self.trainer.iter)
+    @property
+    def received(self) -> int | None:
+        """The signal this process received (None if none)."""
+        return STOP.signum
 
     def before_train(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            logger.warning("Trainer not in the main thread: SIGTERM/SIGUSR1 checkpointing disabled")
-            return
-        for s in self.SIGNALS:
-            self._previous[s] = signal.signal(s, self._handle)
+        STOP.install()
 
     def after_step(self) -> None:
-        if not comm.any_rank(self.received is not None):
+        if not STOP.agreed():
             return
         it = self.trainer.iter
         if self.periodic.last_saved_iter != it:
             self.periodic.save()
         self.trainer.stop_requested = True
-        name = signal.Signals(self.received).name if self.received is not None else "a signal on another rank"
-        logger.warning("Stopped by %s after iteration %d; checkpoint written, continue with --resume", name, it)
+        self.stopped_at, self.checkpoint, self.signal_name = it, self.periodic.last_saved_path, STOP.name
+        logger.warning("Stopped by %s after iteration %d; checkpoint %s written, continue with --resume",
+                       STOP.name, it, self.checkpoint)
 
     def after_train(self) -> None:
-        for s, previous in self._previous.items():
-            signal.signal(s, previous)
-        self._previous.clear()
+        STOP.restore()
 
 
 class MetricsWriter(HookBase):
@@ -283,6 +318,7 @@ class MetricsWriter(HookBase):
                  tensorboard: bool = True) -> None:
         self.output_dir = Path(output_dir)
         self.period = max(1, int(period))
+        self.resume_from_iter = resume_from_iter
         self.json = JSONWriter(self.output_dir / "metrics.json", resume_from_iter=resume_from_iter)
         self.tb = None
         if tensorboard:
@@ -328,6 +364,20 @@ class MetricsWriter(HookBase):
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             parts.append(f"max_mem: {torch.cuda.max_memory_allocated() / 2**20:.0f}M")
         logger.info("  ".join(p for p in parts if p))
+
+    def before_train(self) -> None:
+        # The checkpoint of iteration c is written before c's line (hooks order), so
+        # a kill in between leaves no line for c; the checkpoint holds c's values.
+        c = self.resume_from_iter
+        if c is None or self.json.last_iteration >= c:
+            return
+        if (c + 1) % self.period == 0 or c + 1 == self.trainer.max_iter:
+            values = self.trainer.storage.latest_at(c)
+            if values:
+                self.json.write(c, values)
+                if self.tb is not None:
+                    self.tb.write(c, values)
+                self._last_written, self._written_names = c, set(values)
 
     def after_step(self) -> None:
         it = self.trainer.iter

@@ -41,7 +41,8 @@ from .checkpoint import (
     load_model_weights,
 )
 from .distributed import DistInfo
-from .hooks import default_hooks
+from .hooks import EvalHook, PreemptionHandler, default_hooks
+from .signals import StoppableLoader, stop_signals_recorded
 from .solver import WarmupMultiStepLR, build_optimizer
 from .trainer import Trainer
 
@@ -116,14 +117,15 @@ def load_train_dataset(cfg):
 
     if not cfg.data.train:
         raise ValueError("config key 'data.train' is empty: name at least one training dataset")
-    return get_datasets(list(cfg.data.train), custom=cfg.data.datasets, filter_empty=bool(cfg.data.filter_empty))
+    return get_datasets(list(cfg.data.train), custom=cfg.data.datasets, filter_empty=bool(cfg.data.filter_empty),
+                        max_pixels=int(cfg.data.max_pixels))
 
 
 def load_test_datasets(cfg) -> list:
     """One dataset per name of ``cfg.data.test`` (evaluated separately)."""
     from ..data.catalog import get_dataset
 
-    return [get_dataset(name, custom=cfg.data.datasets) for name in cfg.data.test]
+    return [get_dataset(name, custom=cfg.data.datasets, max_pixels=int(cfg.data.max_pixels)) for name in cfg.data.test]
 
 
 def check_label_space(cfg, dataset, *, what: str) -> None:
@@ -143,6 +145,21 @@ def check_label_space(cfg, dataset, *, what: str) -> None:
 def _imagenet_arch(cfg) -> str:
     b = cfg.model.backbone
     return "vgg16" if b.name == "vgg16" else f"resnet{int(b.depth)}"
+
+
+# The backbone and the per-region trunk: their shapes are fixed by model.backbone.*.
+_TRUNK_PREFIXES = ("backbone.", "roi_heads.res5.", "roi_heads.box_head.")
+
+
+def _refuse_trunk_mismatch(source, mismatched: list) -> None:
+    """``mismatched``: ``(model key, weights shape, model shape)`` of tensors left out."""
+    if mismatched:
+        key, have, want = mismatched[0]
+        raise ValueError(
+            f"{source}: {len(mismatched)} backbone weights do not fit the model built from this config "
+            f"(e.g. {key}: {list(have)} in the file, {list(want)} in the model); the weights are for another "
+            "architecture: check model.backbone.* (depth, base_channels, ...)"
+        )
 
 
 def initialize_weights(model: nn.Module, source: str, cfg, *, class_names: Sequence[str] | None = None) -> str:
@@ -180,6 +197,10 @@ def initialize_weights(model: nn.Module, source: str, cfg, *, class_names: Seque
                      f"classes {ckpt_names[:5]} differ from the dataset's {list(class_names)[:5]}: "
                      + ", ".join(same_shape_dropped))
         logger.info("Detector weights from %s (iteration %s): %s", path, state.get("iteration"), text)
+        # Class-specific (and RPN) layers may differ when fine-tuning; a trunk that does
+        # not fit means weights of another architecture: training would start from noise.
+        _refuse_trunk_mismatch(path, [(k, a, b) for k, a, b in report.skipped_shape
+                                      if k.startswith(_TRUNK_PREFIXES)])
         num_reinit = len(report.skipped_shape) + len(same_shape_dropped)
         return f"detector checkpoint {path} ({len(report.loaded)} tensors loaded, {num_reinit} re-initialized)"
     from ..weights import load_imagenet_weights
@@ -187,6 +208,7 @@ def initialize_weights(model: nn.Module, source: str, cfg, *, class_names: Seque
     weights = load_imagenet_weights(source, arch=_imagenet_arch(cfg))
     report = model.load_imagenet_backbone(weights)
     logger.info("ImageNet weights %s (%s, %s): %s", source, weights.arch, weights.fmt, report.summary())
+    _refuse_trunk_mismatch(source, [(mk, ws, ms) for _, mk, ws, ms in report.shape_mismatch])
     return f"ImageNet {weights.arch} from {source} ({len(report.loaded)} tensors)"
 
 
@@ -261,11 +283,13 @@ def evaluate(
     """
     from ..data.loader import build_test_loader
     from ..evaluation import inference_on_dataset, plot_pr_curves, write_metrics
+    from ..evaluation.report import path_component
 
     rank, world = comm.get_rank(), comm.get_world_size()
     full, scalars = {}, {}
     for dataset in datasets:
-        out = Path(output_dir) / dataset.name
+        # Dataset names come from configs: one path component, whatever they contain ("../x").
+        out = Path(output_dir) / path_component(dataset.name, what="dataset name")
         evaluators = build_evaluators(cfg, dataset, out)
         loader = build_test_loader(
             dataset,
@@ -278,6 +302,13 @@ def evaluate(
             world_size=world,
             input_format=str(cfg.model.input_format),
             pin_memory=device.type == "cuda",
+        )
+        # A SIGTERM / SIGUSR1 (recorded while training or --eval-only runs) stops
+        # inference before the next batch instead of after the whole dataset.
+        share = len(dataset) // world + int(rank < len(dataset) % world)  # this rank's InferenceSampler share
+        loader = StoppableLoader(
+            loader, dataset_name=dataset.name, num_images=share,
+            aligned_batches=StoppableLoader.aligned_batch_count(len(dataset), world, int(cfg.test.images_per_batch)),
         )
         results = inference_on_dataset(model, loader, evaluators, device=device, amp_dtype=amp_dtype,
                                        progress=progress)
@@ -588,6 +619,7 @@ def _train(cfg, *, output_dir: Path, resume: bool, weights: str | None, dist_inf
         seed_everything(int(cfg.seed) + rank)
 
     if dist_info.is_main:
+        checkpointer.remove_stale_temporaries()  # left by a process killed while writing
         save_config(cfg, output_dir / "config.yaml")
         logger.info("Training summary:\n%s", summarize(
             cfg, config_source=config_source, output_dir=output_dir, dist_info=dist_info, device=device,
@@ -599,7 +631,43 @@ def _train(cfg, *, output_dir: Path, resume: bool, weights: str | None, dist_inf
     result = dict(last_eval)
     if not trainer.completed:
         result["stopped_early"] = True
+    stop = _stop_report(trainer, output_dir)
+    if stop is not None:
+        result["stop"] = stop
+        result.pop("scalars", None)  # metrics of an earlier evaluation, not of the final model
+        result.pop("full", None)
+        if dist_info.is_main:
+            logger.warning("%s", stop["message"])
     return result
+
+
+def _stop_report(trainer: Trainer, output_dir: Path) -> dict[str, Any] | None:
+    """What a SIGTERM / SIGUSR1 interrupted, with the one-line message for the user (None: nothing)."""
+    preemption = next((h for h in trainer.hooks if isinstance(h, PreemptionHandler)), None)
+    evaluation = next((h for h in trainer.hooks if isinstance(h, EvalHook)), None)
+    interrupted = evaluation.interrupted if evaluation is not None else None
+    if preemption is not None and preemption.stopped_at is not None:
+        it = preemption.stopped_at
+        during_eval = interrupted is not None and evaluation.interrupted_iter == it
+        where = (f"during the evaluation after {it + 1} of {trainer.max_iter} iterations ({interrupted.images_done}/"
+                 f"{interrupted.images_total} images of '{interrupted.dataset}', abandoned)" if during_eval
+                 else f"after {it + 1} of {trainer.max_iter} iterations")
+        return {
+            "signal": preemption.signal_name, "iteration": it, "checkpoint": str(preemption.checkpoint),
+            "phase": "evaluation" if during_eval else "training",
+            "message": f"stopped by {preemption.signal_name} {where}; checkpoint {preemption.checkpoint} written; "
+                       f"continue with: --resume (output: {output_dir})",
+        }
+    if interrupted is not None and trainer.completed:
+        final = output_dir / "model_final.pth"
+        return {
+            "signal": interrupted.signal_name, "iteration": trainer.max_iter - 1, "checkpoint": str(final),
+            "phase": "final evaluation",
+            "message": f"stopped by {interrupted.signal_name} during the final evaluation ({interrupted.images_done}/"
+                       f"{interrupted.images_total} images of '{interrupted.dataset}', abandoned); training is "
+                       f"complete ({final}); evaluate it with: --resume (output: {output_dir}), or --eval-only",
+        }
+    return None
 
 
 def evaluate_checkpoint(
@@ -613,6 +681,10 @@ def evaluate_checkpoint(
 
     The weights are ``weights``, else ``cfg.model.weights`` when it is a detector
     checkpoint, else the latest checkpoint in ``output_dir``.
+
+    Raises:
+        EvaluationInterrupted: SIGTERM or SIGUSR1 arrived during inference (the
+            interrupted dataset's results are not written).
     """
     from ..modeling.build import build_model
 
@@ -621,7 +693,9 @@ def evaluate_checkpoint(
     setup_logging(output_dir, dist_info.rank)
     try:
         source = weights or str(cfg.model.weights)
-        if not source or not (Path(source).is_file() and is_detector_checkpoint(source)):
+        # An explicit --weights file is evaluated or refused with its own error, never
+        # silently replaced by the run's last checkpoint.
+        if not weights and (not source or not (Path(source).is_file() and is_detector_checkpoint(source))):
             last = find_last_checkpoint(output_dir)
             if last is None:
                 raise ValueError(
@@ -633,24 +707,31 @@ def evaluate_checkpoint(
         if not test_datasets:
             raise ValueError("--eval-only: config key 'data.test' is empty: name at least one test dataset")
         state = load_checkpoint(source)
-        model = build_model(cfg)
-        report = load_model_weights(model, state["model"], strict_shapes=True)
-        if report.missing:
-            raise ValueError(f"{source}: checkpoint lacks {len(report.missing)} model weights "
-                             f"(e.g. {report.missing[0]}); was it trained with this config?")
+        # The label space first: with another number of classes the weights cannot fit,
+        # and "classes differ" says why better than the shape of a predictor tensor.
         for ds in test_datasets:
             ckpt_names = list(state.get("class_names") or [])
             if ckpt_names and ckpt_names != list(ds.class_names):
                 raise ValueError(f"{source}: checkpoint classes {ckpt_names[:5]}... differ from test dataset "
                                  f"'{ds.name}' {ds.class_names[:5]}...")
+        model = build_model(cfg)
+        try:
+            report = load_model_weights(model, state["model"], strict_shapes=True)
+        except ValueError as e:  # a shape mismatch: the config builds another architecture
+            raise ValueError(f"{source}: {e}; was it trained with this config?") from None
+        if report.missing:
+            raise ValueError(f"{source}: checkpoint lacks {len(report.missing)} model weights "
+                             f"(e.g. {report.missing[0]}); was it trained with this config?")
         model.to(dev)
         model.prepare_for_inference()
         if dist_info.is_main:
             logger.info("Evaluating %s (iteration %s) on %s", source, state.get("iteration"),
                         ", ".join(ds.name for ds in test_datasets))
-        results = evaluate(cfg, model, test_datasets, device=dev, output_dir=output_dir / "inference",
-                           amp_dtype=_AMP_DTYPES[str(cfg.solver.amp.dtype)] if cfg.solver.amp.enabled and
-                           dev.type == "cuda" else None)
+        # SIGTERM / SIGUSR1 stop inference before the next batch: EvaluationInterrupted.
+        with stop_signals_recorded():
+            results = evaluate(cfg, model, test_datasets, device=dev, output_dir=output_dir / "inference",
+                               amp_dtype=_AMP_DTYPES[str(cfg.solver.amp.dtype)] if cfg.solver.amp.enabled and
+                               dev.type == "cuda" else None)
         if dist_info.is_main:
             # metrics.json is the run's JSON-lines log (training writes it too): append
             # one line rather than overwrite, so a training run's history survives.

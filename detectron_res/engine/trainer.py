@@ -152,6 +152,7 @@ class Trainer:
             logger.info("Checkpoint iteration %d already reaches solver.max_iter=%d: nothing to train",
                         self.start_iter - 1, self.max_iter)
             self.iter = self.max_iter - 1
+        error: BaseException | None = None
         try:
             for h in self.hooks:
                 h.before_train()
@@ -172,9 +173,32 @@ class Trainer:
                     break
             else:
                 self.completed = True
+        except BaseException as e:
+            error = e
+            raise
         finally:
-            for h in self.hooks:
+            self._after_train(error)
+
+    def _after_train(self, error: BaseException | None) -> None:
+        """Every hook's ``after_train``, even when one of them fails.
+
+        A hook failing while training is already failing (e.g. a plot that cannot be
+        written to the full disk that also stopped the checkpoint) is logged, so the
+        user sees the original error; otherwise the first hook error is raised after
+        all hooks ran (so signal handlers are restored in any case).
+        """
+        first: Exception | None = None
+        for h in self.hooks:
+            try:
                 h.after_train()
+            except Exception as e:
+                if error is None and first is None:
+                    first = e
+                else:
+                    logger.error("%s.after_train failed (%s: %s) after an earlier error", type(h).__name__,
+                                 type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else "")
+        if first is not None:
+            raise first
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -255,6 +279,7 @@ class Trainer:
             },
             "rng_ranks": rng_all if len(rng_all) > 1 else [],
             "hooks": {type(h).__name__: h.state_dict() for h in self.hooks if h.state_dict()},
+            "metrics": self.storage.state_dict(),
         }
         state.update(self.extra_state)
         return state
@@ -285,6 +310,7 @@ class Trainer:
             restore_rng_state(state["rng"])
         self.start_iter = self.iter = int(state["iteration"]) + 1
         self.storage = MetricStorage(start_iter=self.start_iter)
+        self.storage.load_state_dict(state.get("metrics") or {})
 
 
 def run_without_rng_side_effects(fn: Callable[[], Any]) -> Any:

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Mapping, Union
 
 import numpy as np
 
-__all__ = ["to_jsonable", "write_json", "write_metrics", "plot_pr_curves"]
+__all__ = ["to_jsonable", "write_json", "write_metrics", "plot_pr_curves", "path_component"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -71,6 +71,36 @@ def write_metrics(metrics: Mapping[str, Any], output_dir: PathLike, *, filename:
     return write_json(Path(output_dir) / filename, metrics)
 
 
+# Characters kept as they are in a name turned into one path component (besides
+# letters and digits, Unicode ones included): everything in the built-in dataset
+# and class names (voc_2007_test, coco_2017_val+..., "traffic light").
+_PATH_SAFE = frozenset("_-.~ +,=@()")
+
+
+def path_component(name: str, *, what: str = "name") -> str:
+    """``name`` as ONE path component that cannot leave its folder.
+
+    Dataset names (``inference/<dataset>/``) and class names (``comp4_det_<split>_<class>.txt``)
+    come from configs and annotation files. Letters, digits and ``_-.~ +,=@()`` are kept,
+    so ordinary names are unchanged; every other character (``/``, ``\\``, ``%``, control
+    characters, ...) becomes ``%XX`` (its UTF-8 bytes), and so do the dots of ``.`` and
+    ``..``. The mapping is one-to-one (``%`` itself is encoded): two different names never
+    share a file, and ``urllib.parse.unquote`` gives the name back.
+
+    Raises:
+        ValueError: ``name`` is empty (``what`` names it in the message).
+    """
+    name = str(name)
+    if not name:
+        raise ValueError(f"{what} is empty; expected a non-empty string (it names a file or folder)")
+    if name in (".", ".."):
+        return "%2E" * len(name)
+    return "".join(
+        c if (c.isalnum() or c in _PATH_SAFE) and c.isprintable() else "".join(f"%{b:02X}" for b in c.encode())
+        for c in name
+    )
+
+
 def _safe_file_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "class"
 
@@ -122,10 +152,12 @@ def plot_pr_curves(
         ax.set_ylim(0.0, 1.02)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        stem = prefix + _safe_file_name(name)
-        used[stem] = used.get(stem, 0) + 1
-        if used[stem] > 1:  # two names that sanitize alike
-            stem = f"{stem}_{used[stem]}"
+        base = prefix + _safe_file_name(name)
+        stem, n = base, 1
+        while stem in used:  # two names that sanitize alike ("a b", "a_b"; also "a_b_2")
+            n += 1
+            stem = f"{base}_{n}"
+        used[stem] = 1
         path = output_dir / f"{stem}.png"
         fig.savefig(path, dpi=80)
         paths.append(path)

@@ -51,6 +51,7 @@ from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .evaluator import DatasetEvaluator, Prediction
+from .report import path_component
 
 logger = logging.getLogger(__name__)
 
@@ -535,7 +536,16 @@ def format_voc_table(metrics: Mapping[str, Any], *, title: str = "") -> str:
 # comp4 result files
 # ----------------------------------------------------------------------------
 def comp4_file_name(split: str, class_name: str) -> str:
-    """``comp4_det_<split>_<class>.txt`` (comp4: "trained on any data")."""
+    """``comp4_det_<split>_<class>.txt`` (comp4: "trained on any data").
+
+    Split and class names come from datasets and annotation files, so they pass
+    through :func:`~detectron_res.evaluation.report.path_component`: the VOC names are
+    unchanged, while a class named ``"../x"`` or ``"a/b"`` gets ``%2F`` instead of a
+    separator and its file stays in the results folder (one file per class, never
+    shared).
+    """
+    split = path_component(split, what="VOC split name")
+    class_name = path_component(class_name, what="class name")
     return f"comp4_det_{split}_{class_name}.txt"
 
 
@@ -722,7 +732,7 @@ def pack_voc_server_submission(
         with tarfile.open(tmp, "w:gz") as tar:
             for name in class_names:
                 fname = comp4_file_name(split, name)
-                tar.add(results_dir / fname, arcname=f"results/VOC{year}/Main/{fname}")
+                tar.add(results_dir / fname, arcname=f"results/VOC{path_component(str(year))}/Main/{fname}")
         os.replace(tmp, out_tgz)
     except BaseException:
         if os.path.exists(tmp):
@@ -908,7 +918,7 @@ class VOCEvaluator(DatasetEvaluator):
             year = self.year or "2012"
             archive = pack_voc_server_submission(
                 results_dir,
-                self.output_dir / f"voc{year}_{self.split}_submission.tar.gz",
+                self.output_dir / f"voc{path_component(year)}_{path_component(self.split)}_submission.tar.gz",
                 class_names=class_names,
                 split=self.split,
                 year=year,

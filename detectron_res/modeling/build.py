@@ -30,6 +30,9 @@ _VGG16_POOLED_SIZE = 7
 def _build_resnet(cfg) -> Tuple[nn.Module, str, Dict[str, nn.Module], int]:
     """ResNet stem..res4 as the shared trunk, res5 (first block stride 2) per region."""
     b = cfg.model.backbone
+    speed = dict(
+        inplace_relu=bool(cfg.model.speed.inplace_relu), fuse_frozen_bn=bool(cfg.model.speed.fused_frozen_bn)
+    )
     trunk = ResNet(
         int(b.depth),
         stride_in_1x1=bool(b.stride_in_1x1),
@@ -39,6 +42,7 @@ def _build_resnet(cfg) -> Tuple[nn.Module, str, Dict[str, nn.Module], int]:
         residual=bool(b.residual),
         out_features=["res4"],
         base_channels=int(b.base_channels),
+        **speed,
     )
     res5 = build_resnet_res5_head(
         int(b.depth),
@@ -49,6 +53,7 @@ def _build_resnet(cfg) -> Tuple[nn.Module, str, Dict[str, nn.Module], int]:
         residual=bool(b.residual),
         # freeze_at counts stem, res2, res3, res4, res5: 5 freezes the head too.
         freeze=int(b.freeze_at) >= 5,
+        **speed,
     )
     return trunk, "res4", {"res5": res5}, int(res5.out_channels)
 
@@ -163,6 +168,7 @@ def build_model(cfg) -> FasterRCNN:
             output_size=int(h.pooler_resolution),
             spatial_scale=1.0 / feature_stride,
             sampling_ratio=int(h.pooler_sampling_ratio),
+            roi_align_by_matrix=bool(m.speed.roi_align_by_matrix),
         ),
         predictor=FastRCNNPredictor(in_channels=head_dim, num_classes=int(h.num_classes)),
         box_coder=BoxCoder(weights=tuple(float(w) for w in h.box_reg_weights)),
@@ -180,6 +186,8 @@ def build_model(cfg) -> FasterRCNN:
         score_thresh=float(h.score_thresh_test),
         nms_thresh=float(h.nms_thresh_test),
         detections_per_image=int(h.detections_per_image),
+        res5_conv1_before_pool=bool(m.speed.res5_conv1_before_pool),
+        res5_shortcut_before_pool=bool(m.speed.res5_shortcut_before_pool),
         **region_head,
     )
     preprocessor = Preprocessor(
@@ -203,4 +211,5 @@ def build_model(cfg) -> FasterRCNN:
         pixel_std=list(m.pixel_std),
         stride_in_1x1=bool(m.backbone.stride_in_1x1) if str(m.backbone.name) == "resnet" else None,
         fold_frozen_bn=bool(m.fold_frozen_bn),
+        channels_last=bool(m.speed.channels_last),
     )

@@ -56,6 +56,7 @@ class FasterRCNN(nn.Module):
         pixel_std: Sequence[float],
         stride_in_1x1: Optional[bool] = None,
         fold_frozen_bn: bool = True,
+        channels_last: bool = True,
     ):
         """
         Args:
@@ -70,6 +71,8 @@ class FasterRCNN(nn.Module):
             stride_in_1x1: ResNet bottleneck layout (None for VGG-16), checked likewise.
             fold_frozen_bn: whether :meth:`prepare_for_inference` folds FrozenBN
                 into the convolutions (``model.fold_frozen_bn``).
+            channels_last: whether :meth:`prepare_for_inference` stores the weights
+                channels-last (``model.speed.channels_last``).
         """
         super().__init__()
         if input_format not in ("BGR", "RGB"):
@@ -84,6 +87,7 @@ class FasterRCNN(nn.Module):
         self.pixel_std = tuple(float(v) for v in pixel_std)
         self.stride_in_1x1 = stride_in_1x1
         self._fold_frozen_bn = bool(fold_frozen_bn)
+        self._channels_last = bool(channels_last)
         self._folded = False
 
     @property
@@ -133,7 +137,10 @@ class FasterRCNN(nn.Module):
     def prepare_for_inference(self) -> "FasterRCNN":
         """Switch to evaluation for good: ``eval()`` and, if ``model.fold_frozen_bn``,
         fold every FrozenBN into its convolution (outputs equal within float rounding,
-        one elementwise pass per conv saved).
+        one elementwise pass per conv saved); if ``model.speed.channels_last``, store
+        the 4-D weights channels-last (NHWC), the layout oneDNN (CPU) and cuDNN's
+        tensor-core kernels compute in, so that activations stay NHWC from the first
+        convolution on instead of being converted at every layer.
 
         Folding changes the weights in place (``W * scale``, ``b * scale + shift``),
         so a folded model must not be trained again (``train()`` then raises) nor
@@ -144,6 +151,8 @@ class FasterRCNN(nn.Module):
         if self._fold_frozen_bn and not self._folded:
             fold_frozen_batchnorm(self)
             self._folded = True
+        if self._channels_last:
+            self.to(memory_format=torch.channels_last)
         return self
 
     # ---------------------------------------------------------------- weights

@@ -20,6 +20,7 @@ layout of Detectron2-style checkpoints, and one module holding both lets
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d as _TorchvisionFrozenBatchNorm2d
 
@@ -112,6 +113,9 @@ class Conv2dNorm(nn.Conv2d):
         in_channels, out_channels, kernel_size, stride, padding: as ``nn.Conv2d``.
         norm: a normalization name for :func:`get_norm`, or ``None`` for a plain
             convolution with bias.
+        fuse_frozen_bn: when the norm is a FrozenBN (also one that ``freeze``
+            put there later), compute ``conv(x, W * scale) + shift`` instead of
+            ``conv(x, W) * scale + shift`` (``model.speed.fused_frozen_bn``).
     """
 
     def __init__(
@@ -123,14 +127,60 @@ class Conv2dNorm(nn.Conv2d):
         stride: int = 1,
         padding: int = 0,
         norm: str | None,
+        fuse_frozen_bn: bool = True,
     ) -> None:
         super().__init__(
             in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=norm is None
         )
         self.norm: nn.Module = nn.Identity() if norm is None else get_norm(norm, out_channels)
+        self.fuse_frozen_bn = bool(fuse_frozen_bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fuse_frozen_bn and isinstance(self.norm, FrozenBatchNorm2d):
+            return self._conv_forward(x, *self._fused_weight_and_bias())
         return self.norm(super().forward(x))
+
+    def _fused_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # FrozenBN is a constant per-channel affine (ResNet paper, Appendix A):
+        # scaling the (small) weight instead of the (large) output removes two
+        # elementwise passes over every output in the forward and one in the
+        # backward, also in training, where fold_frozen_batchnorm is not allowed.
+        # The gradient still reaches the weight through the product.
+        scale, shift = self.norm.scale_and_shift()
+        weight = self.weight * scale.reshape(-1, 1, 1, 1)
+        bias = shift if self.bias is None else self.bias * scale + shift
+        return weight, bias
+
+    @property
+    def is_pointwise_affine(self) -> bool:
+        """Whether this is one fixed affine map of each input pixel on its own (then sampled with its stride).
+
+        True for a 1x1, unpadded, ungrouped convolution followed by no norm (a plain
+        or folded conv), a FrozenBN, or a BN in eval mode (running statistics). Such
+        a layer commutes with any weighted average of pixels whose weights sum to 1;
+        its stride only picks which outputs are kept.
+        """
+        if self.kernel_size != (1, 1) or self.padding != (0, 0) or self.groups != 1:
+            return False
+        norm = self.norm
+        if isinstance(norm, (nn.Identity, FrozenBatchNorm2d)):
+            return True
+        # A BN normalizes with its running statistics unless it is training (or has none).
+        return (
+            isinstance(norm, nn.modules.batchnorm._BatchNorm)
+            and not norm.training
+            and norm.track_running_stats
+            and norm.running_mean is not None
+        )
+
+    def forward_every_pixel(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` with stride 1: for a pointwise layer (see :attr:`is_pointwise_affine`),
+        ``forward(x) == forward_every_pixel(x)[..., ::stride, ::stride]``."""
+        if not self.is_pointwise_affine:
+            raise ValueError(f"forward_every_pixel needs a 1x1 unpadded conv with a fixed affine norm, got {self}")
+        if self.fuse_frozen_bn and isinstance(self.norm, FrozenBatchNorm2d):
+            return F.conv2d(x, *self._fused_weight_and_bias())
+        return self.norm(F.conv2d(x, self.weight, self.bias))
 
 
 @torch.no_grad()

@@ -115,7 +115,14 @@ class ZeroPadShortcut(nn.Module):
 
 
 def _make_shortcut(
-    in_channels: int, out_channels: int, *, stride: int, shortcut: str, norm: str, residual: bool
+    in_channels: int,
+    out_channels: int,
+    *,
+    stride: int,
+    shortcut: str,
+    norm: str,
+    residual: bool,
+    fuse_frozen_bn: bool = True,
 ) -> Optional[nn.Module]:
     """The shortcut branch of a block, or ``None`` for an identity (or no) shortcut.
 
@@ -127,7 +134,9 @@ def _make_shortcut(
         return None
     changes_shape = in_channels != out_channels or stride != 1
     if shortcut == "C" or (shortcut == "B" and changes_shape):
-        return Conv2dNorm(in_channels, out_channels, kernel_size=1, stride=stride, norm=norm)
+        return Conv2dNorm(
+            in_channels, out_channels, kernel_size=1, stride=stride, norm=norm, fuse_frozen_bn=fuse_frozen_bn
+        )
     if shortcut == "A" and changes_shape:
         return ZeroPadShortcut(in_channels, out_channels, stride=stride)
     return None
@@ -138,6 +147,8 @@ class BasicBlock(nn.Module):
 
     ``relu(norm(conv2(relu(norm(conv1(x))))) + shortcut(x))``; with ``residual=False``
     the addition is dropped (the paper's plain network). The stride is on ``conv1``.
+    ``inplace_relu`` applies the ReLUs and the addition in place (see :class:`BottleneckBlock`);
+    ``fuse_frozen_bn`` is passed to every :class:`Conv2dNorm`.
 
     Input ``(N, in_channels, H, W)``; output ``(N, out_channels, ceil(H/stride), ceil(W/stride))``.
     """
@@ -151,24 +162,34 @@ class BasicBlock(nn.Module):
         norm: str = "BN",
         shortcut: str = "B",
         residual: bool = True,
+        inplace_relu: bool = True,
+        fuse_frozen_bn: bool = True,
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.stride = stride
         self.residual = residual
-        self.conv1 = Conv2dNorm(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, norm=norm)
-        self.conv2 = Conv2dNorm(out_channels, out_channels, kernel_size=3, padding=1, norm=norm)
+        self.inplace_relu = bool(inplace_relu)
+        conv = dict(norm=norm, fuse_frozen_bn=fuse_frozen_bn)
+        self.conv1 = Conv2dNorm(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, **conv)
+        self.conv2 = Conv2dNorm(out_channels, out_channels, kernel_size=3, padding=1, **conv)
         self.shortcut = _make_shortcut(
-            in_channels, out_channels, stride=stride, shortcut=shortcut, norm=norm, residual=residual
+            in_channels, out_channels, stride=stride, shortcut=shortcut, residual=residual, **conv
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.conv1(x))
+        if not self.inplace_relu:
+            out = F.relu(self.conv1(x))
+            out = self.conv2(out)
+            if self.residual:
+                out = out + (x if self.shortcut is None else self.shortcut(x))
+            return F.relu(out)
+        out = F.relu_(self.conv1(x))
         out = self.conv2(out)
         if self.residual:
-            out = out + (x if self.shortcut is None else self.shortcut(x))
-        return F.relu(out)
+            out += x if self.shortcut is None else self.shortcut(x)
+        return F.relu_(out)
 
 
 class BottleneckBlock(nn.Module):
@@ -177,6 +198,13 @@ class BottleneckBlock(nn.Module):
     ``relu(conv3(relu(conv2(relu(conv1(x))))) + shortcut(x))`` with a norm after each
     conv. ``stride_in_1x1=True`` puts the stride on ``conv1`` (MSRA Caffe models),
     ``False`` on ``conv2`` (torchvision "v1.5").
+
+    ``inplace_relu`` (``model.speed.inplace_relu``) applies the ReLUs and the
+    shortcut addition in place, as torchvision's ResNet does: the same numbers, one
+    large allocation fewer per op (on the CPU each is a fresh ``mmap`` with its page
+    faults: a pooled res5 activation of 300 RoIs is 120 MB). Safe for autograd: no
+    tensor that a backward needs is overwritten (convolutions and norms keep their
+    inputs, ReLU its output). ``fuse_frozen_bn`` is passed to every :class:`Conv2dNorm`.
 
     Input ``(N, in_channels, H, W)``; output ``(N, out_channels, ceil(H/stride), ceil(W/stride))``.
     """
@@ -192,6 +220,8 @@ class BottleneckBlock(nn.Module):
         norm: str = "BN",
         shortcut: str = "B",
         residual: bool = True,
+        inplace_relu: bool = True,
+        fuse_frozen_bn: bool = True,
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
@@ -199,23 +229,43 @@ class BottleneckBlock(nn.Module):
         self.stride = stride
         self.stride_in_1x1 = stride_in_1x1
         self.residual = residual
+        self.inplace_relu = bool(inplace_relu)
+        conv = dict(norm=norm, fuse_frozen_bn=fuse_frozen_bn)
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = Conv2dNorm(in_channels, bottleneck_channels, kernel_size=1, stride=stride_1x1, norm=norm)
+        self.conv1 = Conv2dNorm(in_channels, bottleneck_channels, kernel_size=1, stride=stride_1x1, **conv)
         self.conv2 = Conv2dNorm(
-            bottleneck_channels, bottleneck_channels, kernel_size=3, stride=stride_3x3, padding=1, norm=norm
+            bottleneck_channels, bottleneck_channels, kernel_size=3, stride=stride_3x3, padding=1, **conv
         )
-        self.conv3 = Conv2dNorm(bottleneck_channels, out_channels, kernel_size=1, norm=norm)
+        self.conv3 = Conv2dNorm(bottleneck_channels, out_channels, kernel_size=1, **conv)
         self.shortcut = _make_shortcut(
-            in_channels, out_channels, stride=stride, shortcut=shortcut, norm=norm, residual=residual
+            in_channels, out_channels, stride=stride, shortcut=shortcut, residual=residual, **conv
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.conv1(x))
-        out = F.relu(self.conv2(out))
+        return self._after_conv1(self.conv1(x), x, None)
+
+    def forward_after_conv1(self, conv1_out: torch.Tensor, shortcut_out: Optional[torch.Tensor]) -> torch.Tensor:
+        """``forward(x)`` given ``conv1_out = conv1(x)`` (norm applied, before its ReLU) and
+        ``shortcut_out``, what the shortcut adds (``shortcut(x)``, or ``x`` itself for an
+        identity; None without ``residual``).
+
+        The C4 head uses it to run ``conv1`` and the projection shortcut on the whole
+        feature map before RoI pooling (``ROIHeads.pool_and_res5``).
+        """
+        return self._after_conv1(conv1_out, None, shortcut_out)
+
+    def _after_conv1(
+        self, conv1_out: torch.Tensor, x: Optional[torch.Tensor], shortcut_out: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        relu = F.relu_ if self.inplace_relu else F.relu
+        out = relu(conv1_out)
+        out = relu(self.conv2(out))
         out = self.conv3(out)
         if self.residual:
-            out = out + (x if self.shortcut is None else self.shortcut(x))
-        return F.relu(out)
+            if shortcut_out is None:
+                shortcut_out = x if self.shortcut is None else self.shortcut(x)
+            out = out.add_(shortcut_out) if self.inplace_relu else out + shortcut_out
+        return relu(out)
 
 
 class ResNetStage(nn.Sequential):
@@ -244,15 +294,18 @@ def _make_stage(
     norm: str,
     shortcut: str,
     residual: bool,
+    inplace_relu: bool = True,
+    fuse_frozen_bn: bool = True,
 ) -> ResNetStage:
     """``num_blocks`` blocks; only the first one changes resolution and width."""
     blocks: List[nn.Module] = []
+    speed = dict(inplace_relu=inplace_relu, fuse_frozen_bn=fuse_frozen_bn)
     for i in range(num_blocks):
         stride = first_stride if i == 0 else 1
         block_in = in_channels if i == 0 else out_channels
         if block_type == "basic":
             block = BasicBlock(
-                block_in, out_channels, stride=stride, norm=norm, shortcut=shortcut, residual=residual
+                block_in, out_channels, stride=stride, norm=norm, shortcut=shortcut, residual=residual, **speed
             )
         else:
             block = BottleneckBlock(
@@ -264,6 +317,7 @@ def _make_stage(
                 norm=norm,
                 shortcut=shortcut,
                 residual=residual,
+                **speed,
             )
         blocks.append(block)
     return ResNetStage(blocks, out_channels=out_channels, first_stride=first_stride)
@@ -307,19 +361,30 @@ class BasicStem(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int = 3, out_channels: int = 64, *, norm: str = "BN", pool: str = "torchvision"
+        self,
+        in_channels: int = 3,
+        out_channels: int = 64,
+        *,
+        norm: str = "BN",
+        pool: str = "torchvision",
+        inplace_relu: bool = True,
+        fuse_frozen_bn: bool = True,
     ) -> None:
         super().__init__()
         _check_choice(pool, STEM_POOLS, "stem_pool")
         self.out_channels = out_channels
-        self.conv1 = Conv2dNorm(in_channels, out_channels, kernel_size=7, stride=2, padding=3, norm=norm)
+        self.inplace_relu = bool(inplace_relu)
+        self.conv1 = Conv2dNorm(
+            in_channels, out_channels, kernel_size=7, stride=2, padding=3, norm=norm, fuse_frozen_bn=fuse_frozen_bn
+        )
         if pool == "msra":
             self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
         else:
             self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(F.relu(self.conv1(x)))
+        # In place: max pooling keeps the ReLU's output for its backward, nothing changes it later.
+        return self.pool(F.relu_(self.conv1(x)) if self.inplace_relu else F.relu(self.conv1(x)))
 
 
 class ResNet(nn.Module):
@@ -347,6 +412,9 @@ class ResNet(nn.Module):
             Default: "msra" if ``stride_in_1x1`` else "torchvision", which is what
             each family of weights was trained with.
         in_channels: input channels (3 for images).
+        inplace_relu, fuse_frozen_bn: exact speed options (``model.speed.*``): ReLU
+            and residual addition in place (:class:`BottleneckBlock`), FrozenBN
+            applied to the conv weight (:class:`Conv2dNorm`).
 
     Attributes:
         out_channels: dict stage name -> channels, for the built stages.
@@ -371,6 +439,8 @@ class ResNet(nn.Module):
         base_channels: int = 64,
         stem_pool: Optional[str] = None,
         in_channels: int = 3,
+        inplace_relu: bool = True,
+        fuse_frozen_bn: bool = True,
     ) -> None:
         super().__init__()
         _check_resnet_args(depth, norm, shortcut, base_channels)
@@ -399,7 +469,8 @@ class ResNet(nn.Module):
             last = max(STAGE_NAMES.index(n) for n in stage_outputs) if stage_outputs else 0
         self.stage_names: List[str] = list(STAGE_NAMES[: last + 1])
 
-        self.stem = BasicStem(in_channels, base_channels, norm=norm, pool=stem_pool)
+        speed = dict(inplace_relu=inplace_relu, fuse_frozen_bn=fuse_frozen_bn)
+        self.stem = BasicStem(in_channels, base_channels, norm=norm, pool=stem_pool, **speed)
         self.out_channels: Dict[str, int] = {"stem": base_channels}
         self.strides: Dict[str, int] = {"stem": _STAGE_STRIDES["stem"]}
 
@@ -419,6 +490,7 @@ class ResNet(nn.Module):
                 norm=norm,
                 shortcut=shortcut,
                 residual=residual,
+                **speed,
             )
             self.add_module(name, stage)
             self.out_channels[name] = stage_out
@@ -481,6 +553,8 @@ def build_resnet_res5_head(
     shortcut: str = "B",
     residual: bool = True,
     freeze: bool = False,
+    inplace_relu: bool = True,
+    fuse_frozen_bn: bool = True,
 ) -> ResNetStage:
     """The conv5_x stage (``res5``) alone, run per region in Faster R-CNN C4.
 
@@ -495,6 +569,7 @@ def build_resnet_res5_head(
     Input ``(R, C4, h, w)`` with ``C4`` = res4's channels (1024 for ResNet-50+ at
     base_channels 64); output ``(R, out_channels, ceil(h/2), ceil(w/2))``.
     ``freeze=True`` turns off gradients and converts BN to FrozenBN.
+    ``inplace_relu`` and ``fuse_frozen_bn``: as :class:`ResNet`.
     """
     _check_resnet_args(depth, norm, shortcut, base_channels)
     block_type, blocks_per_stage = _RESNET_SPECS[depth]
@@ -510,6 +585,8 @@ def build_resnet_res5_head(
         norm=norm,
         shortcut=shortcut,
         residual=residual,
+        inplace_relu=inplace_relu,
+        fuse_frozen_bn=fuse_frozen_bn,
     )
     for m in head.modules():
         if isinstance(m, nn.Conv2d):

@@ -1,0 +1,496 @@
+"""Faults (issue 10): SIGKILL at random points, SIGTERM / SIGUSR1 in training and in
+evaluation, a dead or hung distributed rank, a full disk and an unwritable output
+directory.
+
+Exit statuses of tools/train_net.py checked here: 5 = stopped by SIGTERM/SIGUSR1,
+6 = an output could not be written, 4 = another rank died or hung.
+"""
+import errno
+import importlib.util
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from detectron_res.data.shapes import generate_shapes_dataset
+from detectron_res.engine import checkpoint as checkpoint_module
+from detectron_res.engine import launch
+from detectron_res.engine.checkpoint import (
+    LAST_CHECKPOINT_FILE,
+    Checkpointer,
+    CheckpointWriteError,
+    find_last_checkpoint,
+    load_checkpoint,
+)
+from detectron_res.engine.hooks import HookBase
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN_NET = ROOT / "tools" / "train_net.py"
+FAULT_INJECT = ROOT / "tools" / "fault_inject.py"
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+train_net = _load("train_net_for_faults", TRAIN_NET)
+fault_inject = _load("fault_inject", FAULT_INJECT)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_and_close_log_files():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    root = logging.getLogger("detectron_res")
+    for h in list(root.handlers):
+        if getattr(h, "_detectron_res", False):
+            root.removeHandler(h)
+            h.close()
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datasets")
+    generate_shapes_dataset(str(root / "shapes"), num_train=16, num_val=4, image_size=(64, 96), seed=3)
+    return root
+
+
+def run_main(args, data_root, monkeypatch, capsys):
+    monkeypatch.setenv("DETECTRON_RES_DATASETS", str(data_root))
+    code = train_net.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tiny_args(out, *extra, evaluate=False):
+    test = (["data.test=[shapes_val]", "test.evaluators=[voc]", "test.images_per_batch=1", "test.best_metric="]
+            if evaluate else ["data.test=[]", "test.best_metric="])
+    return ["--config", "demo_shapes.yaml", "--output-dir", out, "--device", "cpu", *fault_inject.TINY_OVERRIDES,
+            "data.train=[shapes_train]", *test, *extra]
+
+
+def final_weights(out):
+    return load_checkpoint(Path(out) / "model_final.pth")["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ---------------------------------------------------------------------------
+# SIGKILL at random points: tools/fault_inject.py
+# ---------------------------------------------------------------------------
+@pytest.mark.slow
+def test_fault_injection_script_ten_kills(tmp_path):
+    """10 SIGKILLs (3 of them while a checkpoint is being written), 10 resumes; every
+    checkpoint readable after every kill; final weights bitwise equal to an
+    uninterrupted run."""
+    summary = tmp_path / "summary.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        # no periodic evaluation here (2 s each): stop signals during evaluation are tested below
+        [sys.executable, str(FAULT_INJECT), "--kills", "10", "--seed", "0", "--max-iter", "14", "--eval-period", "0",
+         "--work-dir", str(tmp_path / "work"), "--json", str(summary)],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    report = json.loads(summary.read_text())
+    assert report["failures"] == []
+    assert report["kills"] == 10 and report["resumes"] == 10
+    assert report["kills_during_checkpoint_write"] >= 1
+    assert report["resumes_at_expected_iteration"] >= 9  # one attempt may die before logging its start
+    assert report["checkpoints_verified"] >= 10
+    assert report["final_weights_equal"] is True and report["compared_tensors"] > 100
+    assert report["metrics_equal"] is True and report["temporaries_left"] == 0
+    for line in ("kills: 10", "kills during checkpoint write: ", "resumes: 10", "checkpoints verified: ",
+                 "final weights equal: yes", "result: PASS"):
+        assert line in proc.stdout, line
+
+
+def test_fault_injection_plan_is_seeded_and_hits_checkpoint_writes():
+    import random
+
+    a = fault_inject.make_plan(random.Random(5), 10, 24, 0.3)
+    b = fault_inject.make_plan(random.Random(5), 10, 24, 0.3)
+    assert a == b
+    targets = [p.after_iterations for p in a]
+    assert targets == sorted(set(targets)) and targets[-1] <= 24 - 3
+    assert sum(p.phase == "checkpoint" for p in a) == 4  # ceil(10 / 3)
+    with pytest.raises(ValueError, match="--kills=30 needs --max-iter >= 33"):
+        fault_inject.make_plan(random.Random(0), 30, 24, 0.3)
+
+
+def test_stale_temporaries_of_killed_writes_are_removed(tmp_path):
+    stale = tmp_path / ".model_0000005.pth.ab_c9xyz.tmp"
+    stale.write_bytes(b"PK\x03\x04partial")
+    pointer_tmp = tmp_path / ".last_checkpoint.k2j3h4g5.tmp"
+    pointer_tmp.write_text("model_00")
+    unrelated = [tmp_path / "notes.tmp", tmp_path / ".model_0000005.pth.tmp", tmp_path / "model_0000005.pth"]
+    for p in unrelated:
+        p.write_text("x")
+    removed = Checkpointer(tmp_path).remove_stale_temporaries()
+    assert sorted(removed) == sorted([stale, pointer_tmp])
+    assert all(p.exists() for p in unrelated)
+    assert Checkpointer(tmp_path / "x", save_to_disk=False).remove_stale_temporaries() == []
+
+
+# ---------------------------------------------------------------------------
+# SIGTERM / SIGUSR1
+# ---------------------------------------------------------------------------
+class SendSignalAt(HookBase):
+    """Sends ``signum`` to this process before iteration ``at`` (a real signal)."""
+
+    def __init__(self, at, signum):
+        self.at, self.signum = at, signum
+
+    def before_step(self):
+        if self.trainer.iter == self.at:
+            os.kill(os.getpid(), self.signum)
+
+
+def add_hook(monkeypatch, hook):
+    original = launch.default_hooks
+
+    def with_hook(**kwargs):
+        return original(**kwargs) + [hook]
+
+    monkeypatch.setattr(launch, "default_hooks", with_hook)
+
+
+def signal_during_inference(monkeypatch, signum, at_batch):
+    """Make the test loaders send ``signum`` while batch ``at_batch`` is being loaded;
+    returns the list of batches handed out, per evaluation."""
+    import detectron_res.data.loader as loader_module
+
+    original = loader_module.build_test_loader
+    handed_out = []
+
+    class Signalling:
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __getattr__(self, name):
+            return getattr(self.loader, name)
+
+        def __len__(self):
+            return len(self.loader)
+
+        def __iter__(self):
+            handed_out.append(0)
+            for i, batch in enumerate(self.loader):
+                if i == at_batch:
+                    os.kill(os.getpid(), signum)
+                handed_out[-1] += 1
+                yield batch
+
+    monkeypatch.setattr(loader_module, "build_test_loader", lambda *a, **k: Signalling(original(*a, **k)))
+    return handed_out
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_signal_during_training_checkpoints_and_exits_5(tmp_path, data_root, monkeypatch, capsys, signum):
+    name = signal.Signals(signum).name
+    previous = signal.getsignal(signum)
+    out = tmp_path / "run"
+    add_hook(monkeypatch, SendSignalAt(2, signum))
+    code, stdout, err = run_main(tiny_args(out, "solver.max_iter=20", "solver.checkpoint_period=100"),
+                                 data_root, monkeypatch, capsys)
+    assert code == train_net.EXIT_STOPPED_BY_SIGNAL == 5, err[-2000:]
+    ckpt = out / "model_0000002.pth"
+    assert stdout.strip().splitlines()[-1] == (
+        f"stopped by {name} after 3 of 20 iterations; checkpoint {ckpt} written; continue with: --resume "
+        f"(output: {out})")
+    assert find_last_checkpoint(out) == ckpt and load_checkpoint(ckpt)["iteration"] == 2
+    assert not (out / "model_final.pth").exists()
+    assert signal.getsignal(signum) == previous  # handlers restored
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_signal_during_periodic_evaluation(tmp_path, data_root, monkeypatch, capsys, signum):
+    """The evaluation is abandoned before its next batch, the iteration is
+    checkpointed, exit 5; --resume then finishes training like an uninterrupted run."""
+    name = signal.Signals(signum).name
+    common = ["solver.max_iter=6", "solver.checkpoint_period=100", "test.eval_period=3"]
+    out = tmp_path / "run"
+    handed_out = signal_during_inference(monkeypatch, signum, at_batch=1)
+    code, stdout, err = run_main(tiny_args(out, *common, evaluate=True), data_root, monkeypatch, capsys)
+    assert code == 5, err[-2000:]
+    ckpt = out / "model_0000002.pth"
+    assert stdout.strip().splitlines()[-1] == (
+        f"stopped by {name} during the evaluation after 3 of 6 iterations (2/4 images of 'shapes_val', abandoned); "
+        f"checkpoint {ckpt} written; continue with: --resume (output: {out})")
+    assert handed_out == [2]  # stopped before the third of the 4 batches
+    assert not (out / "inference" / "shapes_val" / "evaluation.json").exists()
+    assert load_checkpoint(find_last_checkpoint(out))["iteration"] == 2
+    if signum != signal.SIGUSR1:
+        return
+    # resume: no signal any more; the weights are those of an uninterrupted run
+    monkeypatch.undo()
+    code, stdout, err = run_main(tiny_args(out, *common, "--resume", evaluate=True), data_root, monkeypatch, capsys)
+    assert code == 0, err[-2000:]
+    assert "final evaluation: voc/mAP50=" in stdout
+    ref = tmp_path / "ref"
+    assert run_main(tiny_args(ref, *common, evaluate=True), data_root, monkeypatch, capsys)[0] == 0
+    assert_same_weights(final_weights(out), final_weights(ref))
+
+
+def test_signal_during_final_evaluation(tmp_path, data_root, monkeypatch, capsys):
+    out = tmp_path / "run"
+    common = ["solver.max_iter=3", "solver.checkpoint_period=100", "test.eval_period=0"]
+    signal_during_inference(monkeypatch, signal.SIGTERM, at_batch=2)
+    code, stdout, err = run_main(tiny_args(out, *common, evaluate=True), data_root, monkeypatch, capsys)
+    assert code == 5, err[-2000:]
+    final = out / "model_final.pth"
+    assert stdout.strip().splitlines()[-1] == (
+        f"stopped by SIGTERM during the final evaluation (3/4 images of 'shapes_val', abandoned); training is "
+        f"complete ({final}); evaluate it with: --resume (output: {out}), or --eval-only")
+    assert "final evaluation:" not in stdout  # no stale metrics reported as final
+    assert find_last_checkpoint(out) == final
+    monkeypatch.undo()
+    code, stdout, err = run_main(tiny_args(out, *common, "--resume", evaluate=True), data_root, monkeypatch, capsys)
+    assert code == 0, err[-2000:]
+    assert "final evaluation: voc/mAP50=" in stdout
+    assert (out / "inference" / "shapes_val" / "evaluation.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_root):
+    """A checkpoint to evaluate (2 iterations)."""
+    out = tmp_path_factory.mktemp("trained")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DETECTRON_RES_DATASETS", str(data_root))
+    try:
+        assert train_net.main([str(a) for a in tiny_args(out, "solver.max_iter=2")]) == 0
+    finally:
+        mp.undo()
+    return out / "model_final.pth"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_signal_during_eval_only(tmp_path, data_root, monkeypatch, capsys, trained, signum):
+    name = signal.Signals(signum).name
+    previous = signal.getsignal(signum)
+    out = tmp_path / "ev"
+    handed_out = signal_during_inference(monkeypatch, signum, at_batch=0)
+    code, stdout, err = run_main(tiny_args(out, "--eval-only", "--weights", trained, evaluate=True), data_root,
+                                 monkeypatch, capsys)
+    assert code == 5, err[-2000:]
+    assert stdout.strip().splitlines()[-1] == (
+        f"stopped: evaluation of 'shapes_val' stopped by {name} after 1/4 images; no results were written for it; "
+        f"run --eval-only again to evaluate (output: {out})")
+    assert handed_out == [1]
+    assert not (out / "inference" / "shapes_val" / "evaluation.json").exists()
+    assert not (out / "metrics.json").exists()
+    assert signal.getsignal(signum) == previous
+
+
+# ---------------------------------------------------------------------------
+# disk full, unwritable directory
+# ---------------------------------------------------------------------------
+def small_state(iteration):
+    return {"format_version": 1, "model": {"w": torch.full((50000,), float(iteration))}, "iteration": iteration}
+
+
+def dev_full_for(monkeypatch, match):
+    """Temporary files whose name starts with ``match`` are opened on /dev/full: the
+    kernel answers their writes with ENOSPC, a real full disk."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("/dev/full is Linux-only")
+    real = tempfile.mkstemp
+
+    def mkstemp(suffix=None, prefix=None, dir=None, text=False):
+        if prefix and prefix.startswith(match):
+            # the name is never created; the write fails before the rename
+            return os.open("/dev/full", os.O_WRONLY), os.path.join(dir, f"{prefix}devfull0{suffix}")
+        return real(suffix=suffix, prefix=prefix, dir=dir, text=text)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+def assert_previous_intact(directory, previous_iteration):
+    pointed = find_last_checkpoint(directory)
+    assert pointed.name == f"model_{previous_iteration:07d}.pth"
+    assert load_checkpoint(pointed)["iteration"] == previous_iteration
+    assert not [p for p in Path(directory).iterdir() if p.name.endswith(".tmp")]
+
+
+def test_disk_full_real_enospc_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    ck = Checkpointer(tmp_path, keep_last=1)
+    ck.save("model_0000001", small_state(1))
+    dev_full_for(monkeypatch, ".model_0000003.pth.")
+    with pytest.raises(CheckpointWriteError) as e:
+        ck.save("model_0000003", small_state(3))
+    assert str(e.value) == (
+        f"cannot write checkpoint {tmp_path / 'model_0000003.pth'}: No space left on device [ENOSPC]; the previous "
+        f"checkpoint {tmp_path / 'model_0000001.pth'} is intact and last_checkpoint still names it; free disk space "
+        f"or make {tmp_path} writable, then continue with --resume")
+    assert e.value.__cause__.errno == errno.ENOSPC  # not torch's "unexpected pos" RuntimeError
+    assert not (tmp_path / "model_0000003.pth").exists()
+    assert_previous_intact(tmp_path, 1)
+
+
+def test_disk_full_midway_through_the_write(tmp_path, monkeypatch):
+    """The low-level write fails after 100 kB: the partial temporary file is removed."""
+    ck = Checkpointer(tmp_path)
+    ck.save("model_0000001", small_state(1))
+    real_fdopen = os.fdopen
+    seen = {}
+
+    class FullAfter100kB:
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def write(self, data):
+            if self.n + len(data) > 100_000:
+                seen["partial"] = [p.stat().st_size for p in tmp_path.glob(".model_0000003.pth.*.tmp")]
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.n += len(data)
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(checkpoint_module.os, "fdopen", lambda fd, mode: FullAfter100kB(real_fdopen(fd, mode)))
+    with pytest.raises(CheckpointWriteError, match=r"model_0000003.pth: No space left on device \[ENOSPC\]; the "
+                                                   r"previous checkpoint .*model_0000001.pth is intact"):
+        ck.save("model_0000003", small_state(3))
+    assert len(seen["partial"]) == 1  # the write was under way in a temporary file
+    assert_previous_intact(tmp_path, 1)
+
+
+def test_unwritable_directory(tmp_path, monkeypatch):
+    ck = Checkpointer(tmp_path)
+    ck.save("model_0000001", small_state(1))
+    if os.geteuid() == 0:
+        # root ignores directory permissions: simulate what mkstemp raises for others
+        def mkstemp(suffix=None, prefix=None, dir=None, text=False):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.path.join(dir, f"{prefix}x{suffix}"))
+
+        monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    else:
+        tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(CheckpointWriteError) as e:
+            ck.save("model_0000003", small_state(3))
+    finally:
+        tmp_path.chmod(0o755)
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith(f"cannot write checkpoint {tmp_path / 'model_0000003.pth'}: Permission denied [EACCES]; "
+                              f"the previous checkpoint {tmp_path / 'model_0000001.pth'} is intact")
+    assert_previous_intact(tmp_path, 1)
+
+
+def test_pointer_write_failure_names_what_was_written(tmp_path, monkeypatch):
+    ck = Checkpointer(tmp_path)
+    ck.save("model_0000001", small_state(1))
+    dev_full_for(monkeypatch, ".last_checkpoint.")
+    with pytest.raises(CheckpointWriteError) as e:
+        ck.save("model_0000003", small_state(3))
+    assert str(e.value).startswith(
+        f"cannot update {tmp_path / LAST_CHECKPOINT_FILE}: No space left on device [ENOSPC]; "
+        f"{tmp_path / 'model_0000003.pth'} was written but it still names model_0000001.pth")
+    assert load_checkpoint(tmp_path / "model_0000003.pth")["iteration"] == 3
+    assert find_last_checkpoint(tmp_path).name == "model_0000001.pth"
+
+
+def test_train_net_disk_full_exits_6_then_resumes(tmp_path, data_root, monkeypatch, capsys):
+    common = ["solver.max_iter=6", "solver.checkpoint_period=2"]
+    out = tmp_path / "run"
+    dev_full_for(monkeypatch, ".model_0000003.pth.")
+    code, _, err = run_main(tiny_args(out, *common), data_root, monkeypatch, capsys)
+    assert code == train_net.EXIT_OUTPUT_ERROR == 6
+    assert err.strip().splitlines()[-1] == (
+        f"error: cannot write checkpoint {out / 'model_0000003.pth'}: No space left on device [ENOSPC]; the previous "
+        f"checkpoint {out / 'model_0000001.pth'} is intact and last_checkpoint still names it; free disk space or "
+        f"make {out} writable, then continue with --resume")
+    assert "Traceback" not in err
+    assert_previous_intact(out, 1)
+    monkeypatch.undo()  # space freed
+    code, _, err = run_main(tiny_args(out, *common, "--resume"), data_root, monkeypatch, capsys)
+    assert code == 0, err[-2000:]
+    ref = tmp_path / "ref"
+    assert run_main(tiny_args(ref, *common), data_root, monkeypatch, capsys)[0] == 0
+    assert_same_weights(final_weights(out), final_weights(ref))
+
+
+def test_train_net_output_dir_not_creatable_exits_6(tmp_path, data_root, monkeypatch, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    code, _, err = run_main(tiny_args(blocker / "out"), data_root, monkeypatch, capsys)
+    assert code == 6
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: {blocker / 'out'}: Not a directory [ENOTDIR]; check free space and "
+                           f"permissions of {blocker / 'out'}"), last
+    assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------
+# distributed: a rank that hangs (SIGSTOP) rather than dies
+# ---------------------------------------------------------------------------
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_hung_rank_makes_the_other_exit_within_the_timeout(tmp_path, data_root):
+    """Rank 1 is frozen with SIGSTOP (its sockets stay open, so no connection error
+    tells rank 0 anything): rank 0 must exit with status 4 and a one-line error at
+    the deadline dist.timeout_s, not hang.  (tests/test_train_net.py kills a rank.)"""
+    timeout_s = 6
+    port = _free_port()
+    out = tmp_path / "hung"
+    procs = []
+    for rank in (0, 1):
+        env = dict(os.environ, DETECTRON_RES_DATASETS=str(data_root), OMP_NUM_THREADS="1", RANK=str(rank),
+                   LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen(
+            [sys.executable, str(TRAIN_NET), *map(str, tiny_args(out, "solver.max_iter=100000",
+                                                                  f"dist.timeout_s={timeout_s}"))],
+            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    try:
+        deadline = time.time() + 180
+        while not (out / "metrics.json").exists() or not (out / "metrics.json").read_text():
+            assert all(p.poll() is None for p in procs), procs[0].stderr.read()[-2000:]
+            assert time.time() < deadline, "training did not start"
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGSTOP)
+        start = time.time()
+        _, err = procs[0].communicate(timeout=120)
+        waited = time.time() - start
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+                p.wait()
+    assert procs[0].returncode == 4, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: rank 0/2:") and "another rank probably died or hung" in last, last
+    assert f"deadline {timeout_s} s, config key dist.timeout_s" in last
+    # at the deadline: not before (nothing else could have told rank 0), not much after
+    assert timeout_s - 1 <= waited <= timeout_s + 20, waited
