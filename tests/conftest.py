@@ -35,6 +35,7 @@ def restore_package_logger():
 
     logger = logging.getLogger("detectron_res")
     saved = (list(logger.handlers), logger.propagate, logger.level)
+    logger.propagate = True  # pytest's caplog listens on the root logger
     try:
         yield
     finally:

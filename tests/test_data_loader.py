@@ -258,22 +258,3 @@ def test_workers_are_forked_with_opencv_sequential():
     finally:
         cv2.setNumThreads(previous)
 
-
-def test_loader_workers_survive_preemption_signals_sent_to_the_process_group():
-    # SLURM signals the whole process group; the main process checkpoints and stops
-    # (engine/signals.py), so a worker must not die of the same signal first.
-    import multiprocessing
-    import os
-    import signal
-
-    from detectron_res.data.loader import _worker_init
-
-    def child() -> None:
-        _worker_init(0)
-        os.kill(os.getpid(), signal.SIGTERM)
-        os.kill(os.getpid(), signal.SIGUSR1)
-
-    process = multiprocessing.get_context("fork").Process(target=child)
-    process.start()
-    process.join(timeout=60)
-    assert process.exitcode == 0

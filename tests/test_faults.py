@@ -106,7 +106,7 @@ def test_fault_injection_script_ten_kills(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
         # no periodic evaluation here (2 s each): stop signals during evaluation are tested below
-        [sys.executable, str(FAULT_INJECT), "--kills", "10", "--seed", "0", "--max-iter", "14", "--eval-period", "0",
+        [sys.executable, str(FAULT_INJECT), "--kills", "10", "--seed", "0", "--max-iter", "30", "--eval-period", "0",
          "--work-dir", str(tmp_path / "work"), "--json", str(summary)],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]

@@ -110,7 +110,7 @@ def _assert_same_detections(reference, other, *, score_tol=1e-4, box_tol=1e-2):
 
 
 class PoolerCalls:
-    """Counts RoI pooling calls: two per forward where conv1 runs before RoIAlign, one otherwise."""
+    """Counts RoI pooling calls: one per forward in the plain order, one per map pooled otherwise."""
 
     def __init__(self, model):
         self.count = 0
@@ -121,20 +121,24 @@ class PoolerCalls:
 
 
 # ----------------------------------------------------------------- inference
+R50_MSRA_ALIGN = R50_ALIGN + ("model.backbone.stride_in_1x1=true",)
+BOTH = ("conv1", "shortcut")
+
+
 @pytest.mark.parametrize(
-    "overrides, moves_conv1",
+    "overrides, moved",
     [
-        (R50_ALIGN, True),
-        (("model.backbone.depth=50", "model.roi_heads.pooler_type=ROIAlignV2"), True),
-        # Fallbacks: a maximum does not commute with a linear map; the MSRA layout's
-        # stride-2 1x1 keeps every other bin; basic blocks start with a 3x3 conv.
-        (("model.backbone.depth=50", "model.roi_heads.pooler_type=ROIPool"), False),
-        (("model.backbone.depth=50", "model.roi_heads.pooler_type=ROIAlign", "model.backbone.stride_in_1x1=true"), False),
-        (("model.backbone.depth=18", "model.roi_heads.pooler_type=ROIAlignV2"), False),
+        (R50_ALIGN, BOTH),
+        (("model.backbone.depth=50", "model.roi_heads.pooler_type=ROIAlignV2"), BOTH),
+        # The MSRA layout: both 1x1 convs have stride 2 and read every other bin.
+        (R50_MSRA_ALIGN, BOTH),
+        # Fallbacks: a maximum does not commute with a linear map; basic blocks start with a 3x3 conv.
+        (("model.backbone.depth=50", "model.roi_heads.pooler_type=ROIPool"), ()),
+        (("model.backbone.depth=18", "model.roi_heads.pooler_type=ROIAlignV2"), ()),
     ],
-    ids=["R50-ROIAlign", "R50-ROIAlignV2", "R50-ROIPool", "R50-MSRA", "R18-ROIAlignV2"],
+    ids=["R50-ROIAlign", "R50-ROIAlignV2", "R50-MSRA-ROIAlign", "R50-ROIPool", "R18-ROIAlignV2"],
 )
-def test_all_speed_options_give_the_plain_detections(overrides, moves_conv1):
+def test_all_speed_options_give_the_plain_detections(overrides, moved):
     plain, fast = plain_and_fast(*overrides)
     plain.prepare_for_inference()
     fast.prepare_for_inference()
@@ -142,11 +146,11 @@ def test_all_speed_options_give_the_plain_detections(overrides, moves_conv1):
     assert not any(isinstance(m, Conv2dNorm) and not isinstance(m.norm, torch.nn.Identity) for m in fast.modules())
     assert fast.backbone.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert plain.backbone.stem.conv1.weight.is_contiguous()
-    assert fast.roi_heads.conv1_can_move_before_pool is moves_conv1
+    assert fast.roi_heads.convs_moved_before_pool == moved and plain.roi_heads.convs_moved_before_pool == ()
     images = _images()
     calls = PoolerCalls(fast)
     _assert_same_detections(plain(images), fast(images))
-    assert calls.count == (2 if moves_conv1 else 1)
+    assert calls.count == (2 if moved else 1)  # conv1's and the shortcut's maps, not the input
 
 
 @pytest.mark.parametrize("option", SPEED_OPTIONS)
@@ -202,13 +206,14 @@ def _assert_same_training(plain, fast, images, targets):
         assert float((grads_fast[name] - grad).abs().max()) <= 1e-2 * scale, name
 
 
-def test_speed_options_give_the_same_training_losses_and_gradients():
-    plain, fast = plain_and_fast(*R50_ALIGN)
+@pytest.mark.parametrize("overrides", [R50_ALIGN, R50_MSRA_ALIGN], ids=["torchvision-layout", "MSRA-layout"])
+def test_speed_options_give_the_same_training_losses_and_gradients(overrides):
+    plain, fast = plain_and_fast(*overrides)
     images = _images()
     targets = make_targets(images, 5, boxes_per_image=3, seed=5)
     calls = PoolerCalls(fast)
     _assert_same_training(plain, fast, images, targets)
-    assert calls.count == 2  # conv1 ran before RoIAlign in training too
+    assert calls.count == 2  # conv1 and the shortcut ran before RoIAlign in training too
 
 
 def test_a_ground_truth_box_off_the_map_takes_the_plain_order_in_training():
@@ -225,8 +230,11 @@ def test_a_ground_truth_box_off_the_map_takes_the_plain_order_in_training():
 
 
 # --------------------------------------------------------- RoIAlign as a matrix
-@pytest.mark.parametrize("aligned, sampling_ratio, size", [(False, 0, 14), (True, 0, 7), (False, 2, 7), (True, 3, 14)])
-def test_roi_align_by_matrix_matches_torchvision(aligned, sampling_ratio, size):
+@pytest.mark.parametrize(
+    "aligned, sampling_ratio, size, bin_stride",
+    [(False, 0, 14, 1), (True, 0, 7, 1), (False, 2, 7, 1), (True, 3, 14, 1), (False, 0, 14, 2), (True, 2, 7, 2)],
+)
+def test_roi_align_by_matrix_matches_torchvision(aligned, sampling_ratio, size, bin_stride):
     g = torch.Generator().manual_seed(0)
     features = torch.randn(2, 6, 10, 12, generator=g).contiguous(memory_format=torch.channels_last)
     # Boxes on and off a 192 x 160 image (a 12 x 10 map at stride 16), from tiny (and
@@ -237,15 +245,21 @@ def test_roi_align_by_matrix_matches_torchvision(aligned, sampling_ratio, size):
     rois = torch.cat((torch.randint(0, 2, (n, 1), generator=g).float(), xy, xy + wh), dim=1)
     ours_in = features.clone().requires_grad_(True)
     tv_in = features.clone().requires_grad_(True)
-    pooled = roi_align_by_matrix(ours_in, rois, size, 1 / 16, sampling_ratio, aligned)
-    reference = roi_align(tv_in, rois, (size, size), 1 / 16, sampling_ratio, aligned=aligned)
-    assert pooled.shape == (n, 6, size, size)
+    pooled = roi_align_by_matrix(ours_in, rois, size, 1 / 16, sampling_ratio, aligned, bin_stride)
+    # bin_stride keeps every other bin: what a stride-2 1x1 conv reads.
+    reference = roi_align(tv_in, rois, (size, size), 1 / 16, sampling_ratio, aligned=aligned)[
+        :, :, ::bin_stride, ::bin_stride
+    ]
+    kept = len(range(0, size, bin_stride))
+    assert pooled.shape == (n, 6, kept, kept)
     torch.testing.assert_close(pooled, reference, rtol=1e-5, atol=1e-5)
     grad = torch.randn(reference.shape, generator=g)
     pooled.backward(grad)
     reference.backward(grad)
     torch.testing.assert_close(ours_in.grad, tv_in.grad, rtol=1e-5, atol=1e-4)
-    assert roi_align_by_matrix(features, rois[:0], size, 1 / 16, sampling_ratio, aligned).shape == (0, 6, size, size)
+    assert roi_align_by_matrix(features, rois[:0], size, 1 / 16, sampling_ratio, aligned, bin_stride).shape == (
+        0, 6, kept, kept
+    )
 
 
 def test_pooler_uses_the_matrix_on_the_cpu_only_when_switched_on():
@@ -295,7 +309,7 @@ def test_rois_off_the_map_take_the_plain_order():
     # The map covers 144 x 112 input pixels; the second RoI reaches 30 px beyond it.
     proposals = [torch.tensor([[10.0, 10.0, 90.0, 70.0], [60.0, 40.0, 174.0, 100.0]])]
     rois = boxes_to_rois(proposals)
-    assert heads_fast.conv1_can_move_before_pool and not heads_fast.conv1_before_pool_applies(features, rois)
+    assert heads_fast.convs_moved_before_pool == BOTH and not heads_fast.pooler.weights_sum_to_one(features, rois)
     with torch.no_grad():
         reference = heads_plain.pool_and_res5(features, rois)  # [2, C5, 7, 7]
         fallback = heads_fast.pool_and_res5(features, rois)
@@ -310,15 +324,19 @@ def test_rois_off_the_map_take_the_plain_order():
     assert float((forced[1] - reference[1]).abs().max()) > 1e-3 * scale  # not rounding: 100x the tolerance above
 
 
-def test_conv1_stays_after_pooling_with_a_training_batchnorm():
+def test_convs_stay_after_pooling_with_a_training_batchnorm():
     # res5 with a trainable BN (freeze_at < 5): statistics of the map would differ from
     # those of the pooled RoIs in training; in eval mode BN is a fixed affine map again.
     _, fast = plain_and_fast("model.backbone.depth=50", "model.roi_heads.pooler_type=ROIAlign",
                              "model.backbone.norm=BN", "model.backbone.freeze_at=0")
-    assert not fast.train().roi_heads.conv1_can_move_before_pool
-    assert fast.eval().roi_heads.conv1_can_move_before_pool
-    _, off = plain_and_fast(*R50_ALIGN, options=("inplace_relu",))
-    assert not off.roi_heads.conv1_can_move_before_pool
+    assert fast.train().roi_heads.convs_moved_before_pool == ()
+    assert fast.eval().roi_heads.convs_moved_before_pool == BOTH
+    # Each switch alone moves its own conv.
+    for option, moved in (("res5_conv1_before_pool", ("conv1",)), ("res5_shortcut_before_pool", ("shortcut",))):
+        _, one = plain_and_fast(*R50_MSRA_ALIGN, options=(option,))
+        assert one.roi_heads.convs_moved_before_pool == moved
+    with pytest.raises(ValueError, match="forward_every_pixel needs a 1x1"):
+        fast.backbone.res3[0].conv2.forward_every_pixel(torch.zeros(1, 32, 8, 8))
 
 
 # ------------------------------------------------------------- ours vs torchvision
@@ -368,7 +386,7 @@ def test_torchvision_c4_gives_our_detections(r50_pair):
 def test_benchmark_mac_count_matches_a_real_forward_pass(depth):
     spec = DetectorSpec(depth=depth, num_classes=5, min_size=96, max_size=128, num_proposals=10, pre_nms_topk=200)
     model = build_ours(spec, seed=0)
-    assert model.roi_heads.conv1_can_move_before_pool is (depth == 50)
+    assert model.roi_heads.convs_moved_before_pool == (BOTH if depth == 50 else ())
     images = make_images(1, 96, 128, seed=0)
     timer = StageTimer(model, torch.device("cpu"))
     stages = timer.run(lambda: model(images))
@@ -384,4 +402,4 @@ def test_benchmark_mac_count_matches_a_real_forward_pass(depth):
     assert counted["rpn"] == measured["rpn"]
     assert counted["res5"] + counted["predictor"] == measured["roi_heads"]
     assert counted["total"] == measured["total"]
-    assert (counted["conv1_before_pool_saving"] > 0) is (depth == 50)
+    assert (counted["before_pool_saving"] > 0) is (depth == 50)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import itertools
 import math
 import random
-import signal
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -385,12 +384,6 @@ def _worker_init(worker_id: int) -> None:
     # OpenCV needs no setting here: the worker inherited setNumThreads(0) from the
     # fork (see _ForkSafeDataLoader), so it runs single-threaded; the workers are the
     # parallelism. Calling cv2.setNumThreads in a forked child can deadlock.
-    # Preemption signals are for the main process, which checkpoints and stops
-    # (engine/signals.py). SLURM and `kill -- -PGID` signal the whole process group;
-    # a worker killed by that would fail the main process mid-checkpoint instead.
-    # Workers still exit with the main process (DataLoader's parent watchdog).
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 class _ForkSafeDataLoader(DataLoader):
