@@ -271,6 +271,11 @@ def test_pooler_uses_the_matrix_on_the_cpu_only_when_switched_on():
     assert on(features, rois).is_contiguous(memory_format=torch.channels_last) and not on(features, rois).is_contiguous()
     assert off(features, rois).is_contiguous()
     torch.testing.assert_close(on(features, rois), off(features, rois))
+    # Under CPU autocast the pooler still pools in float32 (sparse kernels have no bf16) and returns bf16.
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        low = on(features.bfloat16(), rois)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), off(features.bfloat16().float(), rois), rtol=1e-2, atol=1e-2)
     # Tracing (ONNX export) records torchvision's op.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision's own shape checks warn under tracing

@@ -155,7 +155,10 @@ def roi_align_by_matrix(
             check_invariants=False,
         )
     flat = features.permute(0, 2, 3, 1).reshape(num_images * height * width, channels)  # a view if NHWC
-    pooled = torch.sparse.mm(matrix, flat)  # [R * S * S, C]
+    # In float32 under CPU autocast too (which would cast the product to bf16): the
+    # pooler's precision, and the sparse kernels have no bf16 version.
+    with torch.autocast(device_type="cpu", enabled=False):
+        pooled = torch.sparse.mm(matrix, flat)  # [R * S * S, C]
     return pooled.view(num_rois, size, size, channels).permute(0, 3, 1, 2)
 
 
