@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Mapping
 
 import torch
 
-from ..engine.checkpoint import CheckpointError, load_model_weights
+from ..engine.checkpoint import CheckpointError, load_model_weights, read_checkpoint_file
 from ..engine.trainer import Trainer
 # The header of the weights files that detectron_res.weights reads (ImageNetWeights.save).
 from ..weights import (
@@ -43,8 +43,6 @@ from ..weights import (
     _SAVED_FORMAT_VERSION,
     load_imagenet_weights,
     load_into,
-    refused_pickle_reason,
-    torch_error_line,
 )
 from .model import ImageClassifier, unwrap
 
@@ -125,18 +123,7 @@ def load_classifier_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        refused = refused_pickle_reason(e)
-        if refused is not None:  # the file asks for code to run: say so, not "corrupt"
-            raise CheckpointError(
-                f"{path}: refusing to load checkpoint: the file names {refused}, which checkpoints never hold "
-                "(only tensors, numbers, strings, lists and dicts); unpickling it would build other objects or run code"
-            ) from None
-        raise CheckpointError(
-            f"{path}: cannot read checkpoint ({torch_error_line(e)}); corrupt or not a torch file"
-        ) from None
+    state = read_checkpoint_file(path)
     if not isinstance(state, dict) or state.get("format") != _SAVED_FORMAT_TAG or "classifier" not in state:
         keys = sorted(state)[:6] if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not a classifier checkpoint of tools/train_classifier.py (keys {keys})")

@@ -175,6 +175,29 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> None:
     atomic_write_bytes(path, lambda f: _torch_save(state, f))
 
 
+
+def read_checkpoint_file(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line :class:`CheckpointError` s.
+
+    Shared by the detector's and the classifier's checkpoints. A file that names a
+    global outside torch's allow-list is refused as such (unpickling it could run
+    code), not reported as "corrupt".
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for truncated / foreign pickles
+        from ..weights import refused_pickle_reason, torch_error_line
+
+        refused = refused_pickle_reason(e)
+        if refused is not None:
+            raise CheckpointError(
+                f"{path}: refusing to load checkpoint: the file names {refused}, which checkpoints never hold "
+                "(only tensors, numbers, strings, lists and dicts); unpickling it would build other objects or run code"
+            ) from None
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint ({torch_error_line(e)}); the file is corrupt or not a torch file"
+        ) from None
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load and validate a checkpoint written by :func:`save_checkpoint`.
 
@@ -198,20 +221,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         path = resolved
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint file not found")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many types for truncated / foreign pickles
-        from ..weights import refused_pickle_reason, torch_error_line
-
-        refused = refused_pickle_reason(e)
-        if refused is not None:  # the file asks for code to run: say so, not "corrupt"
-            raise CheckpointError(
-                f"{path}: refusing to load checkpoint: the file names {refused}, which checkpoints never hold "
-                "(only tensors, numbers, strings, lists and dicts); unpickling it would build other objects or run code"
-            ) from None
-        raise CheckpointError(
-            f"{path}: cannot read checkpoint ({torch_error_line(e)}); the file is corrupt or not a torch file"
-        ) from None
+    state = read_checkpoint_file(path, map_location)
     if not isinstance(state, dict) or any(k not in state for k in _REQUIRED_KEYS):
         keys = sorted(state.keys())[:8] if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(
