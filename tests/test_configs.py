@@ -37,7 +37,7 @@ PAPER_CONFIGS = {
     "voc12_r101.yaml": ("resnet101", "voc12"),
     "voc12_vgg16.yaml": ("vgg16", "voc12"),
 }
-OTHER_CONFIGS = {"base_coco.yaml", "base_voc.yaml", "demo_shapes.yaml", "finetune_custom.yaml"}
+OTHER_CONFIGS = {"base_coco.yaml", "base_voc.yaml", "demo_shapes.yaml", "finetune_custom.yaml", "tiny_shapes.yaml"}
 
 
 def test_every_detection_config_is_covered():

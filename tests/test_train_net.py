@@ -29,34 +29,8 @@ from detectron_res.engine.checkpoint import find_last_checkpoint, load_checkpoin
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_NET = str(ROOT / "tools" / "train_net.py")
 
-# A detector small enough for a few CPU iterations per second: ResNet-18 layout at
-# 1/8 width, FrozenBN (no batch statistics, so results do not depend on how the
-# batch is split), small inputs and proposal counts.
-TINY = [
-    "model.backbone.depth=18",
-    "model.backbone.base_channels=8",
-    "model.backbone.norm=FrozenBN",
-    "model.backbone.freeze_at=0",
-    "model.backbone.stride_in_1x1=false",
-    "model.anchor.sizes=[16,32,64]",
-    "model.rpn.boundary_threshold=-1",
-    "model.rpn.pre_nms_topk_train=200",
-    "model.rpn.post_nms_topk_train=50",
-    "model.rpn.pre_nms_topk_test=100",
-    "model.rpn.post_nms_topk_test=20",
-    "model.roi_heads.batch_size_per_image=32",
-    "model.roi_heads.pooler_type=ROIAlignV2",
-    "model.roi_heads.pooler_resolution=7",
-    "input.min_size_train=[96]",
-    "input.max_size_train=128",
-    "input.min_size_test=96",
-    "input.max_size_test=128",
-    "data.num_workers=0",
-    "solver.base_lr=0.01",
-    "solver.warmup_iters=0",
-    "solver.steps=[1000]",
-    "log_period=1",
-]
+# configs/tiny_shapes.yaml: the demo detector small enough for a few CPU iterations per second.
+TINY_CONFIG = "tiny_shapes.yaml"
 
 
 def _load_train_net():
@@ -100,7 +74,7 @@ def data_root(tmp_path_factory):
 
 
 def shapes_args(out, *extra):
-    return ["--config", "demo_shapes.yaml", "--output-dir", str(out), "--device", "cpu", *TINY,
+    return ["--config", TINY_CONFIG, "--output-dir", str(out), "--device", "cpu",
             "data.train=[shapes_train]", "data.test=[]", "test.best_metric=", *extra]
 
 
@@ -179,7 +153,7 @@ def make_aligned_dataset(root: Path, num_images=8):
 def test_distributed_matches_single_process(tmp_path, data_root, monkeypatch, capsys):
     make_aligned_dataset(tmp_path / "aligned")
     args = [
-        "--config", "demo_shapes.yaml", "--device", "cpu", *TINY,
+        "--config", TINY_CONFIG, "--device", "cpu",
         "model.roi_heads.num_classes=3",
         "data.datasets.aligned.format=coco",
         f"data.datasets.aligned.image_root={tmp_path / 'aligned' / 'images'}",
@@ -260,7 +234,7 @@ def test_finetune_other_classes_reports_skipped_keys_then_eval_only(tmp_path, da
         f"data.datasets.two_val.class_names_file={tmp_path / 'two.txt'}",
     ]
     out = tmp_path / "ft"
-    args = ["--config", "demo_shapes.yaml", "--output-dir", str(out), "--device", "cpu", *TINY, *common,
+    args = ["--config", TINY_CONFIG, "--output-dir", str(out), "--device", "cpu", *common,
             "data.train=[two_train]", "data.test=[two_val]", "solver.max_iter=2", "solver.ims_per_batch=2",
             "--weights", str(src / "model_final.pth")]
     code, stdout, err = main_in_process(args, data_root, monkeypatch, capsys)
@@ -281,7 +255,7 @@ def test_finetune_other_classes_reports_skipped_keys_then_eval_only(tmp_path, da
     # --eval-only with the fine-tuned checkpoint
     ev = tmp_path / "ev"
     code, stdout, err = main_in_process(
-        ["--config", "demo_shapes.yaml", "--output-dir", str(ev), "--device", "cpu", *TINY, *common,
+        ["--config", TINY_CONFIG, "--output-dir", str(ev), "--device", "cpu", *common,
          "data.train=[two_train]", "data.test=[two_val]", "--eval-only", "--weights", str(out / "model_final.pth")],
         data_root, monkeypatch, capsys)
     assert code == 0, err[-2000:]

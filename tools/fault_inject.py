@@ -69,34 +69,10 @@ sys.path.insert(0, str(ROOT))
 
 TRAIN_NET = ROOT / "tools" / "train_net.py"
 
-# A detector small enough for several CPU iterations per second (the same as
-# tests/test_train_net.py): FrozenBN, 1/8 widths, 96-pixel inputs, few proposals.
-TINY_OVERRIDES = [
-    "model.backbone.depth=18",
-    "model.backbone.base_channels=8",
-    "model.backbone.norm=FrozenBN",
-    "model.backbone.freeze_at=0",
-    "model.backbone.stride_in_1x1=false",
-    "model.anchor.sizes=[16,32,64]",
-    "model.rpn.boundary_threshold=-1",
-    "model.rpn.pre_nms_topk_train=200",
-    "model.rpn.post_nms_topk_train=50",
-    "model.rpn.pre_nms_topk_test=100",
-    "model.rpn.post_nms_topk_test=20",
-    "model.roi_heads.batch_size_per_image=32",
-    "model.roi_heads.pooler_type=ROIAlignV2",
-    "model.roi_heads.pooler_resolution=7",
-    "input.min_size_train=[96]",
-    "input.max_size_train=128",
-    "input.min_size_test=96",
-    "input.max_size_test=128",
-    "data.num_workers=0",
-    "solver.base_lr=0.01",
-    "solver.warmup_iters=0",
-    "solver.steps=[1000]",
-    "solver.ims_per_batch=2",
-    "log_period=1",
-]
+# configs/tiny_shapes.yaml: the demo detector small enough for several CPU iterations per
+# second (the training tests use it too), trained with batch 2.
+TINY_CONFIG = "tiny_shapes.yaml"
+TINY_OVERRIDES = ["solver.ims_per_batch=2"]
 # Per-iteration values that depend on the wall clock, not on the computation.
 TIMING_KEYS = {"time", "data_time"}
 
@@ -452,7 +428,7 @@ def run_faults(args: argparse.Namespace) -> Report:
     def train_args(out: Path) -> list[str]:
         evaluation = (["data.test=[shapes_val]", f"test.eval_period={args.eval_period}", "test.best_metric=voc/mAP50",
                        "test.evaluators=[voc]"] if args.eval_period > 0 else ["data.test=[]", "test.best_metric="])
-        return ["--config", "demo_shapes.yaml", "--output-dir", str(out), "--device", "cpu", *TINY_OVERRIDES,
+        return ["--config", TINY_CONFIG, "--output-dir", str(out), "--device", "cpu", *TINY_OVERRIDES,
                 "data.train=[shapes_train]", *evaluation, f"solver.max_iter={args.max_iter}",
                 f"solver.checkpoint_period={args.checkpoint_period}"]
 
