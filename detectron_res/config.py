@@ -296,63 +296,83 @@ def _read_yaml(path: Path) -> dict:
 
 
 def _all_keys(schema_type: type, prefix: str = "") -> List[str]:
-    """Every valid dotted key of the schema (leaves and sections)."""
+    """Every valid dotted key of a schema dataclass (leaves and sections)."""
     keys = []
+    hints = typing.get_type_hints(schema_type)
     for f in dataclasses.fields(schema_type):
         dotted = f"{prefix}{f.name}"
         keys.append(dotted)
-        ftype = typing.get_type_hints(schema_type)[f.name]
-        if dataclasses.is_dataclass(ftype):
-            keys += _all_keys(ftype, dotted + ".")
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += _all_keys(hints[f.name], dotted + ".")
     return keys
 
 
-def _expected_type(full_key: str) -> str:
-    """The schema's type annotation for a dotted key, as text ("int", "List[int]")."""
-    current: Any = Config
-    annotation: Any = Config
+def _annotation_at(schema: type, full_key: str) -> Any:
+    """The schema's type annotation for a dotted key; None where the key is not in it.
+
+    ``Dict[str, X]`` fields (``data.datasets``) accept any name as the next part,
+    with ``X``'s fields below it.
+    """
+    annotation: Any = schema
     for part in full_key.split("."):
-        if dataclasses.is_dataclass(current):
-            hints = typing.get_type_hints(current)
+        if dataclasses.is_dataclass(annotation):
+            hints = typing.get_type_hints(annotation)
             if part not in hints:
-                return "?"
+                return None
             annotation = hints[part]
-        elif typing.get_origin(current) in (dict, Dict):
-            annotation = typing.get_args(current)[1]
-        elif typing.get_origin(current) in (list, List):
-            annotation = typing.get_args(current)[0]
-        current = annotation
+        elif typing.get_origin(annotation) in (dict, Dict):
+            annotation = typing.get_args(annotation)[1]
+        elif typing.get_origin(annotation) in (list, List):
+            annotation = typing.get_args(annotation)[0]
+        else:
+            return None
+    return annotation
+
+
+def _expected_type(schema: type, full_key: str) -> str:
+    """The schema's type for a dotted key, as text ("int", "List[int]")."""
+    annotation = _annotation_at(schema, full_key)
+    if annotation is None:
+        return "?"
     text = getattr(annotation, "__name__", None) if not typing.get_args(annotation) else None
     return text or str(annotation).replace("typing.", "")
 
 
-def _suggest(full_key: str) -> str:
-    valid = _all_keys(Config)
-    # DatasetSpec fields are valid under data.datasets.<any name>.
+def _suggest(schema: type, full_key: str) -> str:
+    """'; closest valid key: ...' for an unknown dotted key, or '' when nothing is close."""
     parts = full_key.split(".")
-    if parts[:2] == ["data", "datasets"] and len(parts) >= 4:
-        spec_keys = [f.name for f in dataclasses.fields(DatasetSpec)]
-        close = difflib.get_close_matches(parts[3], spec_keys, n=1)
-        return f"; closest valid key: '{'.'.join(parts[:3] + close)}'" if close else ""
-    close = difflib.get_close_matches(full_key, valid, n=1, cutoff=0.6)
+    # Below a Dict[str, dataclass] field (data.datasets.<any name>.<field>), suggest
+    # among that dataclass's fields, keeping the user's entry name.
+    for i in range(1, len(parts) - 1):
+        annotation = _annotation_at(schema, ".".join(parts[:i]))
+        if typing.get_origin(annotation) in (dict, Dict):
+            value_type = typing.get_args(annotation)[1]
+            if dataclasses.is_dataclass(value_type) and len(parts) > i + 1:
+                close = difflib.get_close_matches(parts[i + 1], _all_keys(value_type), n=1)
+                return f"; closest valid key: '{'.'.join(parts[: i + 1] + close)}'" if close else ""
+    close = difflib.get_close_matches(full_key, _all_keys(schema), n=1, cutoff=0.6)
     return f"; closest valid key: '{close[0]}'" if close else ""
 
 
-def _merge(base: DictConfig, update: Any, source: str, user_key: Optional[str] = None) -> DictConfig:
+def _merge(
+    base: DictConfig, update: Any, source: str, schema: type = None, user_key: Optional[str] = None
+) -> DictConfig:
+    """``OmegaConf.merge`` that turns OmegaConf's errors into one-line ConfigErrors."""
+    schema = schema or Config
     try:
         return OmegaConf.merge(base, update)
     except ConfigKeyError as e:
         key = getattr(e, "full_key", None) or str(e)
         if user_key and user_key.startswith(key):
             key = user_key  # name the whole path the user typed, not just its first unknown part
-        raise ConfigError(f"{source}: unknown config key '{key}'{_suggest(key)}") from None
+        raise ConfigError(f"{source}: unknown config key '{key}'{_suggest(schema, key)}") from None
     except ValidationError as e:
         key = getattr(e, "full_key", None) or "?"
         value = getattr(e, "value", None)
         if hasattr(value, "_value"):  # an OmegaConf node wrapping the raw value
             value = value._value()
         got = f"{value!r} ({type(value).__name__})" if value is not None else str(e).splitlines()[0]
-        raise ConfigError(f"{source}: config key '{key}' expects {_expected_type(key)}, got {got}") from None
+        raise ConfigError(f"{source}: config key '{key}' expects {_expected_type(schema, key)}, got {got}") from None
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         raise ConfigError(f"{source}: invalid value for config key '{key}': {str(e).splitlines()[0]}") from None
@@ -388,18 +408,18 @@ def _parse_overrides(overrides: Sequence[str]) -> List[tuple]:
     return parsed
 
 
-def load_config(path_or_name: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> DictConfig:
-    """Load the schema defaults, then a YAML file (with its ``_base_``), then overrides.
+def compose_config(
+    schema: type,
+    path_or_name: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+) -> DictConfig:
+    """Any schema's config: its defaults, then a YAML file (with its ``_base_``), then overrides.
 
-    Args:
-        path_or_name: a path, or a bare name found under ``configs/``; None uses
-            the schema defaults alone.
-        overrides: ``section.key=value`` strings; values are parsed as YAML
-            (``input.min_size_train=[480,600]``).
-    Returns:
-        A read-only-typed OmegaConf config: attribute access, types enforced.
+    The detector (:func:`load_config`) and the classifier
+    (``detectron_res.classification.config``) share this loader with their own
+    schema dataclass; each checks its own choices and ranges afterwards.
     """
-    cfg = OmegaConf.structured(Config)
+    cfg = OmegaConf.structured(schema)
     if path_or_name is not None:
         path = resolve_config_path(path_or_name)
         data = _read_yaml(path)
@@ -415,15 +435,35 @@ def load_config(path_or_name: str | os.PathLike | None = None, overrides: Sequen
                 raise ConfigError(
                     f"{base_path}: a _base_ file may not have its own _base_ (one level of inheritance only)"
                 )
-            cfg = _merge(cfg, base_data, str(base_path))
-        cfg = _merge(cfg, data, str(path))
+            cfg = _merge(cfg, base_data, str(base_path), schema)
+        cfg = _merge(cfg, data, str(path), schema)
     for key, value, text in _parse_overrides(overrides):
         update = OmegaConf.create()
         try:
             OmegaConf.update(update, key, value, force_add=True)
         except OmegaConfBaseException as e:
             raise ConfigError(f"command-line override '{text}': {str(e).splitlines()[0]}") from None
-        cfg = _merge(cfg, update, f"command-line override '{text}'", user_key=key)
+        cfg = _merge(cfg, update, f"command-line override '{text}'", schema, user_key=key)
+    return cfg
+
+
+def compose_config_from_dict(schema: type, data: dict, source: str = "checkpoint") -> DictConfig:
+    """A typed config of ``schema`` from plain containers (a checkpoint's saved config)."""
+    return _merge(OmegaConf.structured(schema), data, source, schema)
+
+
+def load_config(path_or_name: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> DictConfig:
+    """Load the schema defaults, then a YAML file (with its ``_base_``), then overrides.
+
+    Args:
+        path_or_name: a path, or a bare name found under ``configs/``; None uses
+            the schema defaults alone.
+        overrides: ``section.key=value`` strings; values are parsed as YAML
+            (``input.min_size_train=[480,600]``).
+    Returns:
+        A read-only-typed OmegaConf config: attribute access, types enforced.
+    """
+    cfg = compose_config(Config, path_or_name, overrides)
     _check_choices(cfg)
     return cfg
 
@@ -435,7 +475,7 @@ def config_to_dict(cfg: DictConfig) -> dict:
 
 def config_from_dict(data: dict, source: str = "checkpoint") -> DictConfig:
     """Rebuild a typed config from :func:`config_to_dict` output."""
-    cfg = _merge(OmegaConf.structured(Config), data, source)
+    cfg = compose_config_from_dict(Config, data, source)
     _check_choices(cfg)
     return cfg
 

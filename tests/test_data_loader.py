@@ -247,12 +247,12 @@ def test_workers_are_forked_with_opencv_sequential():
     # setNumThreads(0), so they never touch the (dead) thread pool copied by fork.
     import cv2
 
-    from detectron_res.data.loader import _ForkSafeDataLoader
+    from detectron_res.data.loader import ForkSafeDataLoader
 
     previous = cv2.getNumThreads()
     cv2.setNumThreads(2)
     try:
-        seen = list(_ForkSafeDataLoader(_ThreadsSeenByWorker(), batch_size=None, num_workers=1))
+        seen = list(ForkSafeDataLoader(_ThreadsSeenByWorker(), batch_size=None, num_workers=1))
         assert seen == [1, 1]  # OpenCV reports 1 thread when set to 0 (sequential); 2 without the fix
         assert cv2.getNumThreads() == 2
     finally:

@@ -22,16 +22,12 @@ naming the file or override, the full dotted key and what was expected.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import difflib
 import os
 import sys
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 # The loader machinery is the detector's; only the schema differs.
 from ..config import (
@@ -39,9 +35,8 @@ from ..config import (
     ConfigError,
     DistConfig,
     SolverConfig,
-    _parse_overrides,
-    _read_yaml,
-    resolve_config_path,
+    compose_config,
+    compose_config_from_dict,
 )
 
 __all__ = [
@@ -204,55 +199,8 @@ CHOICES: Dict[str, Sequence[str]] = {
 
 
 # ----------------------------------------------------------------------------
-# Loading (the detector's loader with this schema)
+# Checks the schema's types cannot express (loading is config.compose_config)
 # ----------------------------------------------------------------------------
-def _all_keys(schema_type: type, prefix: str = "") -> List[str]:
-    keys = []
-    hints = typing.get_type_hints(schema_type)
-    for f in dataclasses.fields(schema_type):
-        dotted = f"{prefix}{f.name}"
-        keys.append(dotted)
-        if dataclasses.is_dataclass(hints[f.name]):
-            keys += _all_keys(hints[f.name], dotted + ".")
-    return keys
-
-
-def _expected_type(full_key: str) -> str:
-    current: Any = ClassifierConfig
-    for part in full_key.split("."):
-        hints = typing.get_type_hints(current) if dataclasses.is_dataclass(current) else {}
-        if part not in hints:
-            return "?"
-        current = hints[part]
-    name = getattr(current, "__name__", None) if not typing.get_args(current) else None
-    return name or str(current).replace("typing.", "")
-
-
-def _suggest(full_key: str) -> str:
-    close = difflib.get_close_matches(full_key, _all_keys(ClassifierConfig), n=1, cutoff=0.6)
-    return f"; closest valid key: '{close[0]}'" if close else ""
-
-
-def _merge(base: DictConfig, update: Any, source: str, user_key: Optional[str] = None) -> DictConfig:
-    try:
-        return OmegaConf.merge(base, update)
-    except ConfigKeyError as e:
-        key = getattr(e, "full_key", None) or str(e)
-        if user_key and user_key.startswith(key):
-            key = user_key
-        raise ConfigError(f"{source}: unknown config key '{key}'{_suggest(key)}") from None
-    except ValidationError as e:
-        key = getattr(e, "full_key", None) or "?"
-        value = getattr(e, "value", None)
-        if hasattr(value, "_value"):
-            value = value._value()
-        got = f"{value!r} ({type(value).__name__})" if value is not None else str(e).splitlines()[0]
-        raise ConfigError(f"{source}: config key '{key}' expects {_expected_type(key)}, got {got}") from None
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or "?"
-        raise ConfigError(f"{source}: invalid value for config key '{key}': {str(e).splitlines()[0]}") from None
-
-
 def _check(cfg: DictConfig) -> None:
     """Choices and ranges the schema's types cannot express; errors name the key."""
     for key, allowed in CHOICES.items():
@@ -317,38 +265,14 @@ def load_classifier_config(
     Raises:
         ConfigError: one line naming the file / override and the key.
     """
-    cfg = OmegaConf.structured(ClassifierConfig)
-    if path_or_name is not None:
-        path = resolve_config_path(path_or_name)
-        data = _read_yaml(path)
-        base_name = data.pop("_base_", None)
-        if base_name is not None:
-            if not isinstance(base_name, str):
-                raise ConfigError(f"{path}: '_base_' must be a file name, got {base_name!r}")
-            base_path = path.parent / base_name
-            if not base_path.is_file():
-                raise ConfigError(f"{path}: _base_ file '{base_name}' not found (looked for {base_path})")
-            base_data = _read_yaml(base_path)
-            if "_base_" in base_data:
-                raise ConfigError(
-                    f"{base_path}: a _base_ file may not have its own _base_ (one level of inheritance only)"
-                )
-            cfg = _merge(cfg, base_data, str(base_path))
-        cfg = _merge(cfg, data, str(path))
-    for key, value, text in _parse_overrides(overrides):
-        update = OmegaConf.create()
-        try:
-            OmegaConf.update(update, key, value, force_add=True)
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"command-line override '{text}': {str(e).splitlines()[0]}") from None
-        cfg = _merge(cfg, update, f"command-line override '{text}'", user_key=key)
+    cfg = compose_config(ClassifierConfig, path_or_name, overrides)
     _check(cfg)
     return cfg
 
 
 def classifier_config_from_dict(data: dict, source: str = "checkpoint") -> DictConfig:
     """Rebuild a typed config from ``detectron_res.config.config_to_dict`` output."""
-    cfg = _merge(OmegaConf.structured(ClassifierConfig), data, source)
+    cfg = compose_config_from_dict(ClassifierConfig, data, source)
     _check(cfg)
     return cfg
 

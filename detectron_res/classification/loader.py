@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 # The cv2-fork-safe DataLoader and worker seeding of the detection loader are
 # reused as they are (both matter here too: cv2.resize runs in the workers).
-from ..data.loader import InferenceSampler, InfiniteLoader, TrainingSampler, _ForkSafeDataLoader, _worker_init
+from ..data.loader import InferenceSampler, InfiniteLoader, TrainingSampler, ForkSafeDataLoader, seed_worker
 from .datasets import ClassificationDataset
 from .transforms import EvalTransform, TrainTransform
 
@@ -187,12 +187,12 @@ def build_classification_train_loader(
     def make_loader():
         g = torch.Generator()
         g.manual_seed(seed * 1000 + rank)
-        return _ForkSafeDataLoader(
+        return ForkSafeDataLoader(
             map_ds,
             batch_sampler=batch_sampler,
             num_workers=num_workers,
             collate_fn=collate_classification,
-            worker_init_fn=_worker_init if num_workers > 0 else None,
+            worker_init_fn=seed_worker if num_workers > 0 else None,
             generator=g,
             pin_memory=pin_memory,
             persistent_workers=False,
@@ -220,11 +220,11 @@ def build_classification_test_loader(
     size = len(dataset) if limit is None else min(int(limit), len(dataset))
     indices = InferenceSampler(size, rank=rank, world_size=world_size)
     map_ds = ClassificationMapDataset(dataset, transform, input_format=input_format)
-    return _ForkSafeDataLoader(
+    return ForkSafeDataLoader(
         map_ds,
         batch_sampler=_TestBatchSampler(list(indices), images_per_batch),
         num_workers=num_workers,
         collate_fn=collate_classification,
-        worker_init_fn=_worker_init if num_workers > 0 else None,
+        worker_init_fn=seed_worker if num_workers > 0 else None,
         pin_memory=pin_memory,
     )

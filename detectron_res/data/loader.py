@@ -375,18 +375,18 @@ class _Collate:
         return collate_batch(samples, self.size_divisibility)
 
 
-def _worker_init(worker_id: int) -> None:
+def seed_worker(worker_id: int) -> None:
     # torch seeds each worker from the loader's generator; derive the other libraries'
     # global RNGs from it so that nothing in a worker is left unseeded.
     seed = torch.initial_seed() % (2**32)
     random.seed(seed)
     np.random.seed(seed)
     # OpenCV needs no setting here: the worker inherited setNumThreads(0) from the
-    # fork (see _ForkSafeDataLoader), so it runs single-threaded; the workers are the
+    # fork (see ForkSafeDataLoader), so it runs single-threaded; the workers are the
     # parallelism. Calling cv2.setNumThreads in a forked child can deadlock.
 
 
-class _ForkSafeDataLoader(DataLoader):
+class ForkSafeDataLoader(DataLoader):
     """A DataLoader whose worker processes never inherit OpenCV's thread pool.
 
     OpenCV runs ``cv2.resize`` on a thread pool once images are large enough (the
@@ -503,12 +503,12 @@ def build_train_loader(
     def make_loader():
         g = torch.Generator()
         g.manual_seed(seed * 1000 + rank)
-        return _ForkSafeDataLoader(
+        return ForkSafeDataLoader(
             map_ds,
             batch_sampler=_SkipBatches(batch_sampler, start_iter),
             num_workers=num_workers,
             collate_fn=collate,
-            worker_init_fn=_worker_init if num_workers > 0 else None,
+            worker_init_fn=seed_worker if num_workers > 0 else None,
             generator=g,
             pin_memory=pin_memory,
         )
@@ -543,16 +543,11 @@ def build_test_loader(
         dataset.records, transform, is_train=False, input_format=input_format, max_pixels=dataset.max_pixels
     )
     sampler = InferenceSampler(len(dataset), rank=rank, world_size=world_size)
-    return _ForkSafeDataLoader(
+    return ForkSafeDataLoader(
         map_ds,
         batch_sampler=_InferenceBatchSampler(sampler, images_per_batch),
         num_workers=num_workers,
         collate_fn=_Collate(size_divisibility),
-        worker_init_fn=_worker_init if num_workers > 0 else None,
+        worker_init_fn=seed_worker if num_workers > 0 else None,
         pin_memory=pin_memory,
     )
-
-
-# Public names for other loaders built on the same machinery (e.g. classification).
-ForkSafeDataLoader = _ForkSafeDataLoader
-seed_worker = _worker_init
