@@ -10,6 +10,7 @@ import copy
 import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from detectron_res.classification.train import ClassifierLRScheduler, train_clas
 from detectron_res.config import load_config
 from detectron_res.engine.checkpoint import CheckpointError, load_checkpoint
 from detectron_res.engine.events import read_metrics_json
+from detectron_res.engine.hooks import HookBase
 from detectron_res.engine.launch import initialize_weights
 from detectron_res.modeling.build import build_model
 from detectron_res.weights import load_imagenet_weights
@@ -157,6 +159,54 @@ def test_resume_continues_exactly(cifar_root, tmp_path):
     grad_b = [r for r in read_metrics_json(tmp_path / "resumed" / "diagnostics.json") if "grad_norm/fc" in r]
     assert [r["iteration"] for r in grad_b] == list(range(6))
     assert grad_a == grad_b
+
+
+class _SignalBeforeIteration(HookBase):
+    """Sends a real ``signum`` to this process before iteration ``at``."""
+
+    def __init__(self, at, signum):
+        self.at, self.signum = at, signum
+
+    def before_step(self):
+        if self.trainer.iter == self.at:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_signal_checkpoints_exits_5_and_resume_finishes(cifar_root, tmp_path, monkeypatch, capsys, signum):
+    import detectron_res.classification.train as classifier_train
+
+    original = classifier_train.default_hooks
+    monkeypatch.setattr(classifier_train, "default_hooks",
+                        lambda **kwargs: original(**kwargs) + [_SignalBeforeIteration(2, signum)])
+    tool = _load_tool("train_classifier")
+    out = tmp_path / "run"
+    args = ["--config", "cifar10_resnet20.yaml", "--output-dir", str(out), "--device", "cpu",
+            *_cifar_overrides(cifar_root, "model.depth=8", "solver.max_iter=6", "test.eval_period=0")]
+    previous = signal.getsignal(signum)
+    assert tool.main(args) == tool.EXIT_STOPPED_BY_SIGNAL == 5
+    name = signal.Signals(signum).name
+    ckpt = out / "model_0000002.pth"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"stopped by {name} after 3 of 6 iterations; checkpoint {ckpt} written; continue with: --resume "
+        f"(output: {out})")
+    assert load_classifier_checkpoint(ckpt)["iteration"] == 2 and not (out / "model_final.pth").exists()
+    assert signal.getsignal(signum) == previous  # handlers restored
+
+    monkeypatch.setattr(classifier_train, "default_hooks", original)
+    assert tool.main([*args, "--resume"]) == 0
+    assert load_classifier_checkpoint(out / "model_final.pth")["iteration"] == 5
+
+
+def test_unwritable_output_directory_exits_6(cifar_root, tmp_path, capsys):
+    tool = _load_tool("train_classifier")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code = tool.main(["--config", "cifar10_resnet20.yaml", "--output-dir", str(blocker / "run"), "--device", "cpu",
+                      *_cifar_overrides(cifar_root, "model.depth=8", "solver.max_iter=2", "test.eval_period=0")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == tool.EXIT_OUTPUT_ERROR == 6, err
+    assert len(err) == 1 and err[0].startswith("error: ") and str(blocker) in err[0], err
 
 
 def test_cifar_resnet20_and_plain20_write_the_diagnostics_and_plot_them(cifar_root, tmp_path):

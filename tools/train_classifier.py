@@ -29,8 +29,11 @@ Outputs go to ``output/<config name>/`` unless ``--output-dir`` (or the config's
 ``tensorboard/``, ``training_curves.png`` and, with --eval-only,
 ``inference/evaluation.json``.
 
-SIGTERM / SIGUSR1 write a checkpoint after the current iteration and exit with
-status 0 (run again with ``--resume``). A non-finite loss exits with status 3.
+Exit status, as ``tools/train_net.py``'s: 0 done; 2 a user mistake (config key,
+dataset folder, weights; one line on stderr); 3 a non-finite loss; 4 a rank died
+or hung under torchrun; 5 stopped by SIGTERM / SIGUSR1 (a checkpoint was written
+after the current iteration: run again with ``--resume``); 6 the output directory
+is not writable (disk full, permissions; the previous checkpoint is intact).
 """
 from __future__ import annotations
 
@@ -49,6 +52,8 @@ from detectron_res.classification.config import (  # noqa: E402
 EXIT_USER_ERROR = 2
 EXIT_NON_FINITE_LOSS = 3
 EXIT_DIST_FAILURE = 4
+EXIT_STOPPED_BY_SIGNAL = 5
+EXIT_OUTPUT_ERROR = 6
 _DEFAULT_OUTPUT_DIR = "output/default"
 
 
@@ -88,6 +93,7 @@ def main(argv=None) -> int:
     cfg.output_dir = str(output_dir)
 
     from detectron_res.classification.train import evaluate_classifier_checkpoint, train_classifier
+    from detectron_res.engine.checkpoint import CheckpointWriteError, describe_os_error
     from detectron_res.engine.distributed import DistributedTimeoutError
     from detectron_res.engine.trainer import NonFiniteLossError
 
@@ -104,10 +110,22 @@ def main(argv=None) -> int:
     except DistributedTimeoutError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DIST_FAILURE
+    except CheckpointWriteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_OUTPUT_ERROR
     except (ValueError, FileNotFoundError) as e:
         # User mistakes (config keys, dataset folders, checkpoints, weights): one line.
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as e:
+        # Disk full, quota, permissions while writing logs or metrics: the OS reason, not a traceback.
+        where = e.filename if e.filename else f"writing into {output_dir}"
+        print(f"error: {where}: {describe_os_error(e)}; check free space and permissions of {output_dir}",
+              file=sys.stderr)
+        return EXIT_OUTPUT_ERROR
+    if result.get("stop"):
+        print(result["stop"]["message"])
+        return EXIT_STOPPED_BY_SIGNAL
     scalars = result.get("scalars", {})
     if scalars:
         print("final evaluation (error %): " + ", ".join(f"{k}={v:.2f}" for k, v in sorted(scalars.items())))

@@ -32,7 +32,7 @@ from ..config import config_to_dict, save_config
 from ..engine import distributed as comm
 from ..engine.checkpoint import Checkpointer, find_last_checkpoint
 from ..engine.hooks import MetricsWriter, default_hooks
-from ..engine.launch import resolve_device, seed_everything, setup_logging
+from ..engine.launch import resolve_device, seed_everything, setup_logging, stop_report
 from ..engine.solver import WarmupMultiStepLR, build_optimizer, warmup_multistep_factor
 from .checkpoint import (
     ClassifierTrainer,
@@ -166,7 +166,9 @@ def train_classifier(
         device: overrides ``cfg.device``.
     Returns:
         ``{"scalars": {"<split>/top1_err": ..., ...}}`` on every rank, plus
-        ``"stopped_early": True`` when a signal ended training before ``max_iter``.
+        ``"stopped_early": True`` when training ended before ``max_iter``; a
+        SIGTERM / SIGUSR1 adds ``"stop"`` (the detector's report: signal, iteration,
+        checkpoint, one-line message) in place of ``"scalars"``.
     """
     info, dev = _init_process(cfg, device)
     output_dir = Path(output_dir)
@@ -282,6 +284,12 @@ def _train(cfg, *, output_dir: Path, resume: bool, weights: Optional[str], world
     result: Dict[str, Any] = {"scalars": {f"{split}/{k}": v for k, v in last_eval.items()}}
     if not trainer.completed:
         result["stopped_early"] = True
+    stop = stop_report(trainer, output_dir)  # SIGTERM / SIGUSR1: what it interrupted, as the detector reports it
+    if stop is not None:
+        result["stop"] = stop
+        result.pop("scalars")  # an earlier evaluation's, not the final model's
+        if rank == 0:
+            logger.warning("%s", stop["message"])
     return result
 
 

@@ -631,7 +631,7 @@ def _train(cfg, *, output_dir: Path, resume: bool, weights: str | None, dist_inf
     result = dict(last_eval)
     if not trainer.completed:
         result["stopped_early"] = True
-    stop = _stop_report(trainer, output_dir)
+    stop = stop_report(trainer, output_dir)
     if stop is not None:
         result["stop"] = stop
         result.pop("scalars", None)  # metrics of an earlier evaluation, not of the final model
@@ -641,7 +641,7 @@ def _train(cfg, *, output_dir: Path, resume: bool, weights: str | None, dist_inf
     return result
 
 
-def _stop_report(trainer: Trainer, output_dir: Path) -> dict[str, Any] | None:
+def stop_report(trainer: Trainer, output_dir: Path) -> dict[str, Any] | None:
     """What a SIGTERM / SIGUSR1 interrupted, with the one-line message for the user (None: nothing)."""
     preemption = next((h for h in trainer.hooks if isinstance(h, PreemptionHandler)), None)
     evaluation = next((h for h in trainer.hooks if isinstance(h, EvalHook)), None)
