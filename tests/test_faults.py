@@ -240,6 +240,16 @@ def test_signal_during_periodic_evaluation(tmp_path, data_root, monkeypatch, cap
     assert load_checkpoint(find_last_checkpoint(out))["iteration"] == 2
     if signum != signal.SIGUSR1:
         return
+    # resume: it redoes the abandoned evaluation first; a signal there stops the run
+    # before any training, with the checkpoint unchanged
+    monkeypatch.undo()
+    handed_out = signal_during_inference(monkeypatch, signal.SIGTERM, at_batch=1)
+    code, stdout, err = run_main(tiny_args(out, *common, "--resume", evaluate=True), data_root, monkeypatch, capsys)
+    assert code == 5, err[-2000:]
+    assert stdout.strip().splitlines()[-1] == (
+        "stopped by SIGTERM while redoing the evaluation of iteration 3 (2/4 images of 'shapes_val', abandoned); "
+        f"nothing was trained; continue with: --resume (output: {out})")
+    assert handed_out == [2] and load_checkpoint(find_last_checkpoint(out))["iteration"] == 2
     # resume: no signal any more; the weights are those of an uninterrupted run
     monkeypatch.undo()
     code, stdout, err = run_main(tiny_args(out, *common, "--resume", evaluate=True), data_root, monkeypatch, capsys)
@@ -248,6 +258,68 @@ def test_signal_during_periodic_evaluation(tmp_path, data_root, monkeypatch, cap
     ref = tmp_path / "ref"
     assert run_main(tiny_args(ref, *common, evaluate=True), data_root, monkeypatch, capsys)[0] == 0
     assert_same_weights(final_weights(out), final_weights(ref))
+    # The abandoned evaluation of iteration 2 was redone on resume, with the same result.
+    assert evaluations(out) == evaluations(ref) and sorted(evaluations(ref)) == [2, 5]
+
+
+def evaluations(out):
+    """{iteration: voc/mAP50} of the evaluations recorded in a run's metrics.json."""
+    records = [json.loads(line) for line in (Path(out) / "metrics.json").read_text().splitlines()]
+    return {r["iteration"]: r["voc/mAP50"] for r in records if "voc/mAP50" in r}
+
+
+# Runs tools/train_net.py and SIGKILLs it while the first evaluation reads its second batch.
+_KILLED_DURING_FIRST_EVALUATION = """
+import os, runpy, signal, sys
+import detectron_res.data.loader as loader_module
+
+original = loader_module.build_test_loader
+evaluations = []
+
+class KillAtSecondBatch:
+    def __init__(self, loader):
+        self.loader = loader
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+    def __len__(self):
+        return len(self.loader)
+    def __iter__(self):
+        evaluations.append(1)
+        for i, batch in enumerate(self.loader):
+            if i == 1 and len(evaluations) == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+            yield batch
+
+loader_module.build_test_loader = lambda *a, **k: KillAtSecondBatch(original(*a, **k))
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_sigkill_during_periodic_evaluation_is_redone_on_resume(tmp_path, data_root, monkeypatch, capsys):
+    # Checkpoints and evaluations at the same iterations: the kill leaves the
+    # checkpoint of iteration 2 without its evaluation.
+    common = ["solver.max_iter=6", "solver.checkpoint_period=3", "test.eval_period=3"]
+    out = tmp_path / "run"
+    wrapper = tmp_path / "killed_during_eval.py"
+    wrapper.write_text(_KILLED_DURING_FIRST_EVALUATION)
+    env = dict(os.environ, OMP_NUM_THREADS="1", DETECTRON_RES_DATASETS=str(data_root),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(wrapper), str(TRAIN_NET), *map(str, tiny_args(out, *common, evaluate=True))],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert load_checkpoint(find_last_checkpoint(out))["iteration"] == 2  # written before the evaluation
+    assert evaluations(out) == {}
+
+    code, stdout, err = run_main(tiny_args(out, *common, "--resume", evaluate=True), data_root, monkeypatch, capsys)
+    assert code == 0, err[-2000:]
+    ref = tmp_path / "ref"
+    assert run_main(tiny_args(ref, *common, evaluate=True), data_root, monkeypatch, capsys)[0] == 0
+    assert evaluations(out) == evaluations(ref) and sorted(evaluations(ref)) == [2, 5]
+    assert_same_weights(final_weights(out), final_weights(ref))
+    # A second resume of the finished run redoes only the final evaluation, not iteration 2's.
+    assert run_main(tiny_args(out, *common, "--resume", evaluate=True), data_root, monkeypatch, capsys)[0] == 0
+    assert sorted(evaluations(out)) == [2, 5]
 
 
 def test_signal_during_final_evaluation(tmp_path, data_root, monkeypatch, capsys):

@@ -95,6 +95,7 @@ def main(argv=None) -> int:
     from detectron_res.classification.train import evaluate_classifier_checkpoint, train_classifier
     from detectron_res.engine.checkpoint import CheckpointWriteError, describe_os_error
     from detectron_res.engine.distributed import DistributedTimeoutError
+    from detectron_res.engine.signals import StoppedBeforeTraining
     from detectron_res.engine.trainer import NonFiniteLossError
 
     try:
@@ -110,6 +111,9 @@ def main(argv=None) -> int:
     except DistributedTimeoutError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DIST_FAILURE
+    except StoppedBeforeTraining as e:  # during the evaluation a resumed run redoes first
+        print(f"{e}; continue with: --resume (output: {output_dir})")
+        return EXIT_STOPPED_BY_SIGNAL
     except CheckpointWriteError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_OUTPUT_ERROR

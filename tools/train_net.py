@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     from detectron_res.engine.checkpoint import CheckpointWriteError, describe_os_error
     from detectron_res.engine.distributed import DistributedTimeoutError
     from detectron_res.engine.launch import evaluate_checkpoint, train
-    from detectron_res.engine.signals import EvaluationInterrupted
+    from detectron_res.engine.signals import EvaluationInterrupted, StoppedBeforeTraining
     from detectron_res.engine.trainer import NonFiniteLossError
 
     try:
@@ -124,6 +124,9 @@ def main(argv=None) -> int:
     except DistributedTimeoutError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DIST_FAILURE
+    except StoppedBeforeTraining as e:  # during the evaluation a resumed run redoes first
+        print(f"{e}; continue with: --resume (output: {output_dir})")
+        return EXIT_STOPPED_BY_SIGNAL
     except EvaluationInterrupted as e:  # --eval-only
         print(f"stopped: {e}; run --eval-only again to evaluate (output: {output_dir})")
         return EXIT_STOPPED_BY_SIGNAL

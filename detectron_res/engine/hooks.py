@@ -10,6 +10,7 @@ the writer runs last so that a log line holds everything recorded in the step.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -21,7 +22,7 @@ import torch
 from . import distributed as comm
 from .checkpoint import Checkpointer, CheckpointError, CheckpointWriteError, load_checkpoint
 from .events import JSONWriter, TensorboardWriter, format_eta, plot_training_curves
-from .signals import STOP, STOP_SIGNALS, EvaluationInterrupted
+from .signals import STOP, STOP_SIGNALS, EvaluationInterrupted, StoppedBeforeTraining, stop_signals_recorded
 from .trainer import HookBase, run_without_rng_side_effects
 
 logger = logging.getLogger(__name__)
@@ -148,13 +149,17 @@ class EvalHook(HookBase):
             recorded in the trainer's storage.
     """
 
-    def __init__(self, period: int, eval_fn: Callable[[], Mapping]) -> None:
+    def __init__(self, period: int, eval_fn: Callable[[], Mapping], metrics_file: str | Path | None = None) -> None:
         self.period = int(period)
         self.eval_fn = eval_fn
+        # The run's metrics.json: on resume, whether the evaluation of the resumed
+        # checkpoint's iteration was recorded (None: never redo one).
+        self.metrics_file = Path(metrics_file) if metrics_file is not None else None
         self.latest: dict[str, float] = {}
         # Set when a stop signal cut an evaluation short (see detectron_res.engine.signals).
         self.interrupted: EvaluationInterrupted | None = None
         self.interrupted_iter: int | None = None
+        self.redone_at: int | None = None  # the resumed iteration, when before_train evaluated it
 
     def _evaluate(self) -> None:
         model = self.trainer.model
@@ -182,14 +187,62 @@ class EvalHook(HookBase):
             )
         comm.synchronize()
 
+    def _periodic_at(self, it: int) -> bool:
+        return self.period > 0 and (it + 1) % self.period == 0 and it + 1 < self.trainer.max_iter
+
+    def before_train(self) -> None:
+        # The checkpoint of an evaluation iteration is written before the evaluation
+        # (hooks order), so a run killed or signalled during it resumes after that
+        # iteration: evaluate the restored weights now unless metrics.json recorded
+        # the evaluation. (The final evaluation is redone by after_train: a resumed
+        # completed run counts as completed.)
+        c = self.trainer.start_iter - 1
+        if c < 0 or self.metrics_file is None or not self._periodic_at(c):
+            return
+        recorded = comm.broadcast_object(
+            evaluation_recorded(self.metrics_file, c) if comm.is_main_process() else None)
+        if recorded:
+            return
+        self.redone_at = c
+        logger.info("The evaluation at iteration %d did not finish before the run stopped: evaluating now", c)
+        trainer = self.trainer
+        trainer.iter = trainer.storage.iteration = c  # its metrics belong to iteration c
+        # PreemptionHandler installs its handlers after this hook's before_train:
+        # record stop signals here too, and stop before training on one.
+        with stop_signals_recorded():
+            try:
+                self._evaluate()
+            finally:
+                trainer.iter = trainer.storage.iteration = trainer.start_iter
+            if comm.any_rank(STOP.signum is not None):
+                interrupted = self.interrupted
+                self.interrupted = self.interrupted_iter = None  # reported by the exception instead
+                detail = (f"{interrupted.images_done}/{interrupted.images_total} images of '{interrupted.dataset}', "
+                          "abandoned") if interrupted is not None else ""
+                raise StoppedBeforeTraining(STOP.name, c, detail)
+
     def after_step(self) -> None:
-        it = self.trainer.iter
-        if self.period > 0 and (it + 1) % self.period == 0 and it + 1 < self.trainer.max_iter:
+        if self._periodic_at(self.trainer.iter):
             self._evaluate()
 
     def after_train(self) -> None:
         if self.trainer.completed:
             self._evaluate()
+
+
+def evaluation_recorded(metrics_file: str | Path, iteration: int) -> bool:
+    """Whether ``metrics.json`` holds evaluation metrics (``dataset/metric`` keys) of ``iteration``."""
+    path = Path(metrics_file)
+    if not path.is_file():
+        return False
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill mid-write
+            continue
+        if isinstance(record, dict) and record.get("iteration") == iteration and any("/" in k for k in record):
+            return True
+    return False
 
 
 class BestCheckpointer(HookBase):
@@ -226,6 +279,15 @@ class BestCheckpointer(HookBase):
             best = state.get("best_metric") or {}
             if best.get("name") == self.metric and state["iteration"] < self.trainer.start_iter:
                 self.best_value, self.best_iter = float(best["value"]), int(state["iteration"])
+        # An evaluation of the resumed iteration that EvalHook.before_train has just
+        # redone (or whose model_best write a kill cut short): compare it now.
+        c = self.trainer.start_iter - 1
+        if c >= 0 and self.metric in self.trainer.storage.latest_at(c) and self.best_iter != c:
+            self.trainer.iter = c
+            try:
+                self._check()
+            finally:
+                self.trainer.iter = self.trainer.start_iter
 
     def _better(self, value: float) -> bool:
         if self.best_value is None:
@@ -369,15 +431,22 @@ class MetricsWriter(HookBase):
         # The checkpoint of iteration c is written before c's line (hooks order), so
         # a kill in between leaves no line for c; the checkpoint holds c's values.
         c = self.resume_from_iter
-        if c is None or self.json.last_iteration >= c:
+        if c is None:
             return
-        if (c + 1) % self.period == 0 or c + 1 == self.trainer.max_iter:
-            values = self.trainer.storage.latest_at(c)
-            if values:
-                self.json.write(c, values)
-                if self.tb is not None:
-                    self.tb.write(c, values)
-                self._last_written, self._written_names = c, set(values)
+        values = self.trainer.storage.latest_at(c)
+        # Metrics of an evaluation of c that EvalHook.before_train has just redone.
+        redone = any(getattr(h, "redone_at", None) == c for h in self.trainer.hooks)
+        if self.json.last_iteration >= c:
+            # c's line is there (a signal stopped the run during c's evaluation):
+            # add the redone evaluation's metrics as a second line of c.
+            values = {k: v for k, v in values.items() if "/" in k} if redone else {}
+        elif not ((c + 1) % self.period == 0 or c + 1 == self.trainer.max_iter or redone):
+            values = {}
+        if values:
+            self.json.write(c, values)
+            if self.tb is not None:
+                self.tb.write(c, values)
+            self._last_written, self._written_names = c, set(values)
 
     def after_step(self) -> None:
         it = self.trainer.iter
@@ -434,7 +503,7 @@ def default_hooks(
         hooks.append(LRScheduler(optimizer, scheduler))
     hooks.append(periodic)
     if eval_fn is not None:
-        hooks.append(EvalHook(eval_period, eval_fn))
+        hooks.append(EvalHook(eval_period, eval_fn, metrics_file=Path(output_dir) / "metrics.json"))
         if best_metric:
             hooks.append(BestCheckpointer(checkpointer, best_metric))
     elif best_metric:

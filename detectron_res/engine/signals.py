@@ -8,7 +8,9 @@ here only records the signal; the work stops at the next safe point:
   (:class:`detectron_res.engine.hooks.PreemptionHandler`);
 * evaluation (periodic, final or ``--eval-only``): before the next batch, by
   :class:`StoppableLoader` raising :class:`EvaluationInterrupted`; the partial
-  evaluation is abandoned (nothing is written for that dataset).
+  evaluation is abandoned (nothing is written for that dataset);
+* the evaluation a resumed run redoes before training (an earlier run was stopped
+  during it): :class:`StoppedBeforeTraining`, the checkpoint is unchanged.
 
 In a distributed run the ranks agree (one tiny all-reduce) so that all stop at the
 same iteration or batch, even when only some of them were signalled.
@@ -50,6 +52,24 @@ class EvaluationInterrupted(Exception):
         self.images_total = images_total
         super().__init__(f"evaluation of '{dataset}' stopped by {signal_name} after {images_done}/{images_total} "
                          "images; no results were written for it")
+
+
+class StoppedBeforeTraining(Exception):
+    """A stop signal arrived while a resumed run redid the evaluation that an earlier
+    kill or signal cut short (:meth:`detectron_res.engine.hooks.EvalHook.before_train`);
+    nothing was trained and nothing new was written, so ``--resume`` starts over
+    from the same checkpoint.
+
+    Attributes:
+        signal_name: ``"SIGTERM"``, ``"SIGUSR1"`` or ``"a signal on another rank"``.
+        iteration: the checkpoint's iteration, whose evaluation was being redone.
+    """
+
+    def __init__(self, signal_name: str, iteration: int, detail: str = "") -> None:
+        self.signal_name = signal_name
+        self.iteration = iteration
+        super().__init__(f"stopped by {signal_name} while redoing the evaluation of iteration {iteration + 1}"
+                         f"{f' ({detail})' if detail else ''}; nothing was trained")
 
 
 class StopRequest:
