@@ -355,7 +355,7 @@ def _suggest(schema: type, full_key: str) -> str:
 
 
 def _merge(
-    base: DictConfig, update: Any, source: str, schema: type = None, user_key: Optional[str] = None
+    base: DictConfig, update: Any, source: str, schema: Optional[type] = None, user_key: Optional[str] = None
 ) -> DictConfig:
     """``OmegaConf.merge`` that turns OmegaConf's errors into one-line ConfigErrors."""
     schema = schema or Config

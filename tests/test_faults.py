@@ -341,6 +341,78 @@ def test_signal_during_final_evaluation(tmp_path, data_root, monkeypatch, capsys
     assert (out / "inference" / "shapes_val" / "evaluation.json").is_file()
 
 
+# Runs tools/train_net.py with a patch that decides where the main process is when a
+# SIGTERM reaches its whole process group (as SLURM's signals reach every process of a
+# job): "in_step" makes every step last 0.5 s longer (the main process is computing,
+# its next batches already prefetched); "waiting_for_data" stalls the loader's worker
+# for good after 10 batches (the main process waits for the 11th).
+_PROCESS_GROUP_SIGNAL = """
+import runpy, sys, time
+mode = sys.argv.pop(1)
+if mode == "in_step":
+    from detectron_res.engine.trainer import Trainer
+    original_step = Trainer.run_step
+    def slow_step(self):
+        original_step(self)
+        time.sleep(0.5)
+    Trainer.run_step = slow_step
+else:
+    import detectron_res.data.loader as loader_module
+    original_read, images_read = loader_module.read_image, []
+    def stalling_read(*args, **kwargs):
+        images_read.append(1)
+        if len(images_read) > 20:  # 10 batches of 2 images
+            time.sleep(3600)
+        return original_read(*args, **kwargs)
+    loader_module.read_image = stalling_read
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("mode", ["in_step", "waiting_for_data"])
+def test_sigterm_to_the_process_group_with_loader_workers(tmp_path, data_root, mode):
+    """The loader's worker processes die of the same SIGTERM; training still stops
+    cleanly with exit status 5 and a checkpoint to resume from."""
+    out = tmp_path / "run"
+    wrapper = tmp_path / "process_group_signal.py"
+    wrapper.write_text(_PROCESS_GROUP_SIGNAL)
+    env = dict(os.environ, OMP_NUM_THREADS="1", DETECTRON_RES_DATASETS=str(data_root),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    args = tiny_args(out, "solver.max_iter=2000", "solver.checkpoint_period=5", "log_period=1",
+                     "data.num_workers=1")
+    proc = subprocess.Popen([sys.executable, str(wrapper), mode, str(TRAIN_NET), *map(str, args)], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        metrics = out / "metrics.json"
+        lines_before_signal = 3 if mode == "in_step" else 10
+        deadline = time.monotonic() + 240
+        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= lines_before_signal):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.1)
+        if mode == "waiting_for_data":
+            time.sleep(1.0)  # iteration 11 is waiting for its batch
+        os.killpg(proc.pid, signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 5, stderr[-3000:]
+    last_line = stdout.strip().splitlines()[-1]
+    last = find_last_checkpoint(out)
+    if mode == "in_step":
+        it = load_checkpoint(last)["iteration"]
+        assert last_line == (f"stopped by SIGTERM after {it + 1} of 2000 iterations; checkpoint {last} written; "
+                             f"continue with: --resume (output: {out})")
+    else:
+        assert last == out / "model_0000009.pth"
+        assert last_line.startswith("stopped by SIGTERM while iteration 11 waited for its batch; the signal also "
+                                    "stopped the data loader's worker processes (DataLoader worker"), last_line
+        assert last_line.endswith(f"; continue from {last} with: --resume (output: {out})"), last_line
+    assert "Traceback" not in stderr, stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_root):
     """A checkpoint to evaluate (2 iterations)."""

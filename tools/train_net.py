@@ -106,10 +106,10 @@ def main(argv=None) -> int:
     cfg.output_dir = str(output_dir)
 
     from detectron_res.data.image_io import ImageReadError
-    from detectron_res.engine.checkpoint import CheckpointWriteError, describe_os_error
+    from detectron_res.engine.checkpoint import CheckpointWriteError, describe_os_error, find_last_checkpoint
     from detectron_res.engine.distributed import DistributedTimeoutError
     from detectron_res.engine.launch import evaluate_checkpoint, train
-    from detectron_res.engine.signals import EvaluationInterrupted, StoppedBeforeTraining
+    from detectron_res.engine.signals import EvaluationInterrupted, StoppedBeforeTraining, StoppedWhileLoadingData
     from detectron_res.engine.trainer import NonFiniteLossError
 
     try:
@@ -124,6 +124,11 @@ def main(argv=None) -> int:
     except DistributedTimeoutError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DIST_FAILURE
+    except StoppedWhileLoadingData as e:  # the signal reached the loader's workers too
+        last = find_last_checkpoint(output_dir)
+        resume = f"continue from {last} with: --resume" if last else "no checkpoint yet: start again"
+        print(f"{e}; {resume} (output: {output_dir})")
+        return EXIT_STOPPED_BY_SIGNAL
     except StoppedBeforeTraining as e:  # during the evaluation a resumed run redoes first
         print(f"{e}; continue with: --resume (output: {output_dir})")
         return EXIT_STOPPED_BY_SIGNAL

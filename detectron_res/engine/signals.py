@@ -72,12 +72,30 @@ class StoppedBeforeTraining(Exception):
                          f"{f' ({detail})' if detail else ''}; nothing was trained")
 
 
+class StoppedWhileLoadingData(Exception):
+    """A stop signal arrived while training waited for a batch, and the data
+    loader's worker processes died of it (the scheduler signalled the whole process
+    group). The iteration did not run; the last checkpoint is the one to resume from.
+
+    Attributes:
+        signal_name: ``"SIGTERM"`` or ``"SIGUSR1"``.
+        iteration: the iteration that was waiting for its batch (0-based).
+    """
+
+    def __init__(self, signal_name: str, iteration: int, reason: str) -> None:
+        self.signal_name = signal_name
+        self.iteration = iteration
+        super().__init__(f"stopped by {signal_name} while iteration {iteration + 1} waited for its batch; the "
+                         f"signal also stopped the data loader's worker processes ({reason})")
+
+
 class StopRequest:
     """Records SIGTERM / SIGUSR1 while installed (see the module docstring)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._sigchld_handler: Any = None  # DataLoader's, while set aside after a signal
 
     def install(self) -> bool:
         """Start recording (and clear an earlier request).  Returns False, with a
@@ -97,12 +115,37 @@ class StopRequest:
         for s, previous in self._previous.items():
             signal.signal(s, previous)
         self._previous.clear()
+        if self._sigchld_handler is not None:
+            signal.signal(signal.SIGCHLD, self._sigchld_handler)
+            self._sigchld_handler = None
 
     def _handle(self, signum, frame) -> None:
         if self.signum is None:
             self.signum = signum
             logger.warning("Received %s: stopping at the next safe point (end of the current iteration, or the "
                            "next evaluation batch)", signal.Signals(signum).name)
+            self._set_aside_worker_death_alarm()
+
+    def _set_aside_worker_death_alarm(self) -> None:
+        """Keep the DataLoader's worker processes from ending the current step.
+
+        Schedulers that signal every process of a job (SLURM at the time limit or on
+        ``scancel``; ``kill -TERM -- -PGID``) stop the loader's workers with the same
+        SIGTERM. PyTorch's SIGCHLD handler would then raise "DataLoader worker
+        ... is killed by signal" wherever the main process is, in the middle of the
+        step whose batch it already has, and no checkpoint would be written. Until
+        :meth:`restore`, SIGCHLD gets a handler that does nothing (a handler rather
+        than SIG_DFL: Python warns about a pending signal whose handler became
+        SIG_DFL). A fetch that then finds a dead worker raises
+        :class:`StoppedWhileLoadingData` in the trainer instead.
+        """
+        sigchld = getattr(signal, "SIGCHLD", None)
+        if sigchld is None or self._sigchld_handler is not None:
+            return
+        current = signal.getsignal(sigchld)
+        if callable(current):  # the DataLoader's (or another library's) handler
+            self._sigchld_handler = current
+            signal.signal(sigchld, _ignore_signal)
 
     @property
     def name(self) -> str:
@@ -111,6 +154,10 @@ class StopRequest:
     def agreed(self) -> bool:
         """True on every rank when any rank received a stop signal (a collective)."""
         return comm.any_rank(self.signum is not None)
+
+
+def _ignore_signal(signum, frame) -> None:
+    """A handler that does nothing (see StopRequest._set_aside_worker_death_alarm)."""
 
 
 STOP = StopRequest()

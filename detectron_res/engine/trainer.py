@@ -28,6 +28,7 @@ from torch import nn
 from . import distributed as comm
 from .checkpoint import CHECKPOINT_FORMAT_VERSION, capture_rng_state, restore_rng_state
 from .events import MetricStorage
+from .signals import STOP, StoppedWhileLoadingData
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +209,12 @@ class Trainer:
     def run_step(self) -> None:
         """One iteration: batch -> losses -> finite check -> backward -> (clip) -> step."""
         t0 = time.perf_counter()
-        batch = next(self._data_iter)
+        try:
+            batch = next(self._data_iter)
+        except RuntimeError as e:
+            if STOP.signum is not None:  # a stop signal sent to the process group killed the workers too
+                raise StoppedWhileLoadingData(STOP.name, self.iter, str(e).strip().splitlines()[0]) from None
+            raise
         data_time = time.perf_counter() - t0
         if hasattr(batch, "to"):
             batch = batch.to(self.device)
