@@ -48,12 +48,16 @@ from detectron_res.classification.config import (  # noqa: E402
     add_classifier_config_arguments,
     classifier_config_from_args,
 )
+from detectron_res.exit_status import (  # noqa: E402,F401  (the statuses are part of this tool's interface)
+    EXIT_DIST_FAILURE,
+    EXIT_NON_FINITE_LOSS,
+    EXIT_OK,
+    EXIT_OUTPUT_ERROR,
+    EXIT_STOPPED_BY_SIGNAL,
+    EXIT_USER_ERROR,
+    run_job,
+)
 
-EXIT_USER_ERROR = 2
-EXIT_NON_FINITE_LOSS = 3
-EXIT_DIST_FAILURE = 4
-EXIT_STOPPED_BY_SIGNAL = 5
-EXIT_OUTPUT_ERROR = 6
 _DEFAULT_OUTPUT_DIR = "output/default"
 
 
@@ -93,48 +97,18 @@ def main(argv=None) -> int:
     cfg.output_dir = str(output_dir)
 
     from detectron_res.classification.train import evaluate_classifier_checkpoint, train_classifier
-    from detectron_res.engine.checkpoint import CheckpointWriteError, describe_os_error, find_last_checkpoint
-    from detectron_res.engine.distributed import DistributedTimeoutError
-    from detectron_res.engine.signals import StoppedBeforeTraining, StoppedWhileLoadingData
-    from detectron_res.engine.trainer import NonFiniteLossError
 
-    try:
+    def job():
         if args.eval_only:
-            result = evaluate_classifier_checkpoint(cfg, output_dir=output_dir, weights=args.weights,
-                                                    device=args.device)
-        else:
-            result = train_classifier(cfg, output_dir=output_dir, resume=args.resume, weights=args.weights,
-                                      device=args.device, config_source=str(args.config))
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_NON_FINITE_LOSS
-    except DistributedTimeoutError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_DIST_FAILURE
-    except StoppedWhileLoadingData as e:  # the signal reached the loader's workers too
-        last = find_last_checkpoint(output_dir)
-        resume = f"continue from {last} with: --resume" if last else "no checkpoint yet: start again"
-        print(f"{e}; {resume} (output: {output_dir})")
-        return EXIT_STOPPED_BY_SIGNAL
-    except StoppedBeforeTraining as e:  # during the evaluation a resumed run redoes first
-        print(f"{e}; continue with: --resume (output: {output_dir})")
-        return EXIT_STOPPED_BY_SIGNAL
-    except CheckpointWriteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_OUTPUT_ERROR
-    except (ValueError, FileNotFoundError) as e:
-        # User mistakes (config keys, dataset folders, checkpoints, weights): one line.
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except OSError as e:
-        # Disk full, quota, permissions while writing logs or metrics: the OS reason, not a traceback.
-        where = e.filename if e.filename else f"writing into {output_dir}"
-        print(f"error: {where}: {describe_os_error(e)}; check free space and permissions of {output_dir}",
-              file=sys.stderr)
-        return EXIT_OUTPUT_ERROR
-    if result.get("stop"):
-        print(result["stop"]["message"])
-        return EXIT_STOPPED_BY_SIGNAL
+            return evaluate_classifier_checkpoint(cfg, output_dir=output_dir, weights=args.weights,
+                                                  device=args.device)
+        return train_classifier(cfg, output_dir=output_dir, resume=args.resume, weights=args.weights,
+                                device=args.device, config_source=str(args.config))
+
+    # User mistakes (config keys, dataset folders, checkpoints, weights): one line.
+    result, status = run_job(job, output_dir)
+    if status != EXIT_OK:
+        return status
     scalars = result.get("scalars", {})
     if scalars:
         print("final evaluation (error %): " + ", ".join(f"{k}={v:.2f}" for k, v in sorted(scalars.items())))
@@ -148,7 +122,7 @@ def main(argv=None) -> int:
         if overrides:
             print(f"initialize a detector with it: python tools/train_net.py --config <detection config> "
                   f"--weights {final} {' '.join(overrides)}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -50,12 +50,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from detectron_res.config import add_config_arguments, config_from_args  # noqa: E402
+from detectron_res.exit_status import (  # noqa: E402,F401  (the statuses are part of this tool's interface)
+    EXIT_DIST_FAILURE,
+    EXIT_NON_FINITE_LOSS,
+    EXIT_OK,
+    EXIT_OUTPUT_ERROR,
+    EXIT_STOPPED_BY_SIGNAL,
+    EXIT_USER_ERROR,
+    run_job,
+)
 
-EXIT_USER_ERROR = 2
-EXIT_NON_FINITE_LOSS = 3
-EXIT_DIST_FAILURE = 4
-EXIT_STOPPED_BY_SIGNAL = 5
-EXIT_OUTPUT_ERROR = 6
 _DEFAULT_OUTPUT_DIR = "output/default"  # the schema's default: replaced by output/<config stem>
 
 
@@ -106,56 +110,22 @@ def main(argv=None) -> int:
     cfg.output_dir = str(output_dir)
 
     from detectron_res.data.image_io import ImageReadError
-    from detectron_res.engine.checkpoint import CheckpointWriteError, describe_os_error, find_last_checkpoint
-    from detectron_res.engine.distributed import DistributedTimeoutError
     from detectron_res.engine.launch import evaluate_checkpoint, train
-    from detectron_res.engine.signals import EvaluationInterrupted, StoppedBeforeTraining, StoppedWhileLoadingData
-    from detectron_res.engine.trainer import NonFiniteLossError
 
-    try:
+    def job():
         if args.eval_only:
-            result = evaluate_checkpoint(cfg, output_dir=output_dir, weights=args.weights, device=args.device)
-        else:
-            result = train(cfg, output_dir=output_dir, resume=args.resume, weights=args.weights,
-                           device=args.device, config_source=str(args.config))
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_NON_FINITE_LOSS
-    except DistributedTimeoutError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_DIST_FAILURE
-    except StoppedWhileLoadingData as e:  # the signal reached the loader's workers too
-        last = find_last_checkpoint(output_dir)
-        resume = f"continue from {last} with: --resume" if last else "no checkpoint yet: start again"
-        print(f"{e}; {resume} (output: {output_dir})")
-        return EXIT_STOPPED_BY_SIGNAL
-    except StoppedBeforeTraining as e:  # during the evaluation a resumed run redoes first
-        print(f"{e}; continue with: --resume (output: {output_dir})")
-        return EXIT_STOPPED_BY_SIGNAL
-    except EvaluationInterrupted as e:  # --eval-only
-        print(f"stopped: {e}; run --eval-only again to evaluate (output: {output_dir})")
-        return EXIT_STOPPED_BY_SIGNAL
-    except CheckpointWriteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_OUTPUT_ERROR
-    except (ValueError, FileNotFoundError, ImageReadError) as e:
-        # User mistakes (config keys, dataset files, checkpoints, weights) carry a
-        # one-line message naming the file / key and what was expected. An image that
-        # passed the header check at start-up but cannot be decoded (truncated) is
-        # found when the loader reaches it: the same one line, from a checkpoint on.
-        _print_all_problems(e)
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except OSError as e:
-        # Disk full, quota, permissions, read-only file system while writing logs,
-        # metrics or evaluation files: the OS reason and the file, not a traceback.
-        where = e.filename if e.filename else f"writing into {output_dir}"
-        print(f"error: {where}: {describe_os_error(e)}; check free space and permissions of {output_dir}",
-              file=sys.stderr)
-        return EXIT_OUTPUT_ERROR
-    if result.get("stop"):
-        print(result["stop"]["message"])
-        return EXIT_STOPPED_BY_SIGNAL
+            return evaluate_checkpoint(cfg, output_dir=output_dir, weights=args.weights, device=args.device)
+        return train(cfg, output_dir=output_dir, resume=args.resume, weights=args.weights, device=args.device,
+                     config_source=str(args.config))
+
+    # User mistakes (config keys, dataset files, checkpoints, weights) carry a one-line
+    # message naming the file / key and what was expected. An image that passed the
+    # header check at start-up but cannot be decoded (truncated) is found when the
+    # loader reaches it: the same one line, from a checkpoint on.
+    result, status = run_job(job, output_dir, user_errors=(ValueError, FileNotFoundError, ImageReadError),
+                             on_user_error=_print_all_problems)
+    if status != EXIT_OK:
+        return status
     scalars = result.get("scalars", {})
     if scalars:
         shown = ", ".join(f"{k}={v:.2f}" for k, v in sorted(scalars.items()) if k.split("/")[-1] in
@@ -163,7 +133,7 @@ def main(argv=None) -> int:
         print(f"final evaluation: {shown}")
     if result.get("stopped_early"):
         print(f"stopped before the end of the schedule; continue with: --resume (output: {output_dir})")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

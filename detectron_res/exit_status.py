@@ -1,0 +1,97 @@
+"""Exit statuses of the training tools, and the one place that maps failures to them.
+
+``tools/train_net.py`` and ``tools/train_classifier.py`` run their job through
+:func:`run_job`, which turns every expected failure into one line (stderr for
+errors, stdout for a clean stop) and the status documented in the README:
+
+    0  done
+    2  a user mistake: config key, dataset file, checkpoint, weights (one line naming it)
+    3  a non-finite loss (the last checkpoint is intact)
+    4  another rank died or hung under torchrun
+    5  stopped by SIGTERM / SIGUSR1 (continue with --resume)
+    6  an output could not be written (disk full, permissions; nothing is replaced)
+
+Anything else is a bug and keeps its traceback. Importing this module is cheap (no
+torch): the tools import it before they parse the config.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Tuple, Type
+
+EXIT_OK = 0
+EXIT_USER_ERROR = 2
+EXIT_NON_FINITE_LOSS = 3
+EXIT_DIST_FAILURE = 4
+EXIT_STOPPED_BY_SIGNAL = 5
+EXIT_OUTPUT_ERROR = 6
+
+
+def _error(message: Any) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+def run_job(
+    job: Callable[[], dict],
+    output_dir: Path,
+    *,
+    user_errors: Iterable[Type[BaseException]] = (ValueError, FileNotFoundError),
+    on_user_error: Optional[Callable[[BaseException], None]] = None,
+) -> Tuple[Optional[dict], int]:
+    """Run ``job`` (training or evaluation) and map how it ended to an exit status.
+
+    Args:
+        job: returns the run's result dict; a ``"stop"`` entry (a signal stopped
+            training, see ``engine.launch.stop_report``) means status 5.
+        output_dir: the run directory, named in the messages.
+        user_errors: exception types that are the user's mistakes (status 2); their
+            message already names the file or key and what was expected.
+        on_user_error: called before the one-line error (e.g. to list every
+            problem of a dataset on stdout).
+    Returns:
+        ``(result, EXIT_OK)`` when the job ran to its end, else ``(None, status)``.
+    """
+    # Imported here: they import torch, which --help and config errors do not need.
+    from .engine.checkpoint import CheckpointWriteError, describe_os_error, find_last_checkpoint
+    from .engine.distributed import DistributedTimeoutError
+    from .engine.signals import EvaluationInterrupted, StoppedBeforeTraining, StoppedWhileLoadingData
+    from .engine.trainer import NonFiniteLossError
+
+    try:
+        result = job()
+    except NonFiniteLossError as e:
+        _error(e)
+        return None, EXIT_NON_FINITE_LOSS
+    except DistributedTimeoutError as e:
+        _error(e)
+        return None, EXIT_DIST_FAILURE
+    except StoppedWhileLoadingData as e:  # the signal reached the loader's workers too
+        last = find_last_checkpoint(output_dir)
+        resume = f"continue from {last} with: --resume" if last else "no checkpoint yet: start again"
+        print(f"{e}; {resume} (output: {output_dir})")
+        return None, EXIT_STOPPED_BY_SIGNAL
+    except StoppedBeforeTraining as e:  # during the evaluation a resumed run redoes first
+        print(f"{e}; continue with: --resume (output: {output_dir})")
+        return None, EXIT_STOPPED_BY_SIGNAL
+    except EvaluationInterrupted as e:  # --eval-only (training catches its own)
+        print(f"stopped: {e}; run --eval-only again to evaluate (output: {output_dir})")
+        return None, EXIT_STOPPED_BY_SIGNAL
+    except CheckpointWriteError as e:
+        _error(e)
+        return None, EXIT_OUTPUT_ERROR
+    except tuple(user_errors) as e:
+        if on_user_error is not None:
+            on_user_error(e)
+        _error(e)
+        return None, EXIT_USER_ERROR
+    except OSError as e:
+        # Disk full, quota, permissions, read-only file system while writing logs,
+        # metrics or evaluation files: the OS reason and the file, not a traceback.
+        where = e.filename if e.filename else f"writing into {output_dir}"
+        _error(f"{where}: {describe_os_error(e)}; check free space and permissions of {output_dir}")
+        return None, EXIT_OUTPUT_ERROR
+    if result.get("stop"):
+        print(result["stop"]["message"])
+        return None, EXIT_STOPPED_BY_SIGNAL
+    return result, EXIT_OK
