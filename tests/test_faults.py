@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from detectron_res.engine.checkpoint import (
     load_checkpoint,
 )
 from detectron_res.engine.hooks import HookBase
+from two_ranks import start_two_ranks, stop_ranks, wait_until_training
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_NET = ROOT / "tools" / "train_net.py"
@@ -594,44 +594,23 @@ def test_train_net_output_dir_not_creatable_exits_6(tmp_path, data_root, monkeyp
 # ---------------------------------------------------------------------------
 # distributed: a rank that hangs (SIGSTOP) rather than dies
 # ---------------------------------------------------------------------------
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_hung_rank_makes_the_other_exit_within_the_timeout(tmp_path, data_root):
     """Rank 1 is frozen with SIGSTOP (its sockets stay open, so no connection error
     tells rank 0 anything): rank 0 must exit with status 4 and a one-line error at
     the deadline dist.timeout_s, not hang.  (tests/test_train_net.py kills a rank.)"""
     timeout_s = 6
-    port = _free_port()
     out = tmp_path / "hung"
-    procs = []
-    for rank in (0, 1):
-        env = dict(os.environ, DETECTRON_RES_DATASETS=str(data_root), OMP_NUM_THREADS="1", RANK=str(rank),
-                   LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen(
-            [sys.executable, str(TRAIN_NET), *map(str, tiny_args(out, "solver.max_iter=100000",
-                                                                  f"dist.timeout_s={timeout_s}"))],
-            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    procs = start_two_ranks(TRAIN_NET, tiny_args(out, "solver.max_iter=100000", f"dist.timeout_s={timeout_s}"),
+                            data_root=data_root, cwd=ROOT)
     try:
-        deadline = time.time() + 180
-        while not (out / "metrics.json").exists() or not (out / "metrics.json").read_text():
-            assert all(p.poll() is None for p in procs), procs[0].stderr.read()[-2000:]
-            assert time.time() < deadline, "training did not start"
-            time.sleep(0.05)
+        wait_until_training(out, procs)
         procs[1].send_signal(signal.SIGSTOP)
         start = time.time()
         _, err = procs[0].communicate(timeout=120)
         waited = time.time() - start
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGCONT)
-                p.kill()
-                p.wait()
+        stop_ranks(procs)
     assert procs[0].returncode == 4, err[-2000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: rank 0/2:") and "another rank probably died or hung" in last, last

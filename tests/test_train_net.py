@@ -25,6 +25,7 @@ import torch
 
 from detectron_res.data.shapes import generate_shapes_dataset
 from detectron_res.engine.checkpoint import find_last_checkpoint, load_checkpoint
+from two_ranks import start_two_ranks, stop_ranks, wait_until_training
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_NET = str(ROOT / "tools" / "train_net.py")
@@ -305,44 +306,22 @@ def test_user_errors_are_one_line(tmp_path, data_root, monkeypatch, capsys):
     assert code == 2 and "--eval-only needs a trained detector" in err
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_dead_rank_makes_the_other_exit_with_clear_error(tmp_path, data_root):
     """Two processes joined by environment variables (as torchrun sets them, but
     without torchrun's agent, which would stop the survivor itself): rank 1 is
     killed; rank 0 must exit with status 4 and a one-line error, not hang."""
-    port = _free_port()
     out = tmp_path / "dead"
-    procs = []
-    for rank in (0, 1):
-        env = dict(os.environ, DETECTRON_RES_DATASETS=str(data_root), OMP_NUM_THREADS="1", RANK=str(rank),
-                   LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen(
-            [sys.executable, TRAIN_NET, *shapes_args(out, "solver.max_iter=100000", "solver.ims_per_batch=2",
-                                                     "dist.timeout_s=30")],
-            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    procs = start_two_ranks(TRAIN_NET, shapes_args(out, "solver.max_iter=100000", "solver.ims_per_batch=2",
+                                                   "dist.timeout_s=30"), data_root=data_root, cwd=ROOT)
     try:
-        deadline = time.time() + 180
-        while not (out / "metrics.json").exists() or not (out / "metrics.json").read_text():
-            assert all(p.poll() is None for p in procs), procs[0].stderr.read()[-2000:]
-            assert time.time() < deadline, "training did not start"
-            time.sleep(0.05)
+        wait_until_training(out, procs)
         procs[1].send_signal(signal.SIGKILL)
         start = time.time()
         _, err = procs[0].communicate(timeout=120)
         waited = time.time() - start
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        stop_ranks(procs)
     assert procs[0].returncode == 4, err[-2000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: rank 0/2:") and "another rank probably died or hung" in last, last
