@@ -39,10 +39,11 @@ from detectron_res.classification.train import ClassifierLRScheduler, train_clas
 from detectron_res.config import load_config
 from detectron_res.engine.checkpoint import CheckpointError, load_checkpoint
 from detectron_res.engine.events import read_metrics_json
-from detectron_res.engine.hooks import HookBase
+from detectron_res.exit_status import EXIT_OUTPUT_ERROR, EXIT_STOPPED_BY_SIGNAL
 from detectron_res.engine.launch import initialize_weights
 from detectron_res.modeling.build import build_model
 from detectron_res.weights import load_imagenet_weights
+from signal_helpers import SignalBeforeIteration
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,30 +162,19 @@ def test_resume_continues_exactly(cifar_root, tmp_path):
     assert grad_a == grad_b
 
 
-class _SignalBeforeIteration(HookBase):
-    """Sends a real ``signum`` to this process before iteration ``at``."""
-
-    def __init__(self, at, signum):
-        self.at, self.signum = at, signum
-
-    def before_step(self):
-        if self.trainer.iter == self.at:
-            os.kill(os.getpid(), self.signum)
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
 def test_signal_checkpoints_exits_5_and_resume_finishes(cifar_root, tmp_path, monkeypatch, capsys, signum):
     import detectron_res.classification.train as classifier_train
 
     original = classifier_train.default_hooks
     monkeypatch.setattr(classifier_train, "default_hooks",
-                        lambda **kwargs: original(**kwargs) + [_SignalBeforeIteration(2, signum)])
+                        lambda **kwargs: original(**kwargs) + [SignalBeforeIteration(2, signum)])
     tool = _load_tool("train_classifier")
     out = tmp_path / "run"
     args = ["--config", "cifar10_resnet20.yaml", "--output-dir", str(out), "--device", "cpu",
             *_cifar_overrides(cifar_root, "model.depth=8", "solver.max_iter=6", "test.eval_period=0")]
     previous = signal.getsignal(signum)
-    assert tool.main(args) == tool.EXIT_STOPPED_BY_SIGNAL == 5
+    assert tool.main(args) == EXIT_STOPPED_BY_SIGNAL == 5
     name = signal.Signals(signum).name
     ckpt = out / "model_0000002.pth"
     assert capsys.readouterr().out.strip().splitlines()[-1] == (
@@ -205,7 +195,7 @@ def test_unwritable_output_directory_exits_6(cifar_root, tmp_path, capsys):
     code = tool.main(["--config", "cifar10_resnet20.yaml", "--output-dir", str(blocker / "run"), "--device", "cpu",
                       *_cifar_overrides(cifar_root, "model.depth=8", "solver.max_iter=2", "test.eval_period=0")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == tool.EXIT_OUTPUT_ERROR == 6, err
+    assert code == EXIT_OUTPUT_ERROR == 6, err
     assert len(err) == 1 and err[0].startswith("error: ") and str(blocker) in err[0], err
 
 

@@ -6,7 +6,6 @@ the optimizer momentum and the LR schedule are all restored.
 """
 import json
 import logging
-import os
 import signal
 
 import pytest
@@ -17,6 +16,7 @@ from detectron_res.engine.checkpoint import Checkpointer, find_last_checkpoint, 
 from detectron_res.engine.hooks import HookBase, default_hooks
 from detectron_res.engine.solver import WarmupMultiStepLR, build_optimizer
 from detectron_res.engine.trainer import NonFiniteLossError, Trainer
+from signal_helpers import SignalBeforeIteration
 
 W_TRUE = torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
 
@@ -86,15 +86,6 @@ class Crash(HookBase):
     def after_step(self):
         if self.trainer.iter == self.at:
             raise KeyboardInterrupt
-
-
-class SendSignal(HookBase):
-    def __init__(self, at, signum):
-        self.at, self.signum = at, signum
-
-    def before_step(self):
-        if self.trainer.iter == self.at:
-            os.kill(os.getpid(), self.signum)
 
 
 def weights(trainer):
@@ -173,7 +164,7 @@ def test_signal_checkpoints_and_stops(tmp_path, signum):
     ref.train()
 
     run = tmp_path / "run"
-    t = make_trainer(run, max_iter=8, extra_hooks=[SendSignal(at=4, signum=signum)])
+    t = make_trainer(run, max_iter=8, extra_hooks=[SignalBeforeIteration(at=4, signum=signum)])
     t.train()  # returns normally
     assert not t.completed and t.iter == 4
     assert find_last_checkpoint(run).name == "model_0000004.pth"

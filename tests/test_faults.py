@@ -30,7 +30,8 @@ from detectron_res.engine.checkpoint import (
     find_last_checkpoint,
     load_checkpoint,
 )
-from detectron_res.engine.hooks import HookBase
+from signal_helpers import SignalBeforeIteration, signal_test_loaders
+from detectron_res.exit_status import EXIT_OUTPUT_ERROR, EXIT_STOPPED_BY_SIGNAL
 from two_ranks import start_two_ranks, stop_ranks, wait_until_training
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,17 +154,6 @@ def test_stale_temporaries_of_killed_writes_are_removed(tmp_path):
 # ---------------------------------------------------------------------------
 # SIGTERM / SIGUSR1
 # ---------------------------------------------------------------------------
-class SendSignalAt(HookBase):
-    """Sends ``signum`` to this process before iteration ``at`` (a real signal)."""
-
-    def __init__(self, at, signum):
-        self.at, self.signum = at, signum
-
-    def before_step(self):
-        if self.trainer.iter == self.at:
-            os.kill(os.getpid(), self.signum)
-
-
 def add_hook(monkeypatch, hook):
     original = launch.default_hooks
 
@@ -178,28 +168,8 @@ def signal_during_inference(monkeypatch, signum, at_batch):
     returns the list of batches handed out, per evaluation."""
     import detectron_res.data.loader as loader_module
 
-    original = loader_module.build_test_loader
-    handed_out = []
-
-    class Signalling:
-        def __init__(self, loader):
-            self.loader = loader
-
-        def __getattr__(self, name):
-            return getattr(self.loader, name)
-
-        def __len__(self):
-            return len(self.loader)
-
-        def __iter__(self):
-            handed_out.append(0)
-            for i, batch in enumerate(self.loader):
-                if i == at_batch:
-                    os.kill(os.getpid(), signum)
-                handed_out[-1] += 1
-                yield batch
-
-    monkeypatch.setattr(loader_module, "build_test_loader", lambda *a, **k: Signalling(original(*a, **k)))
+    replacement, handed_out = signal_test_loaders(signum, at_batch)
+    monkeypatch.setattr(loader_module, "build_test_loader", replacement)
     return handed_out
 
 
@@ -208,10 +178,10 @@ def test_signal_during_training_checkpoints_and_exits_5(tmp_path, data_root, mon
     name = signal.Signals(signum).name
     previous = signal.getsignal(signum)
     out = tmp_path / "run"
-    add_hook(monkeypatch, SendSignalAt(2, signum))
+    add_hook(monkeypatch, SignalBeforeIteration(2, signum))
     code, stdout, err = run_main(tiny_args(out, "solver.max_iter=20", "solver.checkpoint_period=100"),
                                  data_root, monkeypatch, capsys)
-    assert code == train_net.EXIT_STOPPED_BY_SIGNAL == 5, err[-2000:]
+    assert code == EXIT_STOPPED_BY_SIGNAL == 5, err[-2000:]
     ckpt = out / "model_0000002.pth"
     assert stdout.strip().splitlines()[-1] == (
         f"stopped by {name} after 3 of 20 iterations; checkpoint {ckpt} written; continue with: --resume "
@@ -270,27 +240,11 @@ def evaluations(out):
 
 # Runs tools/train_net.py and SIGKILLs it while the first evaluation reads its second batch.
 _KILLED_DURING_FIRST_EVALUATION = """
-import os, runpy, signal, sys
+import runpy, signal, sys
 import detectron_res.data.loader as loader_module
+from signal_helpers import signal_test_loaders
 
-original = loader_module.build_test_loader
-evaluations = []
-
-class KillAtSecondBatch:
-    def __init__(self, loader):
-        self.loader = loader
-    def __getattr__(self, name):
-        return getattr(self.loader, name)
-    def __len__(self):
-        return len(self.loader)
-    def __iter__(self):
-        evaluations.append(1)
-        for i, batch in enumerate(self.loader):
-            if i == 1 and len(evaluations) == 1:
-                os.kill(os.getpid(), signal.SIGKILL)
-            yield batch
-
-loader_module.build_test_loader = lambda *a, **k: KillAtSecondBatch(original(*a, **k))
+loader_module.build_test_loader = signal_test_loaders(signal.SIGKILL, at_batch=1, evaluation=1)[0]
 sys.argv = [sys.argv[1], *sys.argv[2:]]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -304,7 +258,7 @@ def test_sigkill_during_periodic_evaluation_is_redone_on_resume(tmp_path, data_r
     wrapper = tmp_path / "killed_during_eval.py"
     wrapper.write_text(_KILLED_DURING_FIRST_EVALUATION)
     env = dict(os.environ, OMP_NUM_THREADS="1", DETECTRON_RES_DATASETS=str(data_root),
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, str(wrapper), str(TRAIN_NET), *map(str, tiny_args(out, *common, evaluate=True))],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
@@ -565,7 +519,7 @@ def test_train_net_disk_full_exits_6_then_resumes(tmp_path, data_root, monkeypat
     out = tmp_path / "run"
     dev_full_for(monkeypatch, ".model_0000003.pth.")
     code, _, err = run_main(tiny_args(out, *common), data_root, monkeypatch, capsys)
-    assert code == train_net.EXIT_OUTPUT_ERROR == 6
+    assert code == EXIT_OUTPUT_ERROR == 6
     assert err.strip().splitlines()[-1] == (
         f"error: cannot write checkpoint {out / 'model_0000003.pth'}: No space left on device [ENOSPC]; the previous "
         f"checkpoint {out / 'model_0000001.pth'} is intact and last_checkpoint still names it; free disk space or "

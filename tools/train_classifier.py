@@ -48,15 +48,7 @@ from detectron_res.classification.config import (  # noqa: E402
     add_classifier_config_arguments,
     classifier_config_from_args,
 )
-from detectron_res.exit_status import (  # noqa: E402,F401  (the statuses are part of this tool's interface)
-    EXIT_DIST_FAILURE,
-    EXIT_NON_FINITE_LOSS,
-    EXIT_OK,
-    EXIT_OUTPUT_ERROR,
-    EXIT_STOPPED_BY_SIGNAL,
-    EXIT_USER_ERROR,
-    run_job,
-)
+from detectron_res.exit_status import EXIT_OK, run_job  # noqa: E402  (the statuses: detectron_res/exit_status.py)
 
 _DEFAULT_OUTPUT_DIR = "output/default"
 

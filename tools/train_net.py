@@ -50,15 +50,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from detectron_res.config import add_config_arguments, config_from_args  # noqa: E402
-from detectron_res.exit_status import (  # noqa: E402,F401  (the statuses are part of this tool's interface)
-    EXIT_DIST_FAILURE,
-    EXIT_NON_FINITE_LOSS,
-    EXIT_OK,
-    EXIT_OUTPUT_ERROR,
-    EXIT_STOPPED_BY_SIGNAL,
-    EXIT_USER_ERROR,
-    run_job,
-)
+from detectron_res.exit_status import EXIT_OK, run_job  # noqa: E402  (the statuses: detectron_res/exit_status.py)
 
 _DEFAULT_OUTPUT_DIR = "output/default"  # the schema's default: replaced by output/<config stem>
 
