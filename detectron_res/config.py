@@ -218,6 +218,7 @@ class TestConfig:
     eval_period: int = 0  # 0 = evaluate only at the end of training
     evaluators: List[str] = field(default_factory=list)  # empty = by dataset format
     voc_year: str = ""  # "" = from the dataset; 2007 selects the 11-point metric
+    voc_protocol: str = "devkit"  # devkit (official MATLAB, bit for bit) | py-faster-rcnn (its voc_eval.py)
     best_metric: str = ""  # e.g. "voc/mAP50": keep model_best.pth by this metric
     images_per_batch: int = 1
 
@@ -251,6 +252,7 @@ CHOICES: Dict[str, Sequence[str]] = {
     "model.input_format": ("BGR", "RGB"),
     "model.roi_heads.pooler_type": ("ROIPool", "ROIAlign", "ROIAlignV2"),
     "solver.amp.dtype": ("bf16", "fp16"),
+    "test.voc_protocol": ("devkit", "py-faster-rcnn"),
 }
 
 

@@ -8,7 +8,10 @@ The results directory holds one ``comp4_det_<split>_<class>.txt`` per class, lin
 ``<image_id> <score> <xmin> <ymin> <xmax> <ymax>`` in 1-based inclusive pixels, as
 written by this toolkit or any other (py-faster-rcnn, Detectron, mmdetection ...).
 The metric follows the year (2007: 11-point AP; 2010+: area) unless --metric says
-otherwise. VOC2012 test labels are not public: ``--pack OUT.tar.gz`` packs the
+otherwise. ``--protocol devkit`` (default) scores exactly as the official MATLAB
+devkit; ``--protocol py-faster-rcnn`` exactly as py-faster-rcnn's voc_eval.py (which
+Detectron2 and most Python toolkits copy), to compare with the numbers they publish
+(README, "Evaluation"). VOC2012 test labels are not public: ``--pack OUT.tar.gz`` packs the
 files as the evaluation server expects (``results/VOC2012/Main/...``) instead.
 
 Exit status: 0 on success, 2 on a usage or data error (one line on stderr).
@@ -26,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from detectron_res.evaluation.report import write_json  # noqa: E402
 from detectron_res.evaluation.voc import (  # noqa: E402
     VOC_CLASSES,
+    VOC_PROTOCOLS,
     evaluate_voc,
     format_voc_table,
     load_devkit_ground_truth,
@@ -45,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default="", help="comma-separated class names (default: the 20 VOC classes)")
     p.add_argument("--metric", choices=("auto", "11point", "area"), default="auto",
                    help="AP definition; auto = by year (2007-2009: 11point, 2010+: area)")
+    p.add_argument("--protocol", choices=VOC_PROTOCOLS, default="devkit",
+                   help="devkit: the official MATLAB devkit, bit for bit (default); py-faster-rcnn: its "
+                        "voc_eval.py, bit for bit (thresholds np.arange(0., 1.1, 0.1), IoU > 0.5, unstable sort)")
     p.add_argument("--json", help="also write the metrics (percent) to this JSON file")
     p.add_argument("--pack", metavar="OUT_TGZ",
                    help="instead of scoring, pack the files for the VOC evaluation server into this .tar.gz")
@@ -90,14 +97,16 @@ def main(argv=None) -> int:
         gt = load_devkit_ground_truth(args.voc_root, args.year, args.split, class_names)
         _check_ground_truth(args.voc_root, str(args.year), args.split)
         detections = read_comp4(args.results_dir, args.split, class_names)
-        metrics, _ = evaluate_voc(gt, detections, use_07_metric=use_07)
+        metrics, _ = evaluate_voc(gt, detections, use_07_metric=use_07, protocol=args.protocol)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     metric = "11-point" if use_07 else "area"
-    print(format_voc_table(metrics, title=f"VOC{args.year} {args.split}: {gt.num_images} images, {metric} AP (%)"))
+    print(format_voc_table(metrics, title=f"VOC{args.year} {args.split}: {gt.num_images} images, {metric} AP (%), "
+                                          f"{args.protocol} protocol"))
     if args.json:
-        write_json(args.json, {**metrics, "year": str(args.year), "split": args.split, "metric": metric}, indent=2)
+        write_json(args.json, {**metrics, "year": str(args.year), "split": args.split, "metric": metric,
+                               "protocol": args.protocol}, indent=2)
         print(f"wrote {args.json}")
     return 0
 

@@ -234,7 +234,8 @@ def build_evaluators(cfg, dataset, output_dir: str | os.PathLike) -> list:
     """The evaluators of ``cfg.test.evaluators`` (by dataset format when empty).
 
     The VOC evaluator uses ``test.voc_year``, else the dataset's year, else 2007
-    (the 11-point metric of Table 7) for datasets that have none (COCO json, YOLO).
+    (the 11-point metric of Table 7) for datasets that have none (COCO json, YOLO),
+    and the protocol ``test.voc_protocol`` (devkit or py-faster-rcnn).
     """
     from ..evaluation import COCOEvaluator, VOCEvaluator
 
@@ -245,7 +246,7 @@ def build_evaluators(cfg, dataset, output_dir: str | os.PathLike) -> list:
             evaluators.append(COCOEvaluator(dataset, output_dir=out))
         else:
             year = str(cfg.test.voc_year or dataset.extra.get("year") or "2007")
-            evaluators.append(VOCEvaluator(dataset, year=year, output_dir=out))
+            evaluators.append(VOCEvaluator(dataset, year=year, protocol=cfg.test.voc_protocol, output_dir=out))
     return evaluators
 
 

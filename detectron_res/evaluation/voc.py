@@ -1,22 +1,31 @@
-"""PASCAL VOC evaluation, following the devkit's rules exactly, vectorized.
+"""PASCAL VOC evaluation, bit for bit as the official devkit (or py-faster-rcnn), vectorized.
 
-The protocol (VOCdevkit ``VOCevaldet.m``; py-faster-rcnn ``voc_eval.py``; see
-shared/PAPER_FACTS.md "Evaluation protocols"), per class:
+Two protocols (``protocol=``; see shared/PAPER_FACTS.md "Evaluation protocols"):
+``"devkit"``, the official MATLAB devkit (``VOCevaldet.m``, ``VOCap.m``), the
+default; ``"py-faster-rcnn"``, its ``lib/datasets/voc_eval.py``, which Detectron2
+and most Python toolkits copy. Per class:
 
 1. All detections of the class over the whole test set are sorted by descending
-   score. The sort is stable (MATLAB's ``sort`` is), so equal scores keep the order
-   in which the detections were given (the line order of a comp4 file).
+   score. devkit: the sort is stable (MATLAB's ``sort`` is), so equal scores keep
+   the order in which the detections were given (the line order of a comp4 file).
+   py-faster-rcnn: ``np.argsort(-confidence)``, numpy's default unstable sort.
 2. Each detection takes the ground-truth box of its image with the largest IoU.
    IoU uses the devkit's inclusive-pixel "+1" convention: a box ``xmin..xmax`` is
    ``xmax - xmin + 1`` pixels wide.
-3. The detection is a match only if that IoU is strictly greater than the threshold
-   (0.5). A match to a "difficult" object is ignored (neither true nor false
-   positive); a match to an object already taken by a higher-scoring detection is a
-   false positive (duplicate); no match is a false positive.
+3. The detection is a match only if that IoU is at least the threshold 0.5
+   (devkit: ``ovmax >= VOCopts.minoverlap``) or strictly greater (py-faster-rcnn:
+   ``ovmax > ovthresh``). A match to a "difficult" object is ignored (neither true
+   nor false positive); a match to an object already taken by a higher-scoring
+   detection is a false positive (duplicate); no match is a false positive.
 4. Only non-difficult objects count as positives (the recall denominator).
-5. AP: VOC2007 (and 2008/2009) use the 11-point interpolated AP, the mean over
-   recall thresholds ``t = 0, 0.1, ..., 1`` of the largest precision at recall
-   ``>= t``; VOC2010 and later use the area under the monotone precision envelope.
+5. AP: VOC2007 (and 2008/2009) use the 11-point interpolated AP, ``ap = ap + p /
+   11`` over recall thresholds ``t`` from ``0:0.1:1`` of ``p``, the largest
+   precision at recall ``>= t``. The devkit's thresholds are MATLAB's colon
+   operator's doubles (0.30000000000000004 but 0.6 and 0.7), py-faster-rcnn's
+   those of ``np.arange(0., 1.1, 0.1)`` (0.30000000000000004, 0.6000000000000001,
+   0.7000000000000001): the two disagree when a recall is exactly 0.6 or 0.7.
+   VOC2010 and later use the area under the monotone precision envelope (the same
+   in both).
 
 Step 3 has a property that makes the whole computation vectorizable: the ground
 truth a detection is compared with (the max-IoU box of step 2) does not depend on
@@ -58,6 +67,10 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "VOC_CLASSES",
     "VOC_IOU_THRESHOLDS",
+    "VOC_PROTOCOLS",
+    "DEVKIT_RECALL_THRESHOLDS",
+    "PY_FASTER_RCNN_RECALL_THRESHOLDS",
+    "matlab_colon",
     "ClassDetections",
     "VOCGroundTruth",
     "VOCEvaluator",
@@ -94,39 +107,97 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 # ----------------------------------------------------------------------------
-# AP from a precision/recall curve
+# The two protocols and AP from a precision/recall curve
 # ----------------------------------------------------------------------------
-def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> float:
+# "devkit": the official MATLAB devkit (VOCevaldet.m / VOCap.m), bit for bit.
+# "py-faster-rcnn": py-faster-rcnn's lib/datasets/voc_eval.py (copied by Detectron2
+#     and most Python toolkits), bit for bit. It differs from the devkit in three
+#     places, each of which moves AP only on exact ties:
+#       - the 11 recall thresholds (see DEVKIT_RECALL_THRESHOLDS below);
+#       - a match needs IoU > 0.5 (the devkit: ``ovmax >= VOCopts.minoverlap``);
+#       - detections are sorted with ``np.argsort(-confidence)`` (quicksort, not
+#         stable) instead of MATLAB's stable ``sort``.
+VOC_PROTOCOLS: Tuple[str, ...] = ("devkit", "py-faster-rcnn")
+
+
+def matlab_colon(start: float, step: float, stop: float) -> Tuple[float, ...]:
+    """The doubles of MATLAB's ``start:step:stop``, as MATLAB computes them.
+
+    MATLAB's colon operator does not accumulate ``start + k * step`` over the whole
+    vector: with ``n = round((stop - start) / step)`` intervals it computes the first
+    half as ``start + k * step`` and the second half as ``stop - (n - k) * step``
+    (and, for even ``n``, the middle element as ``(start + stop) / 2``). For
+    ``0:0.1:1`` that gives 0.30000000000000004 (= 3 * 0.1) but 0.6 (= 1 - 4 * 0.1)
+    and 0.7 (= 1 - 3 * 0.1), where ``np.arange(0., 1.1, 0.1)`` gives
+    0.6000000000000001 and 0.7000000000000001.
+    """
+    n = int(round((stop - start) / step))
+    out = [0.0] * (n + 1)
+    for k in range(n // 2 + 1):
+        out[k] = start + k * step
+        out[n - k] = stop - k * step
+    if n % 2 == 0:
+        out[n // 2] = (start + stop) / 2.0
+    return tuple(out)
+
+
+# The official devkit's 11-point thresholds: VOCevaldet.m loops ``for t=0:0.1:1``.
+DEVKIT_RECALL_THRESHOLDS: Tuple[float, ...] = matlab_colon(0.0, 0.1, 1.0)
+# py-faster-rcnn's voc_eval.py: ``for t in np.arange(0., 1.1, 0.1)``.
+PY_FASTER_RCNN_RECALL_THRESHOLDS: Tuple[float, ...] = tuple(float(t) for t in np.arange(0.0, 1.1, 0.1))
+
+
+def check_voc_protocol(protocol: str, where: str = "protocol") -> str:
+    """``protocol`` if it is one of :data:`VOC_PROTOCOLS`, else a ValueError naming ``where``."""
+    if protocol not in VOC_PROTOCOLS:
+        raise ValueError(f"{where} is {protocol!r}; expected one of {', '.join(VOC_PROTOCOLS)}")
+    return protocol
+
+
+def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool, protocol: str = "devkit") -> float:
     """Average precision of one class from its cumulative recall/precision arrays.
 
     Args:
         recall: ``float [D]`` recall after each detection (non-decreasing).
-        precision: ``float [D]`` precision after each detection.
-        use_07_metric: True for the VOC2007 11-point interpolated AP: the mean over
-            ``t = 0, 0.1, ..., 1`` of ``max(precision[recall >= t])`` (0 if empty).
-            The thresholds are exactly ``k / 10`` (py-faster-rcnn's
-            ``np.arange(0., 1.1, 0.1)`` yields 0.30000000000000004, ...; the two
-            differ only when a recall equals one of those values exactly).
-            False for VOC2010+: the area under the precision envelope
-            (``precision`` made non-increasing from the right), summed where the
-            recall changes.
+        precision: ``float [D]`` precision after each detection. NaN marks the 0/0
+            of a prefix holding only detections matched to difficult objects (the
+            devkit's ``tp ./ (fp + tp)``); like MATLAB's ``max``, the AP ignores it.
+        use_07_metric: True for the VOC2007 11-point interpolated AP: ``ap = ap +
+            p / 11`` over the 11 recall thresholds ``t`` of ``protocol``, ``p`` the
+            largest precision at recall ``>= t`` (0 if there is none; NaN if all of
+            them are NaN, as in MATLAB). The sum is accumulated in that order, as
+            both references do, so a perfect class scores 1.0000000000000002.
+            False for VOC2010+: the area under the precision envelope (``precision``
+            made non-increasing from the right), summed where the recall changes;
+            the same in both protocols.
+        protocol: ``"devkit"`` (thresholds from MATLAB's ``0:0.1:1``) or
+            ``"py-faster-rcnn"`` (``np.arange(0., 1.1, 0.1)``).
 
     Returns:
-        AP as a fraction in ``[0, 1]``.
+        AP as a fraction in ``[0, 1]`` (up to the last bit, see above).
     """
     recall = np.asarray(recall, dtype=np.float64)
     precision = np.asarray(precision, dtype=np.float64)
     if use_07_metric:
-        points = []
-        for k in range(11):
-            above = precision[recall >= k / 10.0]
-            points.append(float(above.max()) if above.size else 0.0)
-        # sum / 11 rather than 11 additions of p / 11: perfect detections give exactly 1.0
-        return sum(points) / 11.0
+        thresholds = (
+            DEVKIT_RECALL_THRESHOLDS if check_voc_protocol(protocol) == "devkit" else PY_FASTER_RCNN_RECALL_THRESHOLDS
+        )
+        ap = 0.0
+        for t in thresholds:
+            above = precision[recall >= t]
+            if above.size == 0:
+                p = 0.0
+            elif np.isnan(above).all():
+                p = math.nan  # MATLAB: max of an all-NaN vector is NaN
+            else:
+                p = float(np.nanmax(above))  # MATLAB's max skips NaN
+            ap = ap + p / 11.0
+        return ap
     mrec = np.concatenate(([0.0], recall, [1.0]))
     mpre = np.concatenate(([0.0], precision, [0.0]))
-    # precision envelope: the max precision at any recall to the right
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    # precision envelope: the max precision at any recall to the right (fmax: as
+    # MATLAB's max, a NaN loses against any number)
+    mpre = np.fmax.accumulate(mpre[::-1])[::-1]
     changes = np.flatnonzero(mrec[1:] != mrec[:-1])
     return float(np.sum((mrec[changes + 1] - mrec[changes]) * mpre[changes + 1]))
 
@@ -336,10 +407,14 @@ def _eval_one_threshold(
     num_pos: int,
     iou_thresh: float,
     use_07_metric: bool,
+    protocol: str,
 ) -> Tuple[float, np.ndarray, np.ndarray]:
     """AP, precision and recall for detections already sorted by descending score."""
     num_dets = len(ovmax)
-    matched = ovmax > iou_thresh  # strictly greater, as py-faster-rcnn's voc_eval
+    if protocol == "devkit":
+        matched = ovmax >= iou_thresh  # VOCevaldet.m: if ovmax>=VOCopts.minoverlap
+    else:
+        matched = ovmax > iou_thresh  # voc_eval.py: if ovmax > ovthresh
     on_difficult = np.zeros(num_dets, dtype=bool)
     on_difficult[matched] = gt_difficult[jmax[matched]]
     candidates = np.flatnonzero(matched & ~on_difficult)
@@ -352,13 +427,18 @@ def _eval_one_threshold(
     fp = 1.0 - tp - on_difficult  # a match to a difficult object is neither
     tp = np.cumsum(tp)
     fp = np.cumsum(fp)
-    precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+    if protocol == "devkit":
+        # prec=tp./(fp+tp): 0/0 = NaN while only difficult objects have been matched
+        with np.errstate(invalid="ignore"):
+            precision = tp / (tp + fp)
+    else:
+        precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
     if num_pos == 0:
         # No positives: recall (and so AP) is undefined; reported as NaN and left
         # out of the mean.
         return math.nan, precision, np.full(num_dets, np.nan)
     recall = tp / float(num_pos)
-    return voc_ap(recall, precision, use_07_metric=use_07_metric), precision, recall
+    return voc_ap(recall, precision, use_07_metric=use_07_metric, protocol=protocol), precision, recall
 
 
 def _check_class_detections(dets: Mapping[str, Any], where: str) -> Tuple[Sequence[Hashable], np.ndarray, np.ndarray]:
@@ -385,15 +465,22 @@ def _eval_class_packed(
     dets: Mapping[str, Any],
     iou_threshs: Sequence[float],
     use_07_metric: bool,
+    protocol: str,
 ) -> List[Tuple[float, np.ndarray, np.ndarray]]:
+    check_voc_protocol(protocol)
     where = f"class '{gt.class_names[label - 1]}'"
     image_ids, scores, boxes = _check_class_detections(dets, where)
     rows = gt.rows(image_ids, where=f"detections of {where}")
-    order = np.argsort(-scores, kind="stable")  # MATLAB's sort is stable
+    if protocol == "devkit":
+        order = np.argsort(-scores, kind="stable")  # [sc,si]=sort(-confidence): MATLAB's sort is stable
+    else:
+        # voc_eval.py: sorted_ind = np.argsort(-confidence), numpy's default
+        # (introsort, not stable): equal scores come out in that algorithm's order
+        order = np.argsort(-scores)
     offsets, gt_boxes, gt_difficult = gt.for_class(label)
     ovmax, jmax = _max_iou_match(offsets, gt_boxes, rows[order], _to_inclusive(boxes[order]))
     num_pos = gt.num_positives(label)
-    return [_eval_one_threshold(ovmax, jmax, gt_difficult, num_pos, t, use_07_metric) for t in iou_threshs]
+    return [_eval_one_threshold(ovmax, jmax, gt_difficult, num_pos, t, use_07_metric, protocol) for t in iou_threshs]
 
 
 def voc_eval_class_thresholds(
@@ -402,6 +489,7 @@ def voc_eval_class_thresholds(
     *,
     iou_threshs: Sequence[float],
     use_07_metric: bool,
+    protocol: str = "devkit",
 ) -> List[Tuple[float, np.ndarray, np.ndarray]]:
     """:func:`voc_eval_class` at several IoU thresholds (the matching is computed once)."""
     image_ids = list(gt_by_image)
@@ -421,7 +509,7 @@ def voc_eval_class_thresholds(
         difficult=difficult,
         class_names=["class"],
     )
-    return _eval_class_packed(gt, 1, dets, iou_threshs, use_07_metric)
+    return _eval_class_packed(gt, 1, dets, iou_threshs, use_07_metric, protocol)
 
 
 def voc_eval_class(
@@ -430,23 +518,29 @@ def voc_eval_class(
     *,
     iou_thresh: float = 0.5,
     use_07_metric: bool,
+    protocol: str = "devkit",
 ) -> Tuple[float, np.ndarray, np.ndarray]:
-    """Devkit AP of one class.
+    """AP of one class, by the devkit's or py-faster-rcnn's rules (``protocol``).
 
     Args:
         gt_by_image: EVERY test image (also those without an object of the class) ->
             ``{"boxes": float [G, 4] toolkit boxes, "difficult": bool [G] (optional)}``.
         dets: ``{"image_ids": [D], "scores": [D], "boxes": [D, 4] toolkit boxes}``;
             every image id must be a key of ``gt_by_image`` (compared as strings).
-        iou_thresh: a detection matches when its IoU is strictly greater.
+        iou_thresh: a detection matches when its IoU is at least this (devkit) or
+            strictly greater (py-faster-rcnn).
         use_07_metric: 11-point AP (VOC2007) or area under the envelope (VOC2010+).
+        protocol: ``"devkit"`` or ``"py-faster-rcnn"`` (see :data:`VOC_PROTOCOLS`).
 
     Returns:
         ``(ap, precision, recall)``: AP as a fraction (NaN when the class has no
         non-difficult object), and ``float64 [D]`` cumulative precision and recall
-        in descending-score order (recall NaN without positives).
+        in descending-score order (recall NaN without positives; with the devkit,
+        precision NaN while only difficult objects have been matched).
     """
-    return voc_eval_class_thresholds(gt_by_image, dets, iou_threshs=[iou_thresh], use_07_metric=use_07_metric)[0]
+    return voc_eval_class_thresholds(
+        gt_by_image, dets, iou_threshs=[iou_thresh], use_07_metric=use_07_metric, protocol=protocol
+    )[0]
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -460,6 +554,7 @@ def evaluate_voc(
     *,
     use_07_metric: bool,
     iou_threshs: Sequence[float] = VOC_IOU_THRESHOLDS,
+    protocol: str = "devkit",
 ) -> Tuple[Dict[str, Any], Dict[str, Dict[str, Any]]]:
     """Score a whole test set.
 
@@ -470,6 +565,8 @@ def evaluate_voc(
         use_07_metric: 11-point AP (VOC2007) or area (VOC2010+).
         iou_threshs: thresholds of the extra ``mAP50_95``; must contain 0.5 (and
             0.75 for ``mAP75``).
+        protocol: ``"devkit"`` (the official MATLAB devkit, bit for bit) or
+            ``"py-faster-rcnn"`` (its ``voc_eval.py``, bit for bit).
 
     Returns:
         ``(metrics, pr_curves)``. ``metrics`` (percent): ``mAP50`` (the VOC metric,
@@ -493,7 +590,7 @@ def evaluate_voc(
     per_class_50_95: Dict[str, float] = {}
     pr_curves: Dict[str, Dict[str, Any]] = {}
     for k, name in enumerate(gt.class_names):
-        results = _eval_class_packed(gt, k + 1, detections.get(name, empty), threshs, use_07_metric)
+        results = _eval_class_packed(gt, k + 1, detections.get(name, empty), threshs, use_07_metric, protocol)
         aps = [r[0] for r in results]
         per_class[name] = 100.0 * aps[i50]
         if i75 is not None:
@@ -501,12 +598,19 @@ def evaluate_voc(
         per_class_50_95[name] = 100.0 * (math.nan if any(math.isnan(a) for a in aps) else sum(aps) / len(aps))
         _, precision, recall = results[i50]
         pr_curves[name] = {"precision": precision, "recall": recall, "ap": per_class[name]}
-    no_positives = [n for n, ap in per_class.items() if math.isnan(ap)]
+    no_positives = [n for k, n in enumerate(gt.class_names) if gt.num_positives(k + 1) == 0]
     if no_positives:
         logger.warning(
             "VOC evaluation: class(es) %s have no non-difficult ground truth in this test set; "
             "their AP is undefined (NaN) and left out of the mean",
             no_positives,
+        )
+    only_difficult = [n for n, ap in per_class.items() if math.isnan(ap) and n not in no_positives]
+    if only_difficult:
+        logger.warning(
+            "VOC evaluation: every detection of class(es) %s matched a difficult object; the devkit's "
+            "11-point AP is then NaN (max of an all-NaN precision), left out of the mean",
+            only_difficult,
         )
     metrics: Dict[str, Any] = {
         "mAP50": _nanmean(list(per_class.values())),
@@ -856,6 +960,9 @@ class VOCEvaluator(DatasetEvaluator):
         year: overrides the dataset's year; decides the metric (2007-2009: 11-point
             AP; 2010+: area). ``None`` = ``dataset.extra["year"]``.
         use_07_metric: overrides the year's choice of metric.
+        protocol: ``"devkit"`` (default: the official MATLAB devkit, bit for bit) or
+            ``"py-faster-rcnn"`` (its ``voc_eval.py``, bit for bit, to compare with
+            numbers published by Python toolkits); config key ``test.voc_protocol``.
         output_dir: if given, the comp4 result files are written to
             ``output_dir/comp4/`` (and, in submission mode, packed).
         submission_only: True when the test labels are not public (VOC2012 test): no
@@ -879,10 +986,12 @@ class VOCEvaluator(DatasetEvaluator):
         *,
         year: Optional[Union[str, int]] = None,
         use_07_metric: Optional[bool] = None,
+        protocol: str = "devkit",
         output_dir: Optional[PathLike] = None,
         submission_only: Optional[bool] = None,
     ) -> None:
         super().__init__(dataset)
+        self.protocol = check_voc_protocol(protocol, "VOCEvaluator protocol (config key test.voc_protocol)")
         extra = getattr(dataset, "extra", None) or {}
         year = year if year not in (None, "") else extra.get("year")
         self.year = str(year) if year not in (None, "") else None
@@ -931,8 +1040,10 @@ class VOCEvaluator(DatasetEvaluator):
         if self.output_dir is not None:
             write_comp4(self.output_dir / "comp4", self.split, class_names, detections)
         gt = VOCGroundTruth.from_dataset(self.dataset)
-        metrics, self.pr_curves = evaluate_voc(gt, detections, use_07_metric=self.use_07_metric)
-        metric = "11-point" if self.use_07_metric else "area"
+        metrics, self.pr_curves = evaluate_voc(
+            gt, detections, use_07_metric=self.use_07_metric, protocol=self.protocol
+        )
+        metric = ("11-point" if self.use_07_metric else "area") + f", {self.protocol} protocol"
         logger.info(
             "%s",
             format_voc_table(
