@@ -69,6 +69,9 @@ class AnchorConfig:
     # Anchor centre inside its 16-pixel cell, as a fraction of the stride: 0.5 is
     # the cell centre (py-faster-rcnn), 0.0 the cell corner (Detectron2, torchvision).
     offset: float = 0.5
+    # exact_area: area size^2 exactly (Detectron2, torchvision); py-faster-rcnn: its
+    # generate_anchors, ratios rounded at base size 16 then scaled (the paper's system).
+    style: str = "exact_area"
 
 
 @dataclass
@@ -253,6 +256,7 @@ CHOICES: Dict[str, Sequence[str]] = {
     "model.roi_heads.pooler_type": ("ROIPool", "ROIAlign", "ROIAlignV2"),
     "solver.amp.dtype": ("bf16", "fp16"),
     "test.voc_protocol": ("devkit", "py-faster-rcnn"),
+    "model.anchor.style": ("exact_area", "py-faster-rcnn"),
 }
 
 

@@ -30,6 +30,7 @@ from detectron_res.weights import key_table, resolve_weights_uri
 # name -> (backbone arch of its ImageNet weights, protocol)
 PAPER_CONFIGS = {
     "coco_r101.yaml": ("resnet101", "coco"),
+    "coco_r101_lr_summed.yaml": ("resnet101", "coco"),
     "coco_r50.yaml": ("resnet50", "coco"),
     "coco_vgg16.yaml": ("vgg16", "coco"),
     "voc07_r101.yaml": ("resnet101", "voc07"),
@@ -37,7 +38,8 @@ PAPER_CONFIGS = {
     "voc12_r101.yaml": ("resnet101", "voc12"),
     "voc12_vgg16.yaml": ("vgg16", "voc12"),
 }
-OTHER_CONFIGS = {"base_coco.yaml", "base_voc.yaml", "demo_shapes.yaml", "finetune_custom.yaml", "tiny_shapes.yaml"}
+OTHER_CONFIGS = {"base_coco.yaml", "base_voc.yaml", "demo_shapes.yaml", "finetune_custom.yaml", "tiny_shapes.yaml",
+                 "coco_r50_c4_d2_1x.yaml"}
 
 
 def test_every_detection_config_is_covered():
@@ -61,8 +63,13 @@ def test_paper_protocol(name):
     if protocol == "coco":
         assert list(cfg.data.train) == ["coco_2014_train"] and list(cfg.data.test) == ["coco_2014_val"]
         assert cfg.model.roi_heads.num_classes == 80
-        # Appendix A: 240k iterations at 0.001, 80k at 0.0001, 8 GPUs (1 image each)
-        assert cfg.solver.base_lr == 0.001 and list(cfg.solver.steps) == [240000] and cfg.solver.gamma == 0.1
+        # Appendix A: 240k iterations at 0.001, 80k at 0.0001, 8 GPUs (1 image each);
+        # gradients averaged over the 8 GPUs (Caffe) or summed (x 8), stated in the file
+        summed = name == "coco_r101_lr_summed.yaml"
+        assert cfg.solver.base_lr == (8 * 0.001 if summed else 0.001)
+        reading = "lr reading: gradients averaged" if not summed else "GRADIENTS SUMMED"
+        assert reading in text or reading in (CONFIG_DIR / "base_coco.yaml").read_text()
+        assert list(cfg.solver.steps) == [240000] and cfg.solver.gamma == 0.1
         assert cfg.solver.max_iter == 320000 and cfg.solver.ims_per_batch == 8
         assert 64 in cfg.model.anchor.sizes
     else:
@@ -77,7 +84,10 @@ def test_paper_protocol(name):
         # Faster R-CNN VOC hyper-parameters
         assert cfg.solver.base_lr == 0.001 and list(cfg.solver.steps) == [60000] and cfg.solver.max_iter == 80000
         assert list(cfg.model.anchor.sizes) == [128, 256, 512]
+        assert "passes over 07+" in text  # the schedule's epochs are stated
     assert cfg.solver.momentum == 0.9 and cfg.solver.weight_decay == 0.0005
+    # the paper's system: py-faster-rcnn's generate_anchors, centred in the cell
+    assert cfg.model.anchor.style == "py-faster-rcnn" and cfg.model.anchor.offset == 0.5
 
     # the named ImageNet weights are the backbone's, with matching input settings
     _, fmt, uri_arch, url = resolve_weights_uri(cfg.model.weights)
@@ -95,6 +105,32 @@ def test_paper_protocol(name):
         assert list(cfg.model.pixel_mean) == pytest.approx([103.53, 116.28, 123.675])
         assert list(cfg.model.pixel_std) == [1.0, 1.0, 1.0]
         assert cfg.model.backbone.norm == "FrozenBN" and cfg.model.backbone.freeze_at == 2
+
+
+def test_detectron2_c4_recipe():
+    """configs/coco_r50_c4_d2_1x.yaml is Detectron2's R50-C4 1x (Base-RCNN-C4.yaml,
+    faster_rcnn_R_50_C4_1x.yaml, defaults.py; shared/PAPER_FACTS.md)."""
+    name = "coco_r50_c4_d2_1x.yaml"
+    cfg = load_config(name)
+    assert "35.7 box AP" in (CONFIG_DIR / name).read_text()
+    m, r, h = cfg.model, cfg.model.rpn, cfg.model.roi_heads
+    assert m.backbone.depth == 50 and m.weights == "msra://R-50" and m.backbone.stride_in_1x1
+    assert m.backbone.norm == "FrozenBN" and m.backbone.freeze_at == 2 and m.input_format == "BGR"
+    assert list(m.anchor.sizes) == [32, 64, 128, 256, 512] and list(m.anchor.aspect_ratios) == [0.5, 1.0, 2.0]
+    assert m.anchor.offset == 0.0 and m.anchor.style == "exact_area"
+    assert r.boundary_threshold == -1 and r.smooth_l1_beta == 0.0 and r.post_nms_topk_test == 1000
+    assert (r.pre_nms_topk_train, r.post_nms_topk_train, r.pre_nms_topk_test) == (12000, 2000, 6000)
+    assert h.pooler_type == "ROIAlignV2" and h.pooler_resolution == 14 and h.batch_size_per_image == 512
+    assert h.positive_fraction == 0.25 and h.smooth_l1_beta == 0.0 and h.nms_thresh_test == 0.5
+    assert h.score_thresh_test == 0.05 and h.detections_per_image == 100 and h.num_classes == 80
+    assert list(cfg.input.min_size_train) == list(range(640, 801, 32)) and cfg.input.max_size_train == 1333
+    assert cfg.input.min_size_test == 800 and cfg.input.max_size_test == 1333
+    s = cfg.solver
+    assert s.ims_per_batch == 16 and s.base_lr == 0.02 and s.warmup_iters == 1000 and s.warmup_factor == 0.001
+    assert s.max_iter == 90000 and list(s.steps) == [60000, 80000] and s.weight_decay == 0.0001
+    assert list(cfg.data.train) == ["coco_2017_train"] and list(cfg.data.test) == ["coco_2017_val"]
+    model = build_model(load_config(name, ["model.weights="]))
+    assert model.rpn.anchor_generator.num_anchors == 15
 
 
 @pytest.fixture(autouse=True)

@@ -56,7 +56,50 @@ def test_anchors_agree_with_torchvision_at_offset_zero():
     torch.testing.assert_close(ours, theirs)
 
 
+# py-faster-rcnn's generate_anchors(), computed by hand, in its inclusive pixel
+# coordinates (the first cell's base box is [0, 0, 15, 15], centre 7.5). Base size 16:
+#   ratio 0.5: w = round(sqrt(256 / 0.5)) = round(22.63) = 23, h = round(23 * 0.5) = round(11.5) = 12
+#   ratio 1:   w = 16, h = 16
+#   ratio 2:   w = round(sqrt(128)) = round(11.31) = 11, h = 22
+# then scaled by size / 16; an anchor W x H is [7.5 - (W-1)/2, 7.5 - (H-1)/2, 7.5 + (W-1)/2, 7.5 + (H-1)/2].
+PY_FASTER_RCNN_TABLE = {
+    # size: {ratio: inclusive box}
+    64: {0.5: (-38, -16, 53, 31), 1.0: (-24, -24, 39, 39), 2.0: (-14, -36, 29, 51)},  # 92x48, 64x64, 44x88
+    128: {0.5: (-84, -40, 99, 55), 1.0: (-56, -56, 71, 71), 2.0: (-36, -80, 51, 95)},  # 184x96, 128, 88x176
+    256: {0.5: (-176, -88, 191, 103), 1.0: (-120, -120, 135, 135), 2.0: (-80, -168, 95, 183)},
+    512: {0.5: (-360, -184, 375, 199), 1.0: (-248, -248, 263, 263), 2.0: (-168, -344, 183, 359)},
+}
+
+
+@pytest.mark.parametrize("sizes", [[128, 256, 512], [64, 128, 256, 512]], ids=["voc_9", "coco_12"])
+def test_py_faster_rcnn_anchors_equal_the_hand_table(sizes):
+    ratios = [0.5, 1.0, 2.0]
+    gen = AnchorGenerator(sizes=sizes, aspect_ratios=ratios, stride=16, offset=0.5, style="py-faster-rcnn")
+    anchors = gen((1, 1))  # the first cell: its centre is (8, 8) in continuous coordinates
+    # inclusive [x1, y1, x2, y2] -> continuous [x1, y1, x2 + 1, y2 + 1]
+    expected = [[x1, y1, x2 + 1.0, y2 + 1.0] for s in sizes for x1, y1, x2, y2 in
+                (PY_FASTER_RCNN_TABLE[s][r] for r in ratios)]  # fmt: skip
+    assert anchors.tolist() == expected
+    assert len(expected) == 3 * len(sizes)
+    # the issue's example: size 512, ratio 0.5 is 736 x 384 here, 724 x 362 with exact areas
+    a = anchors[sizes.index(512) * 3]
+    assert (a[2] - a[0]).item() == 736 and (a[3] - a[1]).item() == 384
+    exact = AnchorGenerator(sizes=sizes, aspect_ratios=ratios, stride=16, offset=0.5)((1, 1))[sizes.index(512) * 3]
+    assert round((exact[2] - exact[0]).item()) == 724 and round((exact[3] - exact[1]).item()) == 362
+
+
+def test_paper_configs_use_py_faster_rcnn_anchors():
+    from detectron_res.config import load_config
+
+    for name in ("voc07_r101", "voc07_vgg16", "voc12_r101", "voc12_vgg16", "coco_r101", "coco_r50", "coco_vgg16"):
+        assert load_config(name).model.anchor.style == "py-faster-rcnn", name
+    for name in ("demo_shapes", "coco_r50_c4_d2_1x"):
+        assert load_config(name).model.anchor.style == "exact_area", name
+
+
 def test_anchor_generator_rejects_bad_settings():
+    with pytest.raises(ValueError, match="model.anchor.style"):
+        AnchorGenerator(sizes=[32], aspect_ratios=[1.0], stride=16, style="detectron")
     with pytest.raises(ValueError, match="sizes"):
         AnchorGenerator(sizes=[], aspect_ratios=[1.0], stride=16)
     with pytest.raises(ValueError, match="aspect_ratios"):
@@ -336,6 +379,14 @@ def test_detection_nms_and_score_threshold_hand_made():
     top1 = _roi_heads(detections=1).inference(logits, torch.zeros(4, 8), proposals, [(100, 100)] * 2)
     assert [d["labels"].tolist() for d in top1] == [[1], [1]]
     torch.testing.assert_close(torch.cat([d["scores"] for d in top1]), torch.tensor([0.8, 0.6]))
+
+
+def test_roi_inference_with_no_images_returns_an_empty_list():
+    # an empty batch used to raise from torch.cat([]) (issue 15)
+    assert _roi_heads().inference(torch.zeros(0, 3), torch.zeros(0, 8), [], []) == []
+    # images without any proposal still get one (empty) result each
+    dets = _roi_heads().inference(torch.zeros(0, 3), torch.zeros(0, 8), [torch.zeros(0, 4)] * 2, [(50, 60)] * 2)
+    assert len(dets) == 2 and all(len(d["boxes"]) == 0 and d["boxes"].shape == (0, 4) for d in dets)
 
 
 def _reference_inference(logits, deltas, proposals, image_sizes, heads):

@@ -5,6 +5,18 @@ reference boxes at every location of the stride-16 conv4 feature map. The ResNet
 paper (Appendix A) uses the Faster R-CNN anchors: areas 128^2, 256^2, 512^2 and
 aspect ratios 1:2, 1:1, 2:1 on VOC; COCO adds 64^2.
 
+Two constructions of the cell anchors (``style``):
+
+* ``"py-faster-rcnn"``: the paper's system, py-faster-rcnn's ``generate_anchors``.
+  It starts from a 16 x 16 base box, enumerates the ratios at that size with
+  ROUNDED widths and heights (``w = round(sqrt(256 / r))``, ``h = round(w * r)``),
+  then multiplies both by ``size / 16``. Areas are therefore not exactly ``size^2``:
+  the ratio-0.5 anchors are 23 x 12 base pixels, so the size-512 one is 736 x 384
+  (exact area would give 724 x 362), the ratio-2 ones 11 x 22 (size 512: 352 x 704).
+* ``"exact_area"``: Detectron2's and torchvision's construction, exact areas
+  ``size^2`` with ``h / w = r`` (``w = size / sqrt(r)``, ``h = size * sqrt(r)``). Up
+  to 12 px from py-faster-rcnn's (size 512, ratio 0.5: 724 x 362 vs 736 x 384).
+
 Shape shorthand: ``Hf x Wf`` feature map, ``A`` anchors per location.
 Anchors are ordered location-major: index ``(y * Wf + x) * A + a``, which is the
 order of the RPN head's outputs after ``(N, A, Hf, Wf) -> (N, Hf, Wf, A)``.
@@ -17,7 +29,28 @@ from typing import Dict, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["AnchorGenerator"]
+__all__ = ["ANCHOR_STYLES", "AnchorGenerator", "py_faster_rcnn_anchor_sizes"]
+
+ANCHOR_STYLES = ("exact_area", "py-faster-rcnn")
+
+# py-faster-rcnn's generate_anchors(base_size=16): the ratios are enumerated at this
+# size (with rounding) before any scaling.
+PY_FASTER_RCNN_BASE_SIZE = 16
+
+
+def py_faster_rcnn_anchor_sizes(size: float, ratio: float) -> Tuple[float, float]:
+    """``(width, height)`` of py-faster-rcnn's anchor of ``size`` and ``ratio`` (h / w).
+
+    ``generate_anchors``: at the base size ``B = 16``, ``w = round(sqrt(B * B / r))``
+    and ``h = round(w * r)`` (numpy's round, half to even, as Python's ``round``); the
+    anchor of scale ``size / B`` is ``(w * size / B, h * size / B)``. Its centre is the
+    base box's, pixel 7.5 in inclusive coordinates (8.0 in ours).
+    """
+    base = PY_FASTER_RCNN_BASE_SIZE
+    w = float(round(math.sqrt(base * base / ratio)))
+    h = float(round(w * ratio))
+    scale = size / base
+    return w * scale, h * scale
 
 
 class AnchorGenerator(nn.Module):
@@ -30,6 +63,7 @@ class AnchorGenerator(nn.Module):
         aspect_ratios: Sequence[float],
         stride: int,
         offset: float = 0.5,
+        style: str = "exact_area",
     ):
         """
         Args:
@@ -40,6 +74,8 @@ class AnchorGenerator(nn.Module):
                 centred, as a fraction of the stride. 0.5 is the cell centre: the
                 centre ``(7.5, 7.5)`` of py-faster-rcnn's first anchor in inclusive
                 pixel coordinates is ``(8, 8)`` in our continuous coordinates.
+            style: ``"exact_area"`` or ``"py-faster-rcnn"`` (see the module
+                docstring); config key ``model.anchor.style``.
         """
         super().__init__()
         if len(sizes) == 0 or any(float(s) <= 0 for s in sizes):
@@ -52,6 +88,10 @@ class AnchorGenerator(nn.Module):
             raise ValueError(f"anchor stride must be >= 1, got {stride}")
         if not 0.0 <= offset < 1.0:
             raise ValueError(f"anchor offset must be in [0, 1), got {offset}")
+        if style not in ANCHOR_STYLES:
+            raise ValueError(f"anchor style (config key model.anchor.style) is {style!r}; expected one of "
+                             f"{', '.join(ANCHOR_STYLES)}")  # fmt: skip
+        self.style = style
         self.sizes = tuple(float(s) for s in sizes)
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
         self.stride = int(stride)
@@ -68,14 +108,19 @@ class AnchorGenerator(nn.Module):
     def _cell_anchors(self) -> Tensor:
         """``[A, 4]`` anchors centred at (0, 0), size-major: ``a = size_i * R + ratio_j``.
 
-        Exact areas ``s^2`` with ``h / w = r``, i.e. ``w = s / sqrt(r)``, ``h = s * sqrt(r)``
-        (py-faster-rcnn rounds w and h to integers; the difference is below one pixel).
+        ``exact_area``: area ``s^2`` with ``h / w = r``, i.e. ``w = s / sqrt(r)``,
+        ``h = s * sqrt(r)``. ``py-faster-rcnn``: :func:`py_faster_rcnn_anchor_sizes`
+        (py-faster-rcnn orders its anchors ratio-major; the order here is the RPN
+        head's channel layout and does not change the set of boxes).
         """
         anchors = []
         for size in self.sizes:
             for ratio in self.aspect_ratios:
-                w = size / math.sqrt(ratio)
-                h = size * math.sqrt(ratio)
+                if self.style == "py-faster-rcnn":
+                    w, h = py_faster_rcnn_anchor_sizes(size, ratio)
+                else:
+                    w = size / math.sqrt(ratio)
+                    h = size * math.sqrt(ratio)
                 anchors.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
         return torch.tensor(anchors, dtype=torch.float32)
 

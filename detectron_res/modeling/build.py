@@ -134,6 +134,8 @@ def build_model(cfg) -> FasterRCNN:
         stride=feature_stride,
         # Not in every config schema version; the cell centre (py-faster-rcnn) by default.
         offset=float(cfg.model.anchor.offset),
+        # py-faster-rcnn's rounded anchors in the paper configs, exact areas elsewhere
+        style=str(m.anchor.style),
     )
     rpn = RegionProposalNetwork(
         head=RPNHead(

@@ -329,6 +329,8 @@ class ROIHeads(nn.Module):
             ``N`` dicts ``boxes`` ``[M, 4]``, ``scores`` ``[M]``, ``labels`` ``[M]``.
         """
         num_images = len(proposals)
+        if num_images == 0:
+            return []  # no images, no detections (torch.cat below needs one tensor)
         num_classes = self.num_classes
         device = pred_logits.device
         num_rois = pred_logits.shape[0]
