@@ -14,6 +14,15 @@ format (``fmt``)        file                                        example key
 ``"detectron_res"``     this toolkit's converted ``.pth``           (canonical names)
 ======================  ==========================================  ==========================
 
+When no ``arch`` is given, :func:`infer_arch` reads it from the keys (ResNet depth
+from the number of blocks per stage, Table 1; VGG-16 from its layers).
+
+Detectron2 DETECTOR checkpoints of the C4 family (``model_final_*.pkl`` / ``.pth``
+of ``faster_rcnn_R_50_C4_1x`` and the like) convert whole through
+:func:`convert_detectron2_detector`: backbone, RPN and res5 head, with the class
+layout changed from Detectron2's (background LAST) to this toolkit's (background
+FIRST).
+
 The canonical key space is the ``state_dict`` of ``ResNet(depth, num_classes=1000)``
 / ``VGG16(num_classes=1000)`` (``stem.conv1.weight``,
 ``res2.0.conv1.norm.running_mean``, ``fc.weight``; ``conv1_1.weight``, ``fc6.weight``).
@@ -67,6 +76,12 @@ __all__ = [
     "load_into",
     "key_table",
     "resolve_weights_uri",
+    "infer_arch",
+    "is_detectron2_detector",
+    "convert_detectron2_detector",
+    "DETECTRON2_DETECTOR_PREFIXES",
+    "detectron2_detector_checkpoint",
+    "NotADetectorError",
     "UnsafeWeightsError",
     "WeightsFormatError",
     "WeightsDownloadError",
@@ -95,6 +110,10 @@ class WeightsDownloadError(OSError):
 
 class WeightsMismatchError(ValueError):
     """Weights and model/config disagree on input format, normalization or layout."""
+
+
+class NotADetectorError(WeightsFormatError):
+    """A Detectron2 file holds a backbone (ImageNet weights), not a whole detector."""
 
 
 # ----------------------------------------------------------------------------
@@ -479,6 +498,9 @@ class ImageNetWeights:
         stride_in_1x1: bottleneck stride placement the weights were trained with
             (None for VGG-16). A model built otherwise is refused by :func:`load_into`.
         stem_pool: the stem's pool1 variant ("msra" or "torchvision"; None for VGG).
+        arch_inferred: "" when ``arch`` was given (or implied by a URI), else how it
+            was inferred from the keys ("inferred from the keys: bottleneck blocks
+            per stage 3, 4, 6, 3").
         unconverted_keys: source keys that the table does not know (not converted).
         missing_keys: canonical keys that the source did not provide.
         ignored_keys: source keys dropped on purpose (BN counters, SGD momentum).
@@ -498,6 +520,7 @@ class ImageNetWeights:
     ignored_keys: List[str] = field(default_factory=list)
     source: str = ""
     fmt: str = ""
+    arch_inferred: str = ""  # how ``arch`` was read from the keys when it was not given
 
     def summary(self) -> str:
         """A few lines: what was converted, and every key that was not."""
@@ -718,7 +741,8 @@ def load_imagenet_weights(
         source: a path (``.pth``/``.pt``/``.pkl``), ``torchvision://resnet18..152|vgg16``
             or ``msra://R-50|R-101`` (downloaded into the torch hub cache if needed).
         arch: "resnet18".."resnet152" or "vgg16". Implied by URIs and by files written
-            by tools/convert_weights.py; required otherwise.
+            by tools/convert_weights.py; inferred from the keys otherwise
+            (:func:`infer_arch`, recorded in ``arch_inferred``).
         fmt: "torchvision", "msra", "detectron2" or "detectron_res"; detected from the
             URI or the file's keys when omitted.
         settings: "msra" or "torchvision": the input settings to attach when the file
@@ -743,6 +767,11 @@ def load_imagenet_weights(
     obj = _read_file(path)
     fmt = fmt or uri_fmt or _detect_format(obj, path)
     tensors = _source_tensors(obj, fmt, path)
+    if fmt == "detectron2" and is_detectron2_detector(obj):
+        raise WeightsFormatError(
+            f"{path}: a Detectron2 detector checkpoint, not ImageNet weights; convert it with "
+            "tools/convert_weights.py --from detectron2 (it writes a detector checkpoint for --weights)"
+        )
 
     if fmt == "detectron_res":
         saved_arch = obj.get("arch")
@@ -762,8 +791,10 @@ def load_imagenet_weights(
         )
         return weights
 
+    inferred = ""
     if arch is None:
-        raise ValueError(f"{path}: pass arch= (one of {', '.join(ARCHS)}) to convert {fmt} weights")
+        arch, evidence = infer_arch(tensors, fmt, where=str(path))
+        inferred = f"inferred from the keys: {evidence}"
     _check_arch(arch, str(path))
     input_settings = _settings_for(fmt, obj, path, settings)
     state, unconverted, missing, ignored = _convert(tensors, arch=arch, fmt=fmt, path=path)
@@ -781,10 +812,224 @@ def load_imagenet_weights(
         ignored_keys=ignored,
         source=source,
         fmt=fmt,
+        arch_inferred=inferred,
     )
     if missing or unconverted:
         logger.warning(weights.summary())
     return weights
+
+
+# ----------------------------------------------------------------------------
+# Architecture inference
+# ----------------------------------------------------------------------------
+# A residual block's keys in each format: (regex with the stage and block numbers,
+# the stage number of res2). Detector prefixes ("backbone.", "roi_heads.") are allowed.
+_BLOCK_PATTERNS = {
+    "torchvision": (re.compile(r"^layer(\d)\.(\d+)\.conv1\.weight$"), 1),
+    "msra": (re.compile(r"^res(\d)_(\d+)_branch2a_w$"), 2),
+    "detectron2": (re.compile(r"^(?:backbone\.|roi_heads\.)?res(\d)\.(\d+)\.conv1\.weight$"), 2),
+}
+# The 3rd conv of a block exists only in bottleneck blocks.
+_BOTTLENECK_MARKERS = {
+    "torchvision": re.compile(r"^layer1\.0\.conv3\.weight$"),
+    "msra": re.compile(r"^res2_0_branch2c_w$"),
+    "detectron2": re.compile(r"^(?:backbone\.)?res2\.0\.conv3\.weight$"),
+}
+
+
+def infer_arch(tensors: Mapping[str, Any], fmt: str, *, where: str = "weights") -> Tuple[str, str]:
+    """The architecture of a weights dict, from its keys alone.
+
+    ResNets are told apart by their blocks per stage (Table 1: 18 = 2-2-2-2 basic,
+    34 = 3-4-6-3 basic, 50 = 3-4-6-3 bottleneck, 101 = 3-4-23-3, 152 = 3-8-36-3);
+    VGG-16 by ``features.0.weight`` (torchvision).
+
+    Args:
+        tensors: source key -> array (the file's inner dict).
+        fmt: "torchvision", "msra" or "detectron2".
+        where: the file, for messages.
+
+    Returns:
+        ``(arch, evidence)``, e.g. ``("resnet50", "bottleneck blocks per stage 3, 4, 6, 3")``.
+
+    Raises:
+        WeightsFormatError: the keys match no architecture of :data:`ARCHS`.
+    """
+    if fmt == "torchvision" and "features.0.weight" in tensors and "features.28.weight" in tensors:
+        return "vgg16", "torchvision VGG layout (features.0 .. features.28)"
+    if fmt not in _BLOCK_PATTERNS:
+        raise ValueError(f"infer_arch: no block pattern for format {fmt!r}; expected one of {', '.join(_BLOCK_PATTERNS)}")
+    pattern, first_stage = _BLOCK_PATTERNS[fmt]
+    blocks: Dict[int, int] = collections.defaultdict(int)
+    for key in tensors:
+        match = pattern.match(str(key))
+        if match:
+            stage, block = int(match.group(1)) - first_stage, int(match.group(2))
+            blocks[stage] = max(blocks[stage], block + 1)
+    counts = tuple(blocks.get(i, 0) for i in range(4))
+    block_type = "bottleneck" if any(_BOTTLENECK_MARKERS[fmt].match(str(k)) for k in tensors) else "basic"
+    for depth, (kind, expected) in _RESNET_BLOCKS.items():
+        if kind == block_type and expected == counts:
+            return f"resnet{depth}", f"{block_type} blocks per stage {', '.join(map(str, counts))}"
+    raise WeightsFormatError(
+        f"{where}: cannot infer the architecture from the keys ({block_type} blocks per stage "
+        f"{', '.join(map(str, counts))}, none of {', '.join(ARCHS)}); pass --arch / arch="
+    )
+
+
+# ----------------------------------------------------------------------------
+# Detectron2 detector checkpoints (C4)
+# ----------------------------------------------------------------------------
+# Detectron2 GeneralizedRCNN with Res5ROIHeads -> this toolkit's FasterRCNN. The
+# backbone's (stem, res2..res4) and the head's res5 names are the same on both
+# sides; only the module paths around them differ.
+DETECTRON2_DETECTOR_PREFIXES: Dict[str, str] = {
+    "backbone.": "backbone.",
+    "proposal_generator.rpn_head.conv.": "rpn.head.conv.",
+    "proposal_generator.rpn_head.objectness_logits.": "rpn.head.objectness_logits.",
+    "proposal_generator.rpn_head.anchor_deltas.": "rpn.head.anchor_deltas.",
+    "roi_heads.res5.": "roi_heads.res5.",
+    "roi_heads.box_predictor.cls_score.": "roi_heads.predictor.cls_score.",
+    "roi_heads.box_predictor.bbox_pred.": "roi_heads.predictor.bbox_pred.",
+}
+# GeneralizedRCNN's normalization buffers (saved by older Detectron2 versions): the
+# config carries them here.
+_DETECTRON2_IGNORED = ("pixel_mean", "pixel_std")
+
+
+def is_detectron2_detector(obj: Any) -> bool:
+    """True for a loaded Detectron2 file holding a whole detector (not a backbone)."""
+    inner = obj.get("model") if isinstance(obj, dict) else None
+    return isinstance(inner, dict) and any(
+        str(k).startswith(("proposal_generator.", "roi_heads.")) for k in inner
+    )
+
+
+def convert_detectron2_detector(source: str | os.PathLike) -> Dict[str, Any]:
+    """Convert a Detectron2 C4 detector checkpoint to this toolkit's key space.
+
+    Args:
+        source: Detectron2's ``model_final_*.pkl`` (numpy arrays, read with the
+            restricted unpickler) or a training ``.pth`` (``{"model": ...}``).
+
+    Returns:
+        ``{"state_dict": detector state dict (our keys), "arch": "resnet50" ...
+        (inferred from the blocks), "num_classes": K, "unconverted_keys": [...],
+        "ignored_keys": [...]}``.
+
+    Class layout: Detectron2's ``cls_score`` has ``K + 1`` rows with background LAST
+    (row ``K``); ours has background FIRST (row 0), so the rows are rotated by one.
+    The class-specific ``bbox_pred`` has ``K * 4`` rows on both sides (neither has
+    background deltas), class ``j`` at rows ``4j .. 4j + 3``: kept as is.
+
+    Raises:
+        NotADetectorError: not a Detectron2 detector (a backbone, or another format).
+        WeightsFormatError: a layout this toolkit's C4 detector cannot hold
+            (class-agnostic box regression, FPN).
+    """
+    path = Path(source)
+    obj = _read_file(path)
+    if not is_detectron2_detector(obj):
+        raise NotADetectorError(
+            f"{path}: not a Detectron2 detector checkpoint (expected {{'model': {{...}}}} with "
+            "proposal_generator.* and roi_heads.* keys); ImageNet backbones convert without a detector"
+        )
+    tensors = obj["model"]
+    if any(str(k).startswith(("backbone.bottom_up.", "roi_heads.box_head.")) for k in tensors):
+        raise WeightsFormatError(
+            f"{path}: an FPN / box-head detector (backbone.bottom_up.*, roi_heads.box_head.*); only the C4 "
+            "family (Res5ROIHeads: roi_heads.res5.*) has this toolkit's architecture"
+        )
+    arch, _ = infer_arch(tensors, "detectron2", where=str(path))
+    state: Dict[str, torch.Tensor] = {}
+    unconverted: List[str] = []
+    ignored: List[str] = []
+    for key, value in tensors.items():
+        key = str(key)
+        if key in _DETECTRON2_IGNORED or _is_ignorable(key, "detectron2"):
+            ignored.append(key)
+            continue
+        prefix = next((p for p in DETECTRON2_DETECTOR_PREFIXES if key.startswith(p)), None)
+        if prefix is None:
+            unconverted.append(key)
+            continue
+        state[DETECTRON2_DETECTOR_PREFIXES[prefix] + key[len(prefix):]] = _to_tensor(value, str(path), key)
+
+    for layer in ("cls_score", "bbox_pred"):
+        if f"roi_heads.predictor.{layer}.weight" not in state:
+            raise WeightsFormatError(f"{path}: no roi_heads.box_predictor.{layer}.weight; not a Faster R-CNN checkpoint")
+    num_classes = state["roi_heads.predictor.cls_score.weight"].shape[0] - 1
+    num_deltas = state["roi_heads.predictor.bbox_pred.weight"].shape[0]
+    if num_deltas != 4 * num_classes:
+        raise WeightsFormatError(
+            f"{path}: roi_heads.box_predictor.bbox_pred has {num_deltas} outputs for {num_classes} classes; "
+            f"expected {4 * num_classes} (class-specific box regression; class-agnostic is not supported)"
+        )
+    for key in ("roi_heads.predictor.cls_score.weight", "roi_heads.predictor.cls_score.bias"):
+        # [c_1 .. c_K, background] -> [background, c_1 .. c_K]
+        state[key] = torch.cat([state[key][-1:], state[key][:-1]])
+    return {
+        "state_dict": state,
+        "arch": arch,
+        "num_classes": int(num_classes),
+        "unconverted_keys": unconverted,
+        "ignored_keys": ignored,
+    }
+
+
+def detectron2_detector_checkpoint(
+    source: str | os.PathLike, *, config: str | os.PathLike = "coco_r50_c4_d2_1x", arch: Optional[str] = None
+) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """A Detectron2 C4 detector as a checkpoint of this toolkit (``engine/checkpoint.py`` format).
+
+    Args:
+        source: the Detectron2 file (see :func:`convert_detectron2_detector`).
+        config: the config the detector runs with (default Detectron2's R50-C4
+            recipe); its ``model.backbone.depth`` and ``model.roi_heads.num_classes``
+            are set from the checkpoint and ``model.weights`` is emptied.
+        arch: if given, must equal the architecture read from the keys.
+
+    Returns:
+        ``(checkpoint, converted)``: the dict to save with
+        :func:`~detectron_res.engine.checkpoint.save_checkpoint` (``format_version``,
+        ``model``, ``config``, ``input``, ``converted_from``), and
+        :func:`convert_detectron2_detector`'s result.
+
+    Raises:
+        WeightsMismatchError: the model built from ``config`` does not take these
+            weights (a shape or a key differs: e.g. anchors per location).
+    """
+    from .config import config_to_dict, load_config
+    from .engine.checkpoint import CHECKPOINT_FORMAT_VERSION, load_model_weights
+    from .modeling.build import build_model
+
+    converted = convert_detectron2_detector(source)
+    if arch is not None and arch != converted["arch"]:
+        raise WeightsMismatchError(f"{source}: holds a {converted['arch']} detector, but arch={arch!r} was requested")
+    depth = int(converted["arch"][len("resnet"):])
+    overrides = [f"model.backbone.depth={depth}", f"model.roi_heads.num_classes={converted['num_classes']}",
+                 "model.weights="]  # fmt: skip
+    cfg = load_config(config, overrides)
+    model = build_model(cfg)
+    try:
+        report = load_model_weights(model, converted["state_dict"], strict_shapes=True)
+    except ValueError as e:
+        raise WeightsMismatchError(f"{source}: {e}; config {config} builds another detector") from None
+    if report.missing or report.unexpected:
+        first = (report.missing or report.unexpected)[0]
+        raise WeightsMismatchError(
+            f"{source}: {len(report.missing)} weights of the model built from config {config} are not in the "
+            f"checkpoint and {len(report.unexpected)} of the checkpoint are not in the model (first: {first!r})"
+        )
+    checkpoint = {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "model": converted["state_dict"],
+        "config": config_to_dict(cfg),
+        "input": {"format": str(cfg.model.input_format), "pixel_mean": list(cfg.model.pixel_mean),
+                  "pixel_std": list(cfg.model.pixel_std)},  # fmt: skip
+        "converted_from": f"detectron2:{source}",
+    }
+    return checkpoint, converted
 
 
 # ----------------------------------------------------------------------------

@@ -457,3 +457,132 @@ def test_imagenet_weights_kwargs_build_a_matching_model():
     with torch.device("meta"):
         model = ResNet(**kwargs, out_features=["res3"])
     assert model.stem.pool.ceil_mode and model.res3[0].conv1.stride == (2, 2)
+
+
+# ----------------------------------------------------------------------------- Detectron2 detectors
+def to_detectron2_detector(state_dict):
+    """Our C4 detector's state dict written back in Detectron2's layout: module paths
+    of GeneralizedRCNN + Res5ROIHeads (detectron2/modeling/proposal_generator/rpn.py:
+    rpn_head.conv / objectness_logits / anchor_deltas; roi_heads/roi_heads.py:
+    res5, box_predictor; roi_heads/fast_rcnn.py: cls_score with background LAST,
+    bbox_pred with K * 4 class-specific deltas)."""
+    out = {}
+    for key, value in state_dict.items():
+        value = value.detach().clone()
+        if key.startswith("rpn.head."):
+            key = "proposal_generator.rpn_head." + key[len("rpn.head."):]
+        elif key.startswith("roi_heads.predictor."):
+            if ".cls_score." in key:
+                value = torch.cat([value[1:], value[:1]])  # ours: background first
+            key = "roi_heads.box_predictor." + key[len("roi_heads.predictor."):]
+        else:
+            assert key.startswith(("backbone.stem.", "backbone.res", "roi_heads.res5.")), key
+        out[key] = value
+    # GeneralizedRCNN's normalization buffers, present in older Detectron2 files
+    out["pixel_mean"] = torch.tensor([103.53, 116.28, 123.675]).view(3, 1, 1)
+    out["pixel_std"] = torch.ones(3, 1, 1)
+    return out
+
+
+def _convert_tool():
+    path = Path(__file__).resolve().parent.parent / "tools" / "convert_weights.py"
+    spec = importlib.util.spec_from_file_location("_tool_convert_weights_d2", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool.main
+
+
+@pytest.mark.parametrize("container", ["pkl", "pth"])
+def test_detectron2_c4_detector_converts_to_identical_detections(tmp_path, capsys, container):
+    from detectron_res.config import load_config
+    from detectron_res.predictor import Predictor
+    from detectron_res.modeling.build import build_model
+
+    # Detectron2's R50-C4 recipe, with a small test image size and few proposals for the CPU
+    config = tmp_path / "d2_small.yaml"
+    config.write_text(f"_base_: {Path(__file__).resolve().parent.parent / 'configs' / 'coco_r50_c4_d2_1x.yaml'}\n"
+                      "model: {rpn: {pre_nms_topk_test: 200, post_nms_topk_test: 30}}\n"
+                      "input: {min_size_test: 128, max_size_test: 160}\n")  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(load_config(str(config), ["model.weights="]))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, FrozenBatchNorm2d):  # non-trivial norms: a mis-mapped one changes the outputs
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5 + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
+        # confident, class-dependent scores so that there are detections of several classes
+        predictor = model.roi_heads.predictor
+        predictor.cls_score.weight.normal_(0.0, 0.05, generator=g)
+        predictor.cls_score.bias.normal_(0.0, 2.0, generator=g)
+        predictor.bbox_pred.weight.normal_(0.0, 0.01, generator=g)
+    ours = tmp_path / "ours.pth"
+    from detectron_res.config import config_to_dict
+    from detectron_res.engine.checkpoint import save_checkpoint
+
+    cfg = load_config(str(config), ["model.weights="])
+    save_checkpoint({"format_version": 1, "model": model.state_dict(), "config": config_to_dict(cfg)}, ours)
+
+    d2_state = to_detectron2_detector(model.state_dict())
+    src = tmp_path / f"model_final_d2.{container}"
+    if container == "pkl":  # model zoo: numpy arrays
+        with open(src, "wb") as f:
+            pickle.dump({"model": {k: v.numpy() for k, v in d2_state.items()}, "__author__": "Detectron2 Model Zoo"}, f)
+    else:  # a training checkpoint
+        torch.save({"model": d2_state, "iteration": 89999}, src)
+    dst = tmp_path / "converted.pth"
+    assert _convert_tool()([str(src), str(dst), "--from", "detectron2", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "inferred from the keys (resnet50)" in out and "80 classes" in out and "pixel_mean" in out
+
+    image = (np.random.default_rng(0).random((150, 140, 3)) * 255).astype(np.uint8)
+    expected = Predictor(ours, device="cpu")(image)
+    got = Predictor(dst, device="cpu")(image)
+    assert len(expected) > 3 and len(set(expected.labels.tolist())) > 1  # a real test: several classes
+    np.testing.assert_array_equal(got.labels, expected.labels)
+    np.testing.assert_array_equal(got.scores, expected.scores)
+    np.testing.assert_array_equal(got.boxes, expected.boxes)
+
+
+def test_detectron2_detector_errors(tmp_path, capsys):
+    main = _convert_tool()
+    # class-agnostic box regression cannot be held by our predictor
+    state = {"backbone.res2.0.conv1.weight": torch.zeros(1), "roi_heads.res5.0.conv1.weight": torch.zeros(1),
+             "roi_heads.box_predictor.cls_score.weight": torch.zeros(81, 8),
+             "roi_heads.box_predictor.bbox_pred.weight": torch.zeros(4, 8)}  # fmt: skip
+    for b in range(3):
+        state[f"backbone.res2.{b}.conv3.weight"] = torch.zeros(1)
+    for stage, n in ((2, 3), (3, 4), (4, 6), (5, 3)):
+        prefix = "roi_heads" if stage == 5 else "backbone"
+        for b in range(n):
+            state[f"{prefix}.res{stage}.{b}.conv1.weight"] = torch.zeros(1)
+    torch.save({"model": state}, tmp_path / "agnostic.pth")
+    assert main([str(tmp_path / "agnostic.pth"), str(tmp_path / "x.pth"), "--from", "detectron2"]) == 2
+    assert "class-agnostic" in capsys.readouterr().err
+    assert not (tmp_path / "x.pth").exists()
+    # a detector handed to the ImageNet loader is named as such
+    with pytest.raises(WeightsFormatError, match="detector checkpoint"):
+        load_imagenet_weights(tmp_path / "agnostic.pth", fmt="detectron2", arch="resnet50")
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
+def test_arch_is_inferred_from_the_block_counts(tmp_path, capsys, depth):
+    src = tmp_path / "tv.pth"
+    torch.save(getattr(torchvision.models, f"resnet{depth}")().state_dict(), src)
+    main = _convert_tool()
+    assert main([str(src), str(tmp_path / "out.pth"), "--from", "torchvision"]) == 0
+    out = capsys.readouterr().out
+    blocks = {18: "2, 2, 2, 2", 34: "3, 4, 6, 3", 50: "3, 4, 6, 3", 101: "3, 4, 23, 3", 152: "3, 8, 36, 3"}[depth]
+    assert f"--arch not given: resnet{depth}" in out and f"blocks per stage {blocks}" in out
+    assert load_imagenet_weights(tmp_path / "out.pth").arch == f"resnet{depth}"
+
+
+def test_arch_inference_vgg_msra_and_failure(tmp_path):
+    from detectron_res.weights import infer_arch
+
+    vgg = torchvision.models.vgg16().state_dict()
+    assert infer_arch(vgg, "torchvision")[0] == "vgg16"
+    blobs = {f"res{s}_{b}_branch2{c}_w": 0 for s, n in ((2, 3), (3, 4), (4, 23), (5, 3)) for b in range(n) for c in "abc"}
+    assert infer_arch(blobs, "msra") == ("resnet101", "bottleneck blocks per stage 3, 4, 23, 3")
+    with pytest.raises(WeightsFormatError, match="pass --arch"):
+        infer_arch({"layer1.0.conv1.weight": 0}, "torchvision")

@@ -7,6 +7,17 @@ Examples::
     python tools/convert_weights.py R-101.pkl r101_msra.pth --from msra --arch resnet101
     python tools/convert_weights.py msra://R-101 r101_msra.pth --from msra
     python tools/convert_weights.py R-50-d2.pkl r50.pth --from detectron2 --arch resnet50 --settings torchvision
+    python tools/convert_weights.py model_final_721ade.pkl r50_c4_d2.pth --from detectron2
+
+``--arch`` may be left out: it is inferred from the keys (ResNet depth from the
+blocks per stage, VGG-16 from its layers) and printed.
+
+A Detectron2 DETECTOR checkpoint of the C4 family (``faster_rcnn_R_50_C4_*``'s
+``model_final_*.pkl`` or a training ``.pth``) converts whole: backbone, RPN and
+res5 head, background-last classes turned background-first. The result is a
+detector checkpoint for ``--weights`` (tools/infer.py, tools/train_net.py), run with
+``--config`` (default ``coco_r50_c4_d2_1x``, Detectron2's recipe; depth and number
+of classes are taken from the checkpoint).
 
 The output ``.pth`` records the channel order, pixel mean/std and ``stride_in_1x1``
 the weights were trained with; ``load_imagenet_weights`` reads them back and the
@@ -19,7 +30,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from detectron_res.weights import ARCHS, load_imagenet_weights
+from detectron_res.engine.checkpoint import save_checkpoint
+from detectron_res.weights import ARCHS, NotADetectorError, detectron2_detector_checkpoint, load_imagenet_weights
 
 
 def main(argv=None) -> int:
@@ -29,7 +41,10 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--from", dest="fmt", required=True, choices=("torchvision", "msra", "detectron2"), help="format of SRC"
     )
-    parser.add_argument("--arch", choices=ARCHS, help="architecture (implied by torchvision:// and msra:// names)")
+    parser.add_argument("--arch", choices=ARCHS,
+                        help="architecture (implied by torchvision:// and msra:// names; else inferred from the keys)")
+    parser.add_argument("--config", default="coco_r50_c4_d2_1x",
+                        help="Detectron2 detector checkpoints: the config they run with (default coco_r50_c4_d2_1x)")
     parser.add_argument(
         "--settings",
         choices=("msra", "torchvision"),
@@ -40,11 +55,37 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
 
+    if args.fmt == "detectron2":
+        try:
+            checkpoint, converted = detectron2_detector_checkpoint(args.src, config=args.config, arch=args.arch)
+        except NotADetectorError:
+            pass  # a backbone: ImageNet weights, below
+        except (ValueError, OSError) as e:  # ConfigError is a ValueError
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        else:
+            how = "as given by --arch" if args.arch else f"inferred from the keys ({converted['arch']})"
+            print(f"{args.src}: Detectron2 C4 detector, arch {converted['arch']} {how}, "
+                  f"{converted['num_classes']} classes (background moved from last to first), "
+                  f"{len(converted['state_dict'])} tensors; config {args.config}")  # fmt: skip
+            if converted["ignored_keys"]:
+                print(f"  {len(converted['ignored_keys'])} keys ignored on purpose: {', '.join(converted['ignored_keys'])}")
+            if converted["unconverted_keys"] and not args.allow_incomplete:
+                print(f"error: not writing {args.dst}: {len(converted['unconverted_keys'])} keys not converted: "
+                      f"{', '.join(converted['unconverted_keys'])}; pass --allow-incomplete to write it anyway",
+                      file=sys.stderr)  # fmt: skip
+                return 1
+            save_checkpoint(checkpoint, args.dst)
+            print(f"wrote {args.dst} (a detector checkpoint: --weights {args.dst} --config {args.config})")
+            return 0
+
     try:
         weights = load_imagenet_weights(args.src, arch=args.arch, fmt=args.fmt, settings=args.settings)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if weights.arch_inferred:
+        print(f"--arch not given: {weights.arch}, {weights.arch_inferred}")
     print(weights.summary())
     incomplete = bool(weights.missing_keys or weights.unconverted_keys)
     if incomplete and not args.allow_incomplete:
