@@ -61,7 +61,6 @@ from detectron_res.evaluation.coco import (
 )
 from detectron_res.evaluation.voc import (
     VOCGroundTruth,
-    _to_inclusive,
     evaluate_voc,
     parse_voc_annotation,
     read_comp4,
@@ -69,6 +68,7 @@ from detectron_res.evaluation.voc import (
     voc_eval_class,
     write_comp4,
 )
+from detectron_res.evaluation.voc_ap import _to_inclusive
 from detectron_res.modeling.box_coder import BoxCoder
 from detectron_res.structures import clip_boxes
 

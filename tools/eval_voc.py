@@ -22,8 +22,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from detectron_res.evaluation.report import write_json  # noqa: E402
@@ -34,7 +32,6 @@ from detectron_res.evaluation.voc import (  # noqa: E402
     format_voc_table,
     load_devkit_ground_truth,
     pack_voc_server_submission,
-    parse_voc_annotation,
     read_comp4,
     use_07_metric_for_year,
 )
@@ -58,27 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_ground_truth(voc_root: str, year: str, split: str) -> None:
-    """NaN or inverted boxes in the XML would be scored silently (as boxes nothing
-    matches): refuse them, naming the file and the object."""
-    root = Path(voc_root)
-    year_dir = root / f"VOC{year}" if (root / f"VOC{year}").is_dir() else root
-    split_file = year_dir / "ImageSets" / "Main" / f"{split}.txt"
-    image_ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
-    for image_id in image_ids:
-        xml = year_dir / "Annotations" / f"{image_id}.xml"
-        ann = parse_voc_annotation(xml)
-        for i, (name, box) in enumerate(zip(ann["names"], np.asarray(ann["boxes"], dtype=np.float64))):
-            if np.all(np.isfinite(box)) and box[2] >= box[0] and box[3] >= box[1]:
-                continue
-            problem = "contains NaN or infinity" if not np.all(np.isfinite(box)) else "has a negative width or height"
-            # toolkit (xmin - 1, ymin - 1, xmax, ymax) back to the XML's values
-            raise ValueError(
-                f"{xml}: <object> #{i + 1} ({name}) bndbox xmin={box[0] + 1:g} ymin={box[1] + 1:g} "
-                f"xmax={box[2]:g} ymax={box[3]:g} {problem}"
-            )
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     class_names = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else list(VOC_CLASSES)
@@ -94,8 +70,9 @@ def main(argv=None) -> int:
             use_07 = use_07_metric_for_year(args.year)
         else:
             use_07 = args.metric == "11point"
+        # NaN or inverted ground-truth boxes are refused there (the data package's
+        # XML parser), naming the file and the object
         gt = load_devkit_ground_truth(args.voc_root, args.year, args.split, class_names)
-        _check_ground_truth(args.voc_root, str(args.year), args.split)
         detections = read_comp4(args.results_dir, args.split, class_names)
         metrics, _ = evaluate_voc(gt, detections, use_07_metric=use_07, protocol=args.protocol)
     except ValueError as e:
