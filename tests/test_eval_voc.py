@@ -758,3 +758,18 @@ def test_with_the_data_readers_voc_tree(tmp_path):
     direct, _ = evaluate_voc(gt, read_comp4(tmp_path / "out" / "comp4", "test", names), use_07_metric=True)
     assert json.dumps(ours, sort_keys=True) == json.dumps(direct, sort_keys=True)
     assert 0 < ours["mAP50"] < 100
+
+
+def test_config_key_chooses_the_protocol(tmp_path):
+    from detectron_res.config import ConfigError, load_config
+    from detectron_res.engine.launch import build_evaluators
+
+    ds = make_dataset(["a"], [np.array([incl(1, 1, 10, 10)])], [np.array([1])], [np.array([False])], ["thing"])
+    assert load_config().test.voc_protocol == "devkit"  # the official numbers by default
+    [default] = build_evaluators(load_config(None, ["test.evaluators=[voc]"]), ds, tmp_path)
+    assert default.protocol == "devkit"
+    cfg = load_config(None, ["test.evaluators=[voc]", "test.voc_protocol=py-faster-rcnn"])
+    [chosen] = build_evaluators(cfg, ds, tmp_path)
+    assert chosen.protocol == "py-faster-rcnn"
+    with pytest.raises(ConfigError, match="test.voc_protocol"):
+        load_config(None, ["test.voc_protocol=matlab"])
