@@ -110,7 +110,7 @@ def loop_reference_map(dataset, predictions, image_ids):
                 overlaps = inters / uni
                 ovmax = np.max(overlaps)
                 jmax = np.argmax(overlaps)
-            if ovmax > 0.5:
+            if ovmax >= 0.5:  # the devkit's rule, as VOCEvaluator's default protocol
                 if not R["difficult"][jmax]:
                     if not R["det"][jmax]:
                         tp[d] = 1.0

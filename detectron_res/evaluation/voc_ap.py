@@ -461,7 +461,8 @@ def _eval_class_packed(
         order = np.argsort(-scores, kind="stable")  # [sc,si]=sort(-confidence): MATLAB's sort is stable
     else:
         # voc_eval.py: sorted_ind = np.argsort(-confidence), numpy's default
-        # (introsort, not stable): equal scores come out in that algorithm's order
+        # (not stable): equal scores come out in that algorithm's order, which is
+        # the same as voc_eval.py's when run with the same numpy
         order = np.argsort(-scores)
     offsets, gt_boxes, gt_difficult = gt.for_class(label)
     ovmax, jmax = _max_iou_match(offsets, gt_boxes, rows[order], _to_inclusive(boxes[order]))
