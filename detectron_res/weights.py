@@ -914,8 +914,8 @@ def convert_detectron2_detector(source: str | os.PathLike) -> Dict[str, Any]:
 
     Returns:
         ``{"state_dict": detector state dict (our keys), "arch": "resnet50" ...
-        (inferred from the blocks), "num_classes": K, "unconverted_keys": [...],
-        "ignored_keys": [...]}``.
+        (inferred from the blocks), "arch_evidence": the block counts read,
+        "num_classes": K, "unconverted_keys": [...], "ignored_keys": [...]}``.
 
     Class layout: Detectron2's ``cls_score`` has ``K + 1`` rows with background LAST
     (row ``K``); ours has background FIRST (row 0), so the rows are rotated by one.
@@ -940,7 +940,7 @@ def convert_detectron2_detector(source: str | os.PathLike) -> Dict[str, Any]:
             f"{path}: an FPN / box-head detector (backbone.bottom_up.*, roi_heads.box_head.*); only the C4 "
             "family (Res5ROIHeads: roi_heads.res5.*) has this toolkit's architecture"
         )
-    arch, _ = infer_arch(tensors, "detectron2", where=str(path))
+    arch, evidence = infer_arch(tensors, "detectron2", where=str(path))
     state: Dict[str, torch.Tensor] = {}
     unconverted: List[str] = []
     ignored: List[str] = []
@@ -971,6 +971,7 @@ def convert_detectron2_detector(source: str | os.PathLike) -> Dict[str, Any]:
     return {
         "state_dict": state,
         "arch": arch,
+        "arch_evidence": evidence,
         "num_classes": int(num_classes),
         "unconverted_keys": unconverted,
         "ignored_keys": ignored,

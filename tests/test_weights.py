@@ -533,7 +533,8 @@ def test_detectron2_c4_detector_converts_to_identical_detections(tmp_path, capsy
     dst = tmp_path / "converted.pth"
     assert _convert_tool()([str(src), str(dst), "--from", "detectron2", "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    assert "inferred from the keys (resnet50)" in out and "80 classes" in out and "pixel_mean" in out
+    assert "arch resnet50 (bottleneck blocks per stage 3, 4, 6, 3), inferred from the keys" in out
+    assert "80 classes" in out and "pixel_mean" in out
 
     image = (np.random.default_rng(0).random((150, 140, 3)) * 255).astype(np.uint8)
     expected = Predictor(ours, device="cpu")(image)
@@ -575,6 +576,16 @@ def test_arch_is_inferred_from_the_block_counts(tmp_path, capsys, depth):
     blocks = {18: "2, 2, 2, 2", 34: "3, 4, 6, 3", 50: "3, 4, 6, 3", 101: "3, 4, 23, 3", 152: "3, 8, 36, 3"}[depth]
     assert f"--arch not given: resnet{depth}" in out and f"blocks per stage {blocks}" in out
     assert load_imagenet_weights(tmp_path / "out.pth").arch == f"resnet{depth}"
+
+
+def test_detectron2_backbone_through_the_tool_infers_its_arch(tmp_path, capsys):
+    tv = torchvision.models.resnet34()
+    src = tmp_path / "r34_d2.pkl"
+    with open(src, "wb") as f:
+        pickle.dump({"model": to_detectron2_names(tv.state_dict()), "__author__": "torchvision"}, f)
+    assert _convert_tool()([str(src), str(tmp_path / "out.pth"), "--from", "detectron2"]) == 0
+    assert "--arch not given: resnet34, inferred from the keys: basic blocks per stage 3, 4, 6, 3" in capsys.readouterr().out
+    assert load_imagenet_weights(tmp_path / "out.pth").arch == "resnet34"
 
 
 def test_arch_inference_vgg_msra_and_failure(tmp_path):

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         else:
-            how = "as given by --arch" if args.arch else f"inferred from the keys ({converted['arch']})"
+            how = f"({converted['arch_evidence']})" + ("" if args.arch else ", inferred from the keys as --arch was not given")
             print(f"{args.src}: Detectron2 C4 detector, arch {converted['arch']} {how}, "
                   f"{converted['num_classes']} classes (background moved from last to first), "
                   f"{len(converted['state_dict'])} tensors; config {args.config}")  # fmt: skip
