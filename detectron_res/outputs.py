@@ -42,6 +42,7 @@ __all__ = [
     "previous_run_files",
     "remove_previous_run",
     "default_file_mode",
+    "add_overwrite_argument",
 ]
 
 
@@ -175,7 +176,8 @@ def check_output_file(
     Args:
         path: the output file.
         inputs: the files (or folders) the tool reads; ``None`` entries and names
-            that are not local files (``torchvision://...``) are ignored.
+            that are not local files (``torchvision://...``) are ignored. An existing
+            file inside an input folder counts as an input.
         overwrite: the user passed ``--overwrite``: an existing file may be replaced
             (but never an input, and never a folder).
         flag: the command-line option that named ``path`` (for the message).
@@ -192,8 +194,13 @@ def check_output_file(
             same = "" if str(source) == str(path) else f" ({source})"
             raise OutputError(f"{name} is also an input{same}; writing it would destroy the input: "
                               "choose another output path")
-        if source.is_dir() and path.resolve() == source.resolve():
-            raise OutputError(f"{name} is an input folder, expected an output file name")
+        if source.is_dir():
+            if path.resolve() == source.resolve():
+                raise OutputError(f"{name} is an input folder, expected an output file name")
+            # An existing file inside an input folder is one of the inputs the tool reads.
+            if (path.exists() or path.is_symlink()) and path.resolve().is_relative_to(source.resolve()):
+                raise OutputError(f"{name} is inside the input folder {source}; writing it would replace an input: "
+                                  "choose another output path")
     _parent_is_a_folder(path)
     if path.is_dir():
         raise OutputError(f"{name} is a folder, expected a file name to write")
@@ -268,6 +275,12 @@ def check_run_dir(output_dir: PathLike, *, resume: bool, overwrite: bool, flag: 
             f"--overwrite (replaces it) or another {flag}"
         )
     return output_dir
+
+
+def add_overwrite_argument(parser, *, what: str = "existing output files") -> None:
+    """The ``--overwrite`` option, worded the same in every tool."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace {what} (never an input); without it an existing output is an error")
 
 
 def remove_previous_run(output_dir: PathLike) -> Sequence[Path]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from detectron_res.outputs import add_overwrite_argument, check_output_file
 from detectron_res.weights import ARCHS, load_imagenet_weights
 
 
@@ -38,9 +39,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--allow-incomplete", action="store_true", help="write DST even if some keys were not converted or filled"
     )
+    add_overwrite_argument(parser, what="an existing DST file")
     args = parser.parse_args(argv)
 
     try:
+        # Before the (slow) conversion: DST must not be SRC (or a link to it) nor an earlier file.
+        check_output_file(args.dst, inputs=[args.src], overwrite=args.overwrite, flag="DST")
         weights = load_imagenet_weights(args.src, arch=args.arch, fmt=args.fmt, settings=args.settings)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
