@@ -88,13 +88,13 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _parent_is_a_folder(path: Path) -> None:
+def _parent_is_a_folder(path: Path, name: Optional[str] = None) -> None:
     """One line instead of NotADirectoryError / FileExistsError when a parent of
-    ``path`` is an existing file."""
+    ``path`` is an existing file (``name``: how the message names ``path``)."""
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise OutputError(f"{path}: {parent} is a file, expected a folder to write into")
+                raise OutputError(f"{name or path}: {parent} is a file, expected a folder to write into")
             return
 
 
@@ -201,7 +201,7 @@ def check_output_file(
             if (path.exists() or path.is_symlink()) and path.resolve().is_relative_to(source.resolve()):
                 raise OutputError(f"{name} is inside the input folder {source}; writing it would replace an input: "
                                   "choose another output path")
-    _parent_is_a_folder(path)
+    _parent_is_a_folder(path, name)
     if path.is_dir():
         raise OutputError(f"{name} is a folder, expected a file name to write")
     if path.exists() or path.is_symlink():
@@ -227,11 +227,19 @@ def check_output_dir(
     """
     path = Path(path)
     name = _label(flag, path)
-    _parent_is_a_folder(path / "x")
     if path.exists() and not path.is_dir():
         raise OutputError(f"{name} is a file, expected a folder (it is created if missing)")
+    _parent_is_a_folder(path, name)
+    existing = []
     for f in files:
-        check_output_file(path / f, inputs=inputs, overwrite=overwrite)
+        # Inputs and folders are refused even with --overwrite (raised here); existing files are counted.
+        check_output_file(path / f, inputs=inputs, overwrite=True)
+        if not overwrite and ((path / f).exists() or (path / f).is_symlink()):
+            existing.append(path / f)
+    if existing:
+        more = f" (and {len(existing) - 1} more of the files this run writes)" if len(existing) > 1 else ""
+        raise OutputError(f"{existing[0]} already exists{more}; pass --overwrite to replace, or choose another "
+                          f"{flag or 'output folder'}")
     return path
 
 
@@ -264,7 +272,7 @@ def check_run_dir(output_dir: PathLike, *, resume: bool, overwrite: bool, flag: 
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputError(f"{flag} {output_dir} is a file, expected a run folder (it is created if missing)")
-    _parent_is_a_folder(output_dir / "x")
+    _parent_is_a_folder(output_dir, f"{flag} {output_dir}")
     if resume or overwrite:
         return output_dir
     found = previous_run_files(output_dir)
