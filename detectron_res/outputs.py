@@ -272,7 +272,8 @@ def check_run_dir(output_dir: PathLike, *, resume: bool, overwrite: bool, flag: 
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputError(f"{flag} {output_dir} is a file, expected a run folder (it is created if missing)")
-    _parent_is_a_folder(output_dir, f"{flag} {output_dir}")
+    # A parent that is a file is left to the training's own output error (exit status 6,
+    # detectron_res/exit_status.py), like any other folder that cannot be created.
     if resume or overwrite:
         return output_dir
     found = previous_run_files(output_dir)
