@@ -326,4 +326,4 @@ def test_export_without_onnx_says_which_extra(tmp_path, monkeypatch, capsys):
     assert tool.main(["--weights", str(tmp_path / "missing.pth"), "--format", "onnx"]) == 2
     assert capsys.readouterr().err.strip() == (
         "error: --format onnx needs the onnx package(s), not installed; install the export extra: "
-        "pip install -e .[export] (or pip install onnx onnxruntime onnxscript)")
+        "pip install -e '.[export]' (or pip install onnx onnxruntime onnxscript)")

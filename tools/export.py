@@ -14,7 +14,7 @@ image's pixels), ``scores [M]`` and ``labels [M]`` (1..K). Resizing,
 normalization, padding, NMS and the mapping back to the original image happen
 inside. The caller decodes the file (EXIF rotation, grayscale...), maps labels to
 ``class_names`` and applies its own score threshold; see detectron_res/export.py.
-ONNX needs the ``export`` extra: ``pip install -e .[export]`` (onnx, onnxruntime).
+ONNX needs the ``export`` extra: ``pip install -e ".[export]"`` (onnx, onnxruntime).
 
 After writing, the tool runs the exported file (onnxruntime / torch.jit) and the
 PyTorch model on real images and compares their detections above the exported
@@ -117,7 +117,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         missing = [m for m in needed if importlib.util.find_spec(m) is None]
         if missing:
             return _usage(f"--format onnx needs the {' and '.join(missing)} package(s), not installed; install the "
-                          "export extra: pip install -e .[export] (or pip install onnx onnxruntime onnxscript)")
+                          "export extra: pip install -e '.[export]' (or pip install onnx onnxruntime onnxscript)")
     if args.verify and not Path(args.verify).is_file():
         return _usage(f"--verify {args.verify}: no such file")
 
