@@ -434,12 +434,12 @@ def compare_with_pytorch(
         a :class:`ParityReport`; ``report.verified`` is False when nothing was
         compared (no detections) as well as when the two disagree.
 
-    Matching: per image and label, each PyTorch detection (highest score first) takes
-    the unmatched exported detection of that label with the smallest largest-coordinate
-    difference; exported detections left over, or PyTorch ones without a partner of
-    their label, are unmatched (labels_agree counts matches whose label is the same,
-    which is all of them by construction, minus the PyTorch detections whose box is
-    found only under another label).
+    Matching, per image: each PyTorch detection (highest score first) takes the free
+    exported detection of the same label whose box differs least (largest coordinate
+    difference). One without a same-label partner is matched to an exported box of
+    another label within ``box_tol`` if there is one (counted as compared, but not in
+    ``labels_agree``), else counted unmatched; exported detections left over are
+    unmatched too. Borderline scores (see :class:`ParityReport`) are not counted.
     """
     model.eval()
     thresh = float(model.roi_heads.score_thresh)

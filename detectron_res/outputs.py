@@ -262,21 +262,30 @@ def previous_run_files(output_dir: PathLike) -> list:
     return found
 
 
-def check_run_dir(output_dir: PathLike, *, resume: bool, overwrite: bool, flag: str = "--output-dir") -> Path:
+def check_run_dir(output_dir: PathLike, *, resume: bool, overwrite: bool, flag: str = "--output-dir",
+                  inputs: Iterable[tuple] = ()) -> Path:
     """Refuse to start a new training run over a previous one.
 
     A folder holding a previous run (:func:`previous_run_files`) is continued with
     ``resume=True`` or replaced with ``overwrite=True``; anything else raises
-    :class:`OutputError` naming both ways out.
+    :class:`OutputError` naming both ways out. ``inputs`` are ``(option, path)``
+    pairs the run reads (``("--weights", W)``): ``overwrite`` is refused when it
+    would delete one of them (:func:`remove_previous_run`).
     """
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputError(f"{flag} {output_dir} is a file, expected a run folder (it is created if missing)")
     # A parent that is a file is left to the training's own output error (exit status 6,
     # detectron_res/exit_status.py), like any other folder that cannot be created.
+    found = previous_run_files(output_dir)
+    if overwrite and not resume:
+        doomed = [output_dir / name for name in found if name != "metrics.json"]
+        for option, source in inputs:
+            if source and "://" not in str(source) and any(_same_file(Path(source), p) for p in doomed):
+                raise OutputError(f"{option} {source} is a checkpoint of the previous run in {output_dir}, which "
+                                  f"--overwrite deletes; copy it elsewhere first, or choose another {flag}")
     if resume or overwrite:
         return output_dir
-    found = previous_run_files(output_dir)
     if found:
         shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
         raise OutputError(

@@ -159,7 +159,10 @@ def test_what_counts_as_a_previous_run(tmp_path):
     with pytest.raises(OutputError, match=r"holds a previous run .*--resume.*--overwrite.*--output-dir$"):
         check_run_dir(run, resume=False, overwrite=False)
     check_run_dir(run, resume=True, overwrite=False)
-    check_run_dir(run, resume=False, overwrite=True)
+    check_run_dir(run, resume=False, overwrite=True, inputs=[("--weights", None), ("model.weights", "msra://R-50")])
+    # --overwrite would delete the checkpoint the new run starts from: refused.
+    with pytest.raises(OutputError, match=r"^--weights .*model_0000009\.pth is a checkpoint of the previous run"):
+        check_run_dir(run, resume=False, overwrite=True, inputs=[("--weights", str(run / "model_0000009.pth"))])
 
 
 # ----------------------------------------------------------------------------

@@ -174,7 +174,8 @@ def train_classifier(
         SIGTERM / SIGUSR1 adds ``"stop"`` (the detector's report: signal, iteration,
         checkpoint, one-line message) in place of ``"scalars"``.
     """
-    output_dir = check_run_dir(output_dir, resume=resume, overwrite=overwrite)
+    output_dir = check_run_dir(output_dir, resume=resume, overwrite=overwrite,
+                               inputs=[("--weights", weights), ("model.weights", str(cfg.model.weights))])
     info, dev = _init_process(cfg, device)
     setup_logging(output_dir, info.rank)
     if overwrite and not resume and info.rank == 0:

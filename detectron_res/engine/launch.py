@@ -486,7 +486,8 @@ def train(
         when a signal ended training before ``max_iter``.
     """
     # Before anything is written (log.txt included): a previous run is never replaced by accident.
-    output_dir = check_run_dir(output_dir, resume=resume, overwrite=overwrite)
+    output_dir = check_run_dir(output_dir, resume=resume, overwrite=overwrite,
+                               inputs=[("--weights", weights), ("model.weights", str(cfg.model.weights))])
     dist_info, dev = _init_process(cfg, device)
     setup_logging(output_dir, dist_info.rank)
     if overwrite and not resume and dist_info.is_main:
