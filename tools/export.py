@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Export a trained detector to ONNX or TorchScript and verify it against PyTorch.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n")[1],
+        epilog=__doc__.split("\n\n")[1] + "\n\n" + __doc__.strip().split("\n\n")[-1],
     )
     parser.add_argument(
         "--weights", help="checkpoint written by training (default: the most recent output/*/last_checkpoint)"
