@@ -102,7 +102,7 @@ export DETECTRON_RES_DATASETS="$OUT/datasets"
 run_stage demo_data 30 "$PYTHON" -m detectron_res.data.shapes --out "$DETECTRON_RES_DATASETS/shapes"
 DEMO_T0=$(date +%s)
 run_stage demo_train 110 "$PYTHON" tools/train_net.py \
-    --config demo_shapes.yaml --device "$DEVICE" --output-dir "$OUT/demo" \
+    --config demo_shapes.yaml --device "$DEVICE" --output-dir "$OUT/demo" --overwrite \
     solver.max_iter="$DEMO_ITERS" test.eval_period=500 data.num_workers=6 solver.checkpoint_period=100000
 DEMO_SECONDS=$(( $(date +%s) - DEMO_T0 ))
 

@@ -41,11 +41,14 @@ both give the same detections.
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -53,14 +56,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, nms
 
+from .outputs import atomic_write
 from .structures import clip_boxes, nonempty_mask
 
-__all__ = ["ExportableDetector", "export_onnx", "export_torchscript", "EXPORT_FORMATS", "OnnxDetector"]
+__all__ = [
+    "ExportableDetector", "export_onnx", "export_torchscript", "EXPORT_FORMATS", "OnnxDetector", "load_exported",
+    "ParityReport", "compare_with_pytorch", "MIN_OPSET", "MAX_OPSET",
+]
 
 #: Formats of ``tools/export.py --format``.
 EXPORT_FORMATS = ("onnx", "torchscript")
 # ROIAlign(aligned=True) needs opset 16; 17 is supported by every onnxruntime >= 1.14.
 DEFAULT_OPSET = 17
+MIN_OPSET = 16
+# The TorchScript-based exporter's newest opset in torch 2.x
+# (torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET); a constant so that
+# tools/export.py can check --opset before importing torch.
+MAX_OPSET = 20
 
 
 def _shape(x: Tensor) -> Tensor:
@@ -235,23 +247,24 @@ def export_onnx(
         dynamic) and outputs ``boxes``, ``scores``, ``labels``; its
         ``metadata_props`` hold :func:`export_metadata` as JSON under ``detectron_res``.
     """
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"ONNX opset {opset} is not supported; expected {MIN_OPSET} to {MAX_OPSET} "
+                         f"(ROIAlign aligned=True needs {MIN_OPSET}; the exporter stops at {MAX_OPSET})")
     import onnx
 
-    if opset < 16:
-        raise ValueError(f"ONNX opset {opset} is too old; expected >= 16 (ROIAlign aligned=True needs opset 16)")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = ExportableDetector(model).eval()
     example = _example_image(*example_size).to(model.preprocessor.pixel_mean.device)
     with warnings.catch_warnings():
         # The tracer warns about every tensor->Python conversion it can see; the
         # size arithmetic above avoids them, and the parity test is the check.
         warnings.simplefilter("ignore")
+        buffer = io.BytesIO()
         with torch.no_grad():
             torch.onnx.export(
                 wrapper,
                 (example,),
-                str(path),
+                buffer,
                 dynamo=False,
                 opset_version=int(opset),
                 input_names=["image"],
@@ -264,12 +277,12 @@ def export_onnx(
                 },
                 do_constant_folding=True,
             )
-    onnx_model = onnx.load(str(path))
+    onnx_model = onnx.load_from_string(buffer.getvalue())
     entry = onnx_model.metadata_props.add()
     entry.key = "detectron_res"
     entry.value = json.dumps(export_metadata(model, class_names))
-    onnx.save(onnx_model, str(path))
-    return path
+    data = onnx_model.SerializeToString()
+    return atomic_write(path, lambda f: f.write(data))  # never half a model under the final name
 
 
 def export_torchscript(
@@ -281,16 +294,15 @@ def export_torchscript(
     arithmetic of :class:`ExportableDetector`, so other image sizes work too.
     TorchScript is deprecated in recent PyTorch releases; prefer ONNX for deployment.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = ExportableDetector(model).eval()
     example = _example_image(*example_size).to(model.preprocessor.pixel_mean.device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.no_grad():
             traced = torch.jit.trace(wrapper, (example,), check_trace=False)
-    traced.save(str(path))
-    return path
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.save's deprecation notice
+        return atomic_write(path, lambda f: torch.jit.save(traced, f))
 
 
 class OnnxDetector:
@@ -318,3 +330,166 @@ class OnnxDetector:
             raise TypeError(f"OnnxDetector: expected a uint8 image [H, W, 3], got {what}")
         boxes, scores, labels = self.session.run(None, {"image": np.ascontiguousarray(image)})
         return boxes, scores, labels
+
+
+# ----------------------------------------------------------------------------
+# Parity check: the exported file against the PyTorch model, on real detections
+# ----------------------------------------------------------------------------
+Detections = Tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [M, 4], scores [M], labels [M]
+
+
+def load_exported(path: Union[str, os.PathLike], fmt: str) -> Callable[[np.ndarray], Detections]:
+    """A function running the exported file on one ``uint8 [H, W, 3]`` image:
+    onnxruntime for ``onnx``, ``torch.jit.load`` for ``torchscript``."""
+    if fmt == "onnx":
+        return OnnxDetector(path)
+    if fmt != "torchscript":
+        raise ValueError(f"format {fmt!r}: expected one of {', '.join(EXPORT_FORMATS)}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+        module = torch.jit.load(str(path), map_location="cpu")
+
+    def run(image: np.ndarray) -> Detections:
+        with torch.no_grad():
+            boxes, scores, labels = module(torch.from_numpy(np.ascontiguousarray(image)))
+        return boxes.numpy(), scores.numpy(), labels.numpy()
+
+    return run
+
+
+@dataclass
+class ParityReport:
+    """What :func:`compare_with_pytorch` compared and how far apart the two were.
+
+    ``compared`` counts PyTorch detections matched with an exported one (same label,
+    the closest box); ``unmatched`` those of either side without a partner, apart
+    from ``borderline`` ones (a score within ``score_tol`` of the threshold, which
+    rounding may put on either side of it).
+    """
+
+    images: int = 0
+    images_with_detections: int = 0
+    reference_detections: int = 0
+    exported_detections: int = 0
+    compared: int = 0
+    labels_agree: int = 0
+    unmatched: int = 0
+    borderline: int = 0
+    max_box_diff: float = 0.0
+    max_score_diff: float = 0.0
+    box_tol: float = 0.0
+    score_tol: float = 0.0
+    score_thresh: float = 0.0
+    failures: List[str] = field(default_factory=list)  # one line per image that disagrees (first few)
+
+    @property
+    def verified(self) -> bool:
+        """At least one detection compared, and everything within tolerance."""
+        return self.compared > 0 and self.passed
+
+    @property
+    def passed(self) -> bool:
+        return (self.unmatched == 0 and self.labels_agree == self.compared and self.max_box_diff <= self.box_tol
+                and self.max_score_diff <= self.score_tol)
+
+    def summary(self) -> str:
+        return (f"{self.images} image(s), {self.images_with_detections} with detections; "
+                f"{self.compared} detection(s) compared (PyTorch {self.reference_detections}, exported "
+                f"{self.exported_detections}, scores above {self.score_thresh:g}); max box difference "
+                f"{self.max_box_diff:.2e} px, max score difference {self.max_score_diff:.2e}; labels agree "
+                f"{self.labels_agree}/{self.compared}; unmatched {self.unmatched}"
+                + (f" (+{self.borderline} within {self.score_tol:g} of the threshold, not counted)"
+                   if self.borderline else "")
+                + f"; tolerance: boxes {self.box_tol:g} px, scores {self.score_tol:g}")
+
+
+def _pytorch_detections(model: nn.Module, image: np.ndarray) -> Detections:
+    device = model.preprocessor.pixel_mean.device
+    with torch.no_grad():
+        out = model([torch.from_numpy(image).permute(2, 0, 1).float().to(device)])[0]
+    return tuple(out[k].detach().cpu().numpy() for k in ("boxes", "scores", "labels"))
+
+
+def compare_with_pytorch(
+    model: nn.Module,
+    exported: Callable[[np.ndarray], Detections],
+    images: Iterable[Tuple[str, np.ndarray]],
+    *,
+    box_tol: float = 0.05,
+    score_tol: float = 1e-3,
+    stop_after: Optional[int] = None,
+) -> ParityReport:
+    """Run ``model`` (PyTorch, evaluation mode) and ``exported`` on each image and match
+    their detections.
+
+    Args:
+        model: the ``FasterRCNN`` that was exported (its score threshold is the graph's).
+        exported: from :func:`load_exported`.
+        images: ``(name, uint8 [H, W, 3] in model.input_format)`` pairs (read lazily).
+        box_tol: largest allowed coordinate difference of matched boxes, in pixels.
+        score_tol: largest allowed score difference; also the margin around the score
+            threshold inside which a detection present on one side only is not a mismatch.
+        stop_after: stop once this many images had PyTorch detections (None: all images).
+    Returns:
+        a :class:`ParityReport`; ``report.verified`` is False when nothing was
+        compared (no detections) as well as when the two disagree.
+
+    Matching, per image: each PyTorch detection (highest score first) takes the free
+    exported detection of the same label whose box differs least (largest coordinate
+    difference). One without a same-label partner is matched to an exported box of
+    another label within ``box_tol`` if there is one (counted as compared, but not in
+    ``labels_agree``), else counted unmatched; exported detections left over are
+    unmatched too. Borderline scores (see :class:`ParityReport`) are not counted.
+    """
+    model.eval()
+    thresh = float(model.roi_heads.score_thresh)
+    report = ParityReport(box_tol=float(box_tol), score_tol=float(score_tol), score_thresh=thresh)
+    for name, image in images:
+        ref_boxes, ref_scores, ref_labels = _pytorch_detections(model, image)
+        boxes, scores, labels = (np.asarray(a) for a in exported(image))
+        report.images += 1
+        report.images_with_detections += int(len(ref_boxes) > 0)
+        report.reference_detections += len(ref_boxes)
+        report.exported_detections += len(boxes)
+        free = np.ones(len(boxes), dtype=bool)
+        problems = []
+        for i in np.argsort(-ref_scores, kind="stable"):
+            same_label = np.flatnonzero(free & (labels == ref_labels[i]))
+            if len(same_label) == 0:
+                if ref_scores[i] < thresh + score_tol:
+                    report.borderline += 1
+                    continue
+                other = np.flatnonzero(free)
+                # The box found under another label: a label disagreement, else a missing detection.
+                if len(other) and np.abs(boxes[other] - ref_boxes[i]).max(axis=1).min() <= box_tol:
+                    report.compared += 1
+                    j = other[np.abs(boxes[other] - ref_boxes[i]).max(axis=1).argmin()]
+                    free[j] = False
+                    problems.append(f"label {int(labels[j])} where PyTorch has {int(ref_labels[i])}")
+                else:
+                    report.unmatched += 1
+                    problems.append(f"PyTorch detection (label {int(ref_labels[i])}, score {ref_scores[i]:.3f}) "
+                                    "missing")
+                continue
+            diffs = np.abs(boxes[same_label] - ref_boxes[i]).max(axis=1)
+            j = same_label[diffs.argmin()]
+            free[j] = False
+            report.compared += 1
+            report.labels_agree += 1
+            box_diff, score_diff = float(diffs.min()), float(abs(scores[j] - ref_scores[i]))
+            report.max_box_diff = max(report.max_box_diff, box_diff if math.isfinite(box_diff) else math.inf)
+            report.max_score_diff = max(report.max_score_diff, score_diff if math.isfinite(score_diff) else math.inf)
+            if box_diff > box_tol or score_diff > score_tol:
+                problems.append(f"box differs by {box_diff:.3g} px, score by {score_diff:.3g}")
+        for j in np.flatnonzero(free):
+            if scores[j] < thresh + score_tol:
+                report.borderline += 1
+            else:
+                report.unmatched += 1
+                problems.append(f"exported detection (label {int(labels[j])}, score {scores[j]:.3f}) not in PyTorch's")
+        if problems and len(report.failures) < 5:
+            report.failures.append(f"{name}: {problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1
+                                                                else ""))
+        if stop_after is not None and report.images_with_detections >= stop_after:
+            break
+    return report

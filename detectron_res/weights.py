@@ -66,6 +66,7 @@ import torch
 from torch import nn
 
 from .modeling.backbone.resnet import BottleneckBlock
+from .outputs import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -587,21 +588,19 @@ class ImageNetWeights:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the ``detectron_res`` format: a ``.pth`` readable with ``weights_only=True``."""
-        torch.save(
-            {
-                "format": _SAVED_FORMAT_TAG,
-                "version": _SAVED_FORMAT_VERSION,
-                "arch": self.arch,
-                "input_format": self.input_format,
-                "pixel_mean": [float(v) for v in self.pixel_mean],
-                "pixel_std": [float(v) for v in self.pixel_std],
-                "stride_in_1x1": self.stride_in_1x1,
-                "stem_pool": self.stem_pool,
-                "converted_from": f"{self.fmt}:{self.source}",
-                "state_dict": self.state_dict,
-            },
-            path,
-        )
+        state = {
+            "format": _SAVED_FORMAT_TAG,
+            "version": _SAVED_FORMAT_VERSION,
+            "arch": self.arch,
+            "input_format": self.input_format,
+            "pixel_mean": [float(v) for v in self.pixel_mean],
+            "pixel_std": [float(v) for v in self.pixel_std],
+            "stride_in_1x1": self.stride_in_1x1,
+            "stem_pool": self.stem_pool,
+            "converted_from": f"{self.fmt}:{self.source}",
+            "state_dict": self.state_dict,
+        }
+        atomic_write(path, lambda f: torch.save(state, f))
 
 
 def _to_tensor(value: Any, source: str, key: str) -> torch.Tensor:

@@ -11,6 +11,7 @@ import pytest
 from detectron_res.data.catalog import get_dataset
 from detectron_res.data.shapes import SHAPES_CLASS_NAMES, generate_shapes_dataset, main
 from detectron_res.data.voc import load_voc
+from detectron_res.outputs import OutputError
 
 SMALL = dict(num_train=12, num_val=4, image_size=(64, 128), seed=3)
 
@@ -99,8 +100,11 @@ def test_deterministic_and_idempotent(tmp_path, shapes_root):
     info = generate_shapes_dataset(out, **SMALL)
     assert info["generated"] is False  # same parameters: nothing written
     assert os.path.getmtime(os.path.join(out, "annotations", "instances_train.json")) == stamp
-    # other parameters: regenerated, old files replaced
-    info = generate_shapes_dataset(out, **{**SMALL, "num_train": 3, "seed": 4})
+    # other parameters: refused (the folder holds a dataset made earlier), replaced with force
+    with pytest.raises(OutputError, match=r"holds a shapes dataset made with other parameters .*--force"):
+        generate_shapes_dataset(out, **{**SMALL, "num_train": 3, "seed": 4})
+    assert os.path.getmtime(os.path.join(out, "annotations", "instances_train.json")) == stamp
+    info = generate_shapes_dataset(out, **{**SMALL, "num_train": 3, "seed": 4}, force=True)
     assert info["generated"]
     assert len(os.listdir(os.path.join(out, "images", "train"))) == 3
     assert len(load_voc(os.path.join(out, "VOCdevkit", "VOC2007"), "train", class_names=SHAPES_CLASS_NAMES)) == 3
@@ -114,9 +118,18 @@ def test_command_line(tmp_path, capsys):
     assert "up to date" in capsys.readouterr().out
     assert main(["--out", out, "--min-size", "10"]) == 2
     assert "expected (min, max) side lengths with 32 <= min <= max" in capsys.readouterr().err
+    # another dataset in the folder: refused with one line, kept; --force replaces it
+    capsys.readouterr()
+    assert main(["--out", out, "--num-train", "3", "--num-val", "1", "--min-size", "64", "--max-size", "80"]) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert len(os.listdir(os.path.join(out, "images", "train"))) == 2
+    assert main(["--out", out, "--num-train", "3", "--num-val", "1", "--min-size", "64", "--max-size", "80",
+                 "--force"]) == 0
 
 
 @pytest.mark.slow
+
+
 def test_default_demo_dataset_agrees_across_readers(tmp_path):
     info = generate_shapes_dataset(str(tmp_path / "shapes"))
     assert info["num_train"] == 600 and info["num_val"] == 100

@@ -162,7 +162,7 @@ def test_all_input_kinds_and_broken_files(inputs, checkpoint, model, tmp_path, c
     for name, (path, (height, width)) in good.items():
         if name == "clip.avi":
             continue
-        record = json.loads((out_dir / f"{path.stem}.json").read_text())
+        record = json.loads((out_dir / f"{path.stem}_{path.suffix[1:]}.json").read_text())
         assert record == records[name]
         assert record["image_size"] == {"height": height, "width": width}, name
         annotated = cv2.imread(record["annotated_image"], cv2.IMREAD_UNCHANGED)
@@ -174,7 +174,7 @@ def test_all_input_kinds_and_broken_files(inputs, checkpoint, model, tmp_path, c
         total += len(record["detections"])
     assert total > 0  # the tiny model does detect things on these images
 
-    video = json.loads((out_dir / "clip.json").read_text())
+    video = json.loads((out_dir / "clip_avi.json").read_text())
     assert video["num_frames"] == 4 and [f["frame"] for f in video["frames"]] == [0, 1, 2, 3]
     assert video["image_size"] == {"height": 64, "width": 96}
     capture = cv2.VideoCapture(video["annotated_video"])
@@ -203,14 +203,14 @@ def test_boxes_are_in_original_image_pixels(inputs, checkpoint, model, tmp_path,
         "gray.png": cv2.cvtColor(cv2.imread(str(good["gray.png"][0]), cv2.IMREAD_GRAYSCALE), cv2.COLOR_GRAY2BGR),
     }
     for name in names:
-        record = json.loads((out_dir / f"{Path(name).stem}.json").read_text())
+        record = json.loads((out_dir / f"{name.replace('.', '_')}.json").read_text())
         boxes, scores, labels = reference_detections(model, decoded[name], 0.05)
         assert len(record["detections"]) == len(boxes) > 0, name
         np.testing.assert_allclose([d["box"] for d in record["detections"]], boxes, atol=2e-3)
         np.testing.assert_allclose([d["score"] for d in record["detections"]], scores, atol=2e-6)
         assert [d["label"] for d in record["detections"]] == labels.tolist()
     # The large image's boxes are in its 4000 x 3000 pixels, not the 96 x 72 the model ran at.
-    large = json.loads((out_dir / "large.json").read_text())
+    large = json.loads((out_dir / "large_jpg.json").read_text())
     assert max(d["box"][2] for d in large["detections"]) > 500
 
 
@@ -220,7 +220,7 @@ def test_annotated_image_shows_boxes_in_class_colors(inputs, checkpoint, tmp_pat
     path = inputs[1]["drawing.png"][0]
     code, _, _ = _run([path, "--weights", checkpoint, "--output", tmp_path, "--score-thresh", "0.3"], capsys)
     assert code == 0
-    record = json.loads((tmp_path / "drawing.json").read_text())
+    record = json.loads((tmp_path / "drawing_png.json").read_text())
     annotated = cv2.imread(record["annotated_image"])
     original = cv2.imread(str(path))
     assert record["detections"], "expected detections above 0.3"
@@ -260,14 +260,14 @@ def test_name_collisions_get_unique_outputs(checkpoint, tmp_path, capsys):
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "predictions.json",
-        "same.json",
-        "same.png",
-        "same_2.json",
-        "same_2.png",
+        "same_png.json",
+        "same_png.png",
+        "same_png_2.json",
+        "same_png_2.png",
     ]
     # Writing the results next to the inputs never overwrites an input.
     code, _, _ = _run([tmp_path / "a" / "same.png", "--weights", checkpoint, "--output", tmp_path / "a", "-q"], capsys)
-    assert code == 0 and (tmp_path / "a" / "same_annotated.png").is_file()
+    assert code == 0 and (tmp_path / "a" / "same_png.png").is_file()
     assert np.array_equal(cv2.imread(str(tmp_path / "a" / "same.png")), synthetic_image(64, 64, seed=ord("a")))
 
 
@@ -310,6 +310,73 @@ def test_command_line_uses_latest_trained_model(inputs, checkpoint, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert str(Path("output") / "newer_run" / "model_final.pth") in proc.stdout
     assert "most recent" in proc.stdout
-    record = json.loads((tmp_path / "output" / "infer" / "photo.json").read_text())
+    record = json.loads((tmp_path / "output" / "infer" / "photo_jpg.json").read_text())
     assert record["image_size"] == {"height": 90, "width": 120}
-    assert (tmp_path / "output" / "infer" / "photo.jpg").is_file()
+    assert (tmp_path / "output" / "infer" / "photo_jpg.jpg").is_file()
+
+
+def test_same_stem_other_extension_and_reruns_never_overwrite(checkpoint, tmp_path, capsys):
+    """coffee.png and coffee.tiff (clip.mp4 / clip.avi) keep separate outputs; a second run
+    into the same folder is refused before the model runs (nothing changes); --overwrite
+    replaces the earlier run and deletes its other outputs; a run in which every input
+    fails keeps the earlier predictions.json."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "coffee.png"), synthetic_image(64, 96, seed=1))
+    cv2.imwrite(str(folder / "coffee.tiff"), synthetic_image(64, 96, seed=2))
+    cv2.imwrite(str(folder / "tea.png"), synthetic_image(64, 96, seed=3))
+    out = tmp_path / "out"
+    code, _, err = _run([folder / "coffee.png", folder / "coffee.tiff", folder / "tea.png", "--weights", checkpoint,
+                         "--output", out, "-q", "--score-thresh", "0.05"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "coffee_png.json", "coffee_png.png", "coffee_tiff.json", "coffee_tiff.png", "predictions.json",
+        "tea_png.json", "tea_png.png"]
+    assert json.loads((out / "coffee_tiff.json").read_text())["file_name"].endswith("coffee.tiff")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    # The same command again: refused with one line, exit 2, nothing touched.
+    code, _, err = _run([folder / "coffee.png", "--weights", checkpoint, "--output", out, "-q"], capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"error: {out / 'predictions.json'} already exists (and 2 more of the files this run writes); "
+        "pass --overwrite to replace, or choose another --output"]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    # A run in which every input fails, with --overwrite: the earlier record and files stay.
+    (folder / "broken.png").write_bytes(b"not an image")
+    code, _, err = _run([folder / "broken.png", "--weights", checkpoint, "--output", out, "-q", "--overwrite"], capsys)
+    assert code == 1 and "predictions.json of the earlier run is kept" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    # --overwrite with one input: its outputs are replaced, the earlier run's others deleted.
+    code, stdout, err = _run([folder / "coffee.png", "--weights", checkpoint, "--output", out, "-q", "--overwrite"],
+                             capsys)
+    assert code == 0, err
+    assert "deleted 4 output file(s) of the earlier run" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["coffee_png.json", "coffee_png.png", "predictions.json"]
+    summary = json.loads((out / "predictions.json").read_text())
+    assert [Path(r["file_name"]).name for r in summary["images"]] == ["coffee.png"]
+    assert sorted(p.name for p in folder.iterdir()) == ["broken.png", "coffee.png", "coffee.tiff", "tea.png"]
+
+
+def test_output_is_a_file_and_umask(checkpoint, tmp_path, capsys):
+    """--output naming an existing file: one line, exit 2. Outputs get the umask's
+    permissions (0644 under umask 022, 0640 under 027), not mkstemp's 0600."""
+    image = tmp_path / "photo.png"
+    cv2.imwrite(str(image), synthetic_image(64, 96, seed=4))
+    not_a_folder = tmp_path / "results.txt"
+    not_a_folder.write_text("mine\n")
+    code, _, err = _run([image, "--weights", checkpoint, "--output", not_a_folder, "-q"], capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        f"error: --output {not_a_folder} is a file, expected a folder (it is created if missing)"]
+    assert not_a_folder.read_text() == "mine\n"
+    for umask, mode in ((0o022, 0o644), (0o027, 0o640)):
+        old = os.umask(umask)
+        try:
+            code, _, err = _run([image, "--weights", checkpoint, "--output", tmp_path / f"u{umask:o}", "-q"], capsys)
+        finally:
+            os.umask(old)
+        assert code == 0, err
+        modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / f"u{umask:o}").iterdir()}
+        assert modes == {"photo_png.png": mode, "photo_png.json": mode, "predictions.json": mode}

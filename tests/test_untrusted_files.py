@@ -576,12 +576,13 @@ def test_infer_outputs_stay_in_the_output_folder(tmp_path, tiny_checkpoint, monk
     for i in range(3):
         writer.write(np.full((24, 32, 3), 40 * i, np.uint8))
     writer.release()
-    # Links planted in the output folder where x.png's outputs will be written: they
-    # are replaced by the output files, not followed (victim.png keeps its pixels).
+    # Links planted in the output folder where x.png's outputs will be written: the run
+    # refuses them without --overwrite; with it they are replaced by the output files,
+    # not followed (victim.png keeps its pixels).
     victim = _image(tmp_path / "elsewhere" / "victim.png", 12)
     out.mkdir()
-    (out / "x.png").symlink_to(victim)
-    (out / "x.json").symlink_to(tmp_path / "elsewhere" / "x.json")
+    (out / "x_png.png").symlink_to(victim)
+    (out / "x_png.json").symlink_to(tmp_path / "elsewhere" / "x.json")
     before = {p: p.read_bytes() for p in _files_under(tmp_path) if not p.is_relative_to(out) and p.is_file()}
 
     monkeypatch.chdir(inputs / "a")
@@ -593,8 +594,12 @@ def test_infer_outputs_stay_in_the_output_folder(tmp_path, tiny_checkpoint, monk
         inputs / "a_b.png", inputs / "new\nline.png", inputs / "..png", inputs / "...png", inputs / ".hidden.png",
         inputs / "predictions.png", inputs / "x_2.png", inputs / "link.png", inputs / "x.avi",
     ]
-    code = _load_tool("infer").main([str(a) for a in argv] + ["--weights", str(tiny_checkpoint), "--output",
-                                                                str(out), "-q", "--device", "cpu"])
+    common = ["--weights", str(tiny_checkpoint), "--output", str(out), "-q", "--device", "cpu"]
+    code = _load_tool("infer").main([str(a) for a in argv] + common)
+    captured = capsys.readouterr()
+    assert code == 2 and "already exists" in captured.err and "--overwrite" in captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["x_png.json", "x_png.png"]
+    code = _load_tool("infer").main([str(a) for a in argv] + common + ["--overwrite"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
 
@@ -611,8 +616,8 @@ def test_infer_outputs_stay_in_the_output_folder(tmp_path, tiny_checkpoint, monk
     assert len(records) == 13 and len(list(out.glob("*.json"))) == 14
     assert sorted(r["file_name"] for r in records) == sorted(str(a) for a in argv)
     stems = [Path(r.get("annotated_image") or r["annotated_video"]).stem for r in records]
-    assert stems == ["x", "x_2", "X_3", "a_b", "a_b_2", "new_line", "image", "image_2", "hidden", "predictions_2",
-                     "x_2_2", "link", "x_4"]
+    assert stems == ["x_png", "x_png_2", "X_png_3", "a_b_png", "a_b_png_2", "new_line_png", "image_png",
+                     "image_png_2", "hidden_png", "predictions_png", "x_2_png", "link_png", "x_avi"]
     for record in records:
         own = json.loads((out / f"{Path(record.get('annotated_image') or record['annotated_video']).stem}.json")
                          .read_text())
@@ -620,21 +625,21 @@ def test_infer_outputs_stay_in_the_output_folder(tmp_path, tiny_checkpoint, monk
 
 
 def test_infer_never_overwrites_an_input_next_to_it(tmp_path, tiny_checkpoint, capsys):
-    """--output pointing at the inputs' folder: x.png and x.json are inputs (the JSON
-    one fails to decode), so x's outputs take other names."""
+    """--output pointing at the inputs' folder: x.png, x_png.json and x_png_annotated.png
+    are inputs (the last two fail to decode), so x's outputs take other names."""
     folder = tmp_path / "data"
     image = _image(folder / "x.png", 1)
     original = image.read_bytes()
-    (folder / "x.json").write_text('{"mine": true}\n')
-    (folder / "x_annotated.png").write_text("not an image\n")
-    code = _load_tool("infer").main([str(folder / "x.png"), str(folder / "x.json"), str(folder / "x_annotated.png"),
+    (folder / "x_png.json").write_text('{"mine": true}\n')
+    (folder / "x_png.png").write_text("not an image\n")
+    code = _load_tool("infer").main([str(folder / "x.png"), str(folder / "x_png.json"), str(folder / "x_png.png"),
                                      "--weights", str(tiny_checkpoint), "--output", str(folder), "-q"])
     capsys.readouterr()
     assert code == 1  # the two non-images are reported
     assert image.read_bytes() == original
-    assert (folder / "x.json").read_text() == '{"mine": true}\n'
-    assert (folder / "x_annotated.png").read_text() == "not an image\n"
-    assert (folder / "x_2.json").is_file() and (folder / "x_2.png").is_file()
+    assert (folder / "x_png.json").read_text() == '{"mine": true}\n'
+    assert (folder / "x_png.png").read_text() == "not an image\n"
+    assert (folder / "x_png_2.json").is_file() and (folder / "x_png_2.png").is_file()
 
 
 def test_export_output_is_next_to_the_checkpoint(tmp_path, tiny_checkpoint, monkeypatch, capsys):

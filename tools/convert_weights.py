@@ -31,6 +31,7 @@ import argparse
 import sys
 
 from detectron_res.engine.checkpoint import save_checkpoint
+from detectron_res.outputs import add_overwrite_argument, check_output_file
 from detectron_res.weights import ARCHS, NotADetectorError, detectron2_detector_checkpoint, load_imagenet_weights
 
 
@@ -53,7 +54,15 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--allow-incomplete", action="store_true", help="write DST even if some keys were not converted or filled"
     )
+    add_overwrite_argument(parser, what="an existing DST file")
     args = parser.parse_args(argv)
+
+    try:
+        # Before the (slow) conversion: DST must not be SRC (or a link to it) nor an earlier file.
+        check_output_file(args.dst, inputs=[args.src], overwrite=args.overwrite, flag="DST")
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     if args.fmt == "detectron2":
         try:

@@ -13,6 +13,9 @@
 4. runs ``tools/infer.py`` on a validation image;
 5. prints where everything was written and how long each step took.
 
+A second run into the same ``--output-dir`` is refused (it would replace the
+trained model); pass ``--overwrite`` to train again from scratch there.
+
 Trailing ``section.key=value`` arguments override the demo config
 (e.g. ``solver.max_iter=300`` for a quicker, less accurate run).
 """
@@ -29,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from detectron_res.outputs import OutputError, add_overwrite_argument, check_run_dir  # noqa: E402
+
 # The demo's quality bar: VOC07 mAP@0.5 (percent) on shapes_val.
 MAP50_BAR = 90.0
 
@@ -44,8 +49,15 @@ def main(argv=None) -> int:
                         help="torch compute threads (default 1: with the loader process this fills 2 cores; the "
                              "demo's small convolutions run several times slower with 2 threads on a busy 2-core "
                              "machine)")
+    add_overwrite_argument(parser, what="a previous demo run in --output-dir (trains again from scratch)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="demo config overrides")
     args = parser.parse_args(argv)
+    output_dir = Path(args.output_dir)
+    try:  # before the data and the training: a finished demo is never replaced by accident
+        check_run_dir(output_dir, resume=False, overwrite=args.overwrite)
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     from detectron_res.config import ConfigError, load_config
     from detectron_res.data.catalog import DATASETS_ENV_VAR, datasets_root
@@ -62,7 +74,11 @@ def main(argv=None) -> int:
 
     # 1. data
     shapes_dir = Path(datasets_root()) / "shapes"
-    info = generate_shapes_dataset(str(shapes_dir))
+    try:
+        info = generate_shapes_dataset(str(shapes_dir))
+    except OutputError as e:  # the folder holds another dataset
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     times["data"] = time.perf_counter() - t0
     print(f"[demo] shapes dataset {'generated' if info['generated'] else 'already present'} in {shapes_dir} "
           f"({info['num_train']} train / {info['num_val']} val images)", flush=True)
@@ -73,10 +89,10 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    output_dir = Path(args.output_dir)
     cfg.output_dir = str(output_dir)
     t1 = time.perf_counter()
-    result = train(cfg, output_dir=output_dir, device=args.device, config_source="configs/demo_shapes.yaml")
+    result = train(cfg, output_dir=output_dir, device=args.device, config_source="configs/demo_shapes.yaml",
+                   overwrite=args.overwrite)
     times["train + evaluation"] = time.perf_counter() - t1
     scalars = result.get("scalars", {})
 
@@ -88,7 +104,7 @@ def main(argv=None) -> int:
     if images:
         cmd = [sys.executable, str(ROOT / "tools" / "infer.py"), str(images[0]),
                "--weights", str(output_dir / "model_final.pth"), "--output", str(infer_dir), "--device", args.device,
-               "--quiet"]
+               "--quiet"] + (["--overwrite"] if args.overwrite else [])
         print(f"[demo] {' '.join(cmd)}", flush=True)
         env = dict(os.environ, OMP_NUM_THREADS=str(max(1, args.threads)))
         infer_status = subprocess.run(cmd, env=env).returncode

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from detectron_res.data.coco import validate_coco_json  # noqa: E402
 from detectron_res.evaluation.coco import evaluate_coco, format_coco_table, load_coco_gt  # noqa: E402
 from detectron_res.evaluation.report import write_json  # noqa: E402
+from detectron_res.outputs import add_overwrite_argument, check_output_file  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", required=True, help="COCO instances annotation JSON")
     p.add_argument("--results", required=True, help="detections in the COCO results format (JSON list)")
     p.add_argument("--json", help="also write the metrics (percent) to this JSON file")
+    add_overwrite_argument(p, what="an existing --json file")
     return p
 
 
@@ -67,6 +69,8 @@ def _finite(value) -> bool:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.json:  # before the work: an input or an earlier result is never replaced by accident
+            check_output_file(args.json, inputs=[args.gt, args.results], overwrite=args.overwrite, flag="--json")
         # pycocotools trusts the file (a list crashes it, NaN boxes or unknown category
         # ids go unnoticed): the toolkit's reader checks it first, without the images.
         validate_coco_json(args.gt, name=args.gt)

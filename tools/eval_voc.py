@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from detectron_res.evaluation.report import write_json  # noqa: E402
+from detectron_res.outputs import add_overwrite_argument, check_output_file  # noqa: E402
 from detectron_res.evaluation.voc import (  # noqa: E402
     VOC_CLASSES,
     VOC_PROTOCOLS,
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the metrics (percent) to this JSON file")
     p.add_argument("--pack", metavar="OUT_TGZ",
                    help="instead of scoring, pack the files for the VOC evaluation server into this .tar.gz")
+    add_overwrite_argument(p, what="an existing --json or --pack file")
     return p
 
 
@@ -59,6 +61,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     class_names = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else list(VOC_CLASSES)
     try:
+        # Before the work: no input (a results file, the devkit) or earlier output is replaced by accident.
+        inputs = [args.voc_root, args.results_dir]
+        if args.pack:
+            check_output_file(args.pack, inputs=inputs, overwrite=args.overwrite, flag="--pack")
+        elif args.json:
+            check_output_file(args.json, inputs=inputs, overwrite=args.overwrite, flag="--json")
         if args.pack:
             out = pack_voc_server_submission(args.results_dir, args.pack, class_names=class_names,
                                              split=args.split, year=str(args.year))

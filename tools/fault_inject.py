@@ -67,6 +67,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from detectron_res.outputs import (  # noqa: E402
+    OutputError, add_overwrite_argument, atomic_write_text, check_output_dir, check_output_file,
+)
+
 TRAIN_NET = ROOT / "tools" / "train_net.py"
 
 # configs/tiny_shapes.yaml: the demo detector small enough for several CPU iterations per
@@ -414,6 +418,13 @@ def run_faults(args: argparse.Namespace) -> Report:
         import detectron_res.evaluation  # noqa: F401
         import detectron_res.modeling.build  # noqa: F401
 
+    if args.work_dir:
+        # The sub-folders of an earlier run are deleted below: only when the user says so.
+        check_output_dir(args.work_dir, flag="--work-dir")
+        earlier = [sub for sub in ("run", "reference", "logs") if (Path(args.work_dir) / sub).exists()]
+        if earlier and not args.overwrite:
+            raise OutputError(f"--work-dir {args.work_dir} holds {', '.join(s + '/' for s in earlier)} (an earlier run?); "
+                              "pass --overwrite to replace them, or choose another --work-dir")
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="fault_inject_"))
     work.mkdir(parents=True, exist_ok=True)
     for sub in ("run", "reference", "logs"):
@@ -541,7 +552,7 @@ def print_summary(report: Report, args: argparse.Namespace) -> None:
     if report.failures:
         print(f"work directory kept: {getattr(report, 'work_dir', '?')}")
     if args.json:
-        Path(args.json).write_text(json.dumps({k: v for k, v in vars(report).items() if k != "events"}, indent=1))
+        atomic_write_text(args.json, json.dumps({k: v for k, v in vars(report).items() if k != "events"}, indent=1))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -564,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "removed when every check passed)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     parser.add_argument("--json", default=None, help="also write the counts to this JSON file")
+    add_overwrite_argument(parser, what="an existing --json file and the sub-folders of an earlier run in --work-dir")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -578,6 +590,8 @@ def main(argv=None) -> int:
     if not hasattr(os, "fork") and not args.spawn:
         args.spawn = True  # e.g. Windows
     try:
+        if args.json:
+            check_output_file(args.json, overwrite=args.overwrite, flag="--json")
         report = run_faults(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -6,14 +6,22 @@
     python tools/infer.py photo.jpg --score-thresh 0.3 --device cpu --output results/
     python tools/infer.py photo.jpg --config configs/voc_r101.yaml --weights W.pth input.min_size_test=800
 
-For every input it writes, under ``--output`` (default ``output/infer``):
+For every input ``<name>.<ext>`` it writes, under ``--output`` (default ``output/infer``),
+two files named ``<name>_<ext>`` (the extension is kept, so ``coffee.png`` and
+``coffee.tiff`` never share outputs):
 
-* ``<name>.<ext>``: the image with boxes, class names and scores drawn on it
-  (videos: ``<name>.mp4`` with every frame annotated);
-* ``<name>.json``: the detections (file name, image size, boxes as ``x1, y1, x2, y2``
+* ``<name>_<ext>.<ext>``: the image with boxes, class names and scores drawn on it
+  (``.png`` for formats OpenCV does not write; videos: ``<name>_<ext>.mp4`` with
+  every frame annotated);
+* ``<name>_<ext>.json``: the detections (file name, image size, boxes as ``x1, y1, x2, y2``
   in the original image's pixels, class ids and names, scores; per frame for videos);
 
-and ``predictions.json`` gathering all of them. Files that cannot be read (corrupt,
+and ``predictions.json`` gathering all of them. Nothing is overwritten silently:
+if any of these files exists already (an earlier run into the same folder), the
+tool stops before running the model and names it; ``--overwrite`` replaces them
+and deletes the other outputs of the earlier run listed in its ``predictions.json``,
+so the folder holds one run's results. JSON files are written atomically, and a
+run that processed nothing keeps the earlier ``predictions.json``. Files that cannot be read (corrupt,
 empty, not an image) are reported by name and skipped; the others are still
 processed, and the exit status is 1 when anything failed (2 for a usage error such
 as a missing model, 0 when all went well).
@@ -162,6 +170,15 @@ def safe_stem(path: Path) -> str:
     return stem or "image"
 
 
+def output_stem(path: Path) -> str:
+    """The base name of ``path``'s outputs: :func:`safe_stem` plus the input's
+    extension (``coffee.png`` -> ``coffee_png``), so that inputs differing only by
+    extension (``coffee.png``, ``coffee.tiff``; ``clip.mp4``, ``clip.avi``) never write
+    the same files."""
+    ext = _UNSAFE_STEM_CHARS.sub("_", path.suffix.lstrip(".")).lower()
+    return f"{safe_stem(path)}_{ext}" if ext else safe_stem(path)
+
+
 def writable_target(path: Path) -> Path:
     """``path``, made safe to write: a symbolic link there (planted in a shared output
     folder) is removed rather than followed, so outputs never land outside the folder."""
@@ -171,10 +188,10 @@ def writable_target(path: Path) -> Path:
 
 
 class OutputNamer:
-    """Unique output names in one folder: ``a.jpg`` and ``sub/a.png`` -> ``a``, ``a_2``.
+    """Unique output names in one folder: ``a.jpg`` and ``sub/a.jpg`` -> ``a_jpg``, ``a_jpg_2``.
 
     Every output is a plain file directly in ``folder``, named from the input's file
-    name only (:func:`safe_stem`), so no input name (``..``, absolute paths, links)
+    name only (:func:`output_stem`), so no input name (``..``, absolute paths, links)
     can place it elsewhere. Two inputs never share a stem (compared case-insensitively,
     as on macOS and Windows file systems, and after sanitizing), no input takes
     ``predictions`` (the summary), and no output overwrites an input.
@@ -205,7 +222,7 @@ class OutputNamer:
         return [stem]
 
     def stem_for(self, path: Path) -> str:
-        stem, n = safe_stem(path), 1
+        stem, n = output_stem(path), 1
         candidate = stem
         while not all(self._free(name) for name in self._names(candidate, path)):
             n += 1
@@ -218,17 +235,77 @@ class OutputNamer:
         target = self.folder / f"{stem}{ext}"
         if target.resolve() in self.taken:  # never overwrite an input (--output pointing at the inputs)
             target = self.folder / f"{stem}_annotated{ext}"
-        return writable_target(target)
+        return target
+
+    def video_paths(self, stem: str) -> List[Path]:
+        """The annotated video's possible names, by codec (see :func:`_open_video_writer`)."""
+        paths = []
+        for ext in (".mp4", ".avi"):
+            path = self.folder / f"{stem}{ext}"
+            paths.append(self.folder / f"{stem}_annotated{ext}" if path.resolve() in self.taken else path)
+        return paths
+
+
+def plan_outputs(namer: OutputNamer, inputs: Sequence[InputFile]) -> Tuple[dict, List[Path]]:
+    """Name every input's outputs before anything runs: ``({input path: stem}, files)``,
+    ``files`` being all the paths the run may write (``predictions.json`` included),
+    so that existing ones are found before the model is even loaded."""
+    stems, files = {}, [namer.folder / "predictions.json"]
+    # Images first, then videos: the order in which they are processed.
+    for item in sorted(inputs, key=lambda i: i.kind != "image"):
+        stem = stems[item.path] = namer.stem_for(item.path)
+        files.append(namer.folder / f"{stem}.json")
+        if item.kind == "video":
+            files.extend(namer.video_paths(stem))
+        else:
+            files.append(namer.image_path(stem, item.path))
+    return stems, files
+
+
+def earlier_run_outputs(output_dir: Path, keep: Sequence[Path]) -> List[Path]:
+    """The files an earlier run recorded in ``output_dir/predictions.json`` (annotated
+    images and videos, per-input JSON) that this run does not write itself, for
+    ``--overwrite`` to delete: only plain files directly in ``output_dir``, never an
+    input (``keep``)."""
+    try:
+        summary = json.loads((output_dir / "predictions.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(summary, dict):
+        return []
+    names = set()
+    for record in list(summary.get("images") or []) + list(summary.get("videos") or []):
+        if not isinstance(record, dict):
+            continue
+        for key in ("annotated_image", "annotated_video", "json"):
+            if isinstance(record.get(key), str):
+                names.add(Path(record[key]).name)
+        media = record.get("annotated_image") or record.get("annotated_video")
+        if isinstance(media, str) and "json" not in record:  # written before "json" was recorded
+            names.add(Path(media).stem + ".json")
+    kept = {p.resolve() for p in keep}
+    found = []
+    for name in sorted(names):
+        path = output_dir / name
+        if path.name == "predictions.json" or not path.is_file() or path.is_symlink():
+            continue
+        if path.resolve() in kept or path.resolve().parent != output_dir.resolve():
+            continue
+        found.append(path)
+    return found
 
 
 _NUMBER_LIST = re.compile(r"\[\s*(-?[\d.eE+-]+(?:,\s*-?[\d.eE+-]+)*)\s*\]")
 
 
 def _write_json(path: Path, data: dict) -> None:
+    from detectron_res.outputs import atomic_write_text
+
     text = json.dumps(data, indent=1)
     # Keep each box on one line: [x1, y1, x2, y2] instead of five lines.
     text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text)
-    writable_target(path).write_text(text + "\n")
+    # Atomic: a planted link there is replaced, not followed; a kill never leaves half a file.
+    atomic_write_text(path, text + "\n")
 
 
 def _image_record(name: str, size: Tuple[int, int], detections) -> dict:
@@ -247,10 +324,12 @@ def _image_record(name: str, size: Tuple[int, int], detections) -> dict:
 class Runner:
     """Feeds images and video frames to the predictor in batches and writes outputs."""
 
-    def __init__(self, predictor, output_dir: Path, inputs: Sequence[InputFile], batch_size: int, progress) -> None:
+    def __init__(self, predictor, output_dir: Path, namer: OutputNamer, stems: dict, batch_size: int,
+                 progress) -> None:
         self.predictor = predictor
         self.output_dir = output_dir
-        self.namer = OutputNamer(output_dir, inputs)
+        self.namer = namer
+        self.stems = stems  # from plan_outputs
         self.batch_size = batch_size
         self.progress = progress
         self.stats = RunStats()
@@ -313,15 +392,20 @@ class Runner:
     def _write_image_outputs(self, item: InputFile, image: np.ndarray, detections) -> None:
         from detectron_res.visualize import draw_detections
 
-        stem = self.namer.stem_for(item.path)
+        from detectron_res.outputs import atomic_write
+
+        stem = self.stems[item.path]
         annotated = draw_detections(
             image, detections.boxes, detections.labels, detections.scores, self.predictor.class_names
         )
         image_path = self.namer.image_path(stem, item.path)
-        if not cv2.imwrite(str(image_path), annotated):
-            raise OSError(f"OpenCV could not write {image_path}")
+        ok, encoded = cv2.imencode(image_path.suffix, annotated)
+        if not ok:
+            raise OSError(f"OpenCV could not encode {image_path}")
+        atomic_write(image_path, lambda f: f.write(encoded.tobytes()))
         record = _image_record(str(item.path), image.shape[:2], detections)
         record["annotated_image"] = str(image_path)
+        record["json"] = f"{stem}.json"
         _write_json(self.output_dir / f"{stem}.json", record)
         self.records.append(record)
         self.stats.images += 1
@@ -338,7 +422,7 @@ class Runner:
             return
         fps = capture.get(cv2.CAP_PROP_FPS)
         fps = fps if fps and np.isfinite(fps) and fps > 0 else 25.0
-        stem = self.namer.stem_for(item.path)
+        stem = self.stems[item.path]
         writer: Optional[cv2.VideoWriter] = None
         video_path: Optional[Path] = None
         frames: List[dict] = []
@@ -357,7 +441,7 @@ class Runner:
                     break
                 if size is None:
                     size = batch[0].shape[:2]
-                    writer, video_path = _open_video_writer(self.output_dir, stem, fps, size, self.namer.taken)
+                    writer, video_path, partial = _open_video_writer(self.namer, stem, fps, size)
                     if writer is None:
                         failed = "cannot create an output video with OpenCV (mp4v and MJPG both failed)"
                         break
@@ -382,6 +466,10 @@ class Runner:
             capture.release()
             if writer is not None:
                 writer.release()
+                if index > 0:  # complete (or as far as it went): under its name in one step
+                    os.replace(partial, video_path)
+                else:
+                    partial.unlink(missing_ok=True)
         if failed is None and index == 0:
             failed = "no frames could be decoded (empty, corrupt or not a video)"
         if failed is not None:
@@ -395,6 +483,7 @@ class Runner:
             "num_frames": index,
             "box_format": BOX_FORMAT,
             "annotated_video": str(video_path),
+            "json": f"{stem}.json",
             "frames": frames,
         }
         _write_json(self.output_dir / f"{stem}.json", record)
@@ -403,19 +492,19 @@ class Runner:
 
 
 def _open_video_writer(
-    folder: Path, stem: str, fps: float, size: Tuple[int, int], taken
-) -> Tuple[Optional[cv2.VideoWriter], Optional[Path]]:
+    namer: OutputNamer, stem: str, fps: float, size: Tuple[int, int]
+) -> Tuple[Optional[cv2.VideoWriter], Optional[Path], Optional[Path]]:
+    """``(writer, final path, partial path)``: frames go to a hidden partial file,
+    renamed to the final name once the writer is closed."""
     # mp4v is in every OpenCV FFmpeg build (H.264 often is not); MJPG/AVI is the fallback.
-    for ext, codec in ((".mp4", "mp4v"), (".avi", "MJPG")):
-        path = folder / f"{stem}{ext}"
-        if path.resolve() in taken:
-            path = folder / f"{stem}_annotated{ext}"
-        writable_target(path)
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (int(size[1]), int(size[0])))
+    for path, codec in zip(namer.video_paths(stem), ("mp4v", "MJPG")):
+        partial = writable_target(path.with_name(f".{path.stem}.partial{path.suffix}"))
+        writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*codec), fps, (int(size[1]), int(size[0])))
         if writer.isOpened():
-            return writer, path
+            return writer, path, partial
         writer.release()
-    return None, None
+        partial.unlink(missing_ok=True)
+    return None, None, None
 
 
 def _one_line(error: BaseException) -> str:
@@ -478,6 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
         "single-image results",
     )
     parser.add_argument("--output", default=None, help="output folder (default output/infer)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the outputs of an earlier run in --output (its other outputs listed in its "
+                             "predictions.json are deleted; inputs never are); without it existing outputs are an error")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
@@ -511,6 +603,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("error: none of the inputs could be found; nothing to do", file=sys.stderr)
         return EXIT_SOME_FAILED
 
+    from detectron_res.outputs import OutputError, check_output_dir
+
+    # Every output is named and checked before the model is loaded: an earlier run's
+    # files (or a file where the folder should be) stop the run with one line.
+    output_dir = Path(args.output) if args.output else _default_output_dir()
+    namer = OutputNamer(output_dir, inputs)
+    stems, planned = plan_outputs(namer, inputs)
+    if not args.print_config:
+        try:
+            check_output_dir(output_dir, flag="--output", files=[p.name for p in planned],
+                             inputs=[i.path for i in inputs], overwrite=args.overwrite)
+        except OutputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+
     try:
         predictor = Predictor(
             args.weights,
@@ -537,7 +644,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"{len(predictor.class_names)} classes; device: {predictor.device}; score threshold: {predictor.score_thresh}"
     )
 
-    output_dir = Path(args.output) if args.output else _default_output_dir()
     output_dir.mkdir(parents=True, exist_ok=True)
     images = [i for i in inputs if i.kind == "image"]
     videos = [i for i in inputs if i.kind == "video"]
@@ -550,7 +656,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         progress = _NoProgress()
 
-    runner = Runner(predictor, output_dir, inputs, args.batch_size, progress)
+    runner = Runner(predictor, output_dir, namer, stems, args.batch_size, progress)
     for failure in failures:
         runner.stats.failures.append(failure)
     start = time.perf_counter()
@@ -575,7 +681,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ],
         "failed": [{"file_name": f.name, "reason": f.reason} for f in stats.failures],
     }
-    _write_json(output_dir / "predictions.json", summary)
+    processed_any = bool(runner.records or runner.video_records)
+    if args.overwrite and processed_any:
+        # The folder now holds this run's results only: the earlier run's other outputs go.
+        stale = earlier_run_outputs(output_dir, keep=[*planned, *(i.path for i in inputs)])
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            print(f"--overwrite: deleted {len(stale)} output file(s) of the earlier run in {output_dir}/")
+    if processed_any or not (output_dir / "predictions.json").exists():
+        _write_json(output_dir / "predictions.json", summary)
+    else:  # a failed run never replaces the record of a run that worked
+        print(f"no input was processed: {output_dir / 'predictions.json'} of the earlier run is kept", file=sys.stderr)
 
     processed = stats.images + stats.frames
     rate = processed / elapsed if elapsed > 0 else float("inf")

@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from detectron_res.classification.plotting import load_run, plot_runs, summarize_runs, write_summary  # noqa: E402
+from detectron_res.outputs import OutputError, add_overwrite_argument, check_output_file  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="legend names, one per RUN_DIR (default: from config.yaml)")
     parser.add_argument("--title", default="", help="figure title")
     parser.add_argument("--summary", default=None, help="also write the final numbers of each run to this JSON file")
+    add_overwrite_argument(parser, what="an existing --out image or --summary file")
     return parser
 
 
@@ -48,6 +50,17 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "curves.png"
+    # The files the curves are read from: neither output may be one of them, nor replace an earlier plot.
+    inputs = [Path(d) / name for d in args.run_dirs for name in ("metrics.json", "diagnostics.json")]
+    try:
+        check_output_file(out, inputs=inputs, overwrite=args.overwrite, flag="--out")
+        if args.summary:
+            if Path(args.summary).resolve() == out.resolve():
+                raise OutputError(f"--summary {args.summary} is also the --out image; choose another file")
+            check_output_file(args.summary, inputs=inputs, overwrite=args.overwrite, flag="--summary")
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     plot_runs(runs, out, title=args.title)
     print(f"wrote {out}")
     for row in summarize_runs(runs):

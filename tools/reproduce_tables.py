@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from detectron_res.evaluation.paper_tables import BACKBONES, collect_runs, format_tables, parse_slot  # noqa: E402
+from detectron_res.outputs import add_overwrite_argument, atomic_write_text, check_output_file  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server-result", action="append", default=[], metavar="BACKBONE=MAP",
                    help="VOC12 test mAP returned by the evaluation server, e.g. resnet101=73.1")
     p.add_argument("--markdown", metavar="OUT_MD", help="also write the tables as Markdown to this file")
+    add_overwrite_argument(p, what="an existing --markdown file")
     return p
 
 
@@ -64,15 +66,16 @@ def main(argv=None) -> int:
                 server[k] = float(v)
             except ValueError:
                 raise ValueError(f"--server-result {k}={v}: expected a number (mAP in percent)") from None
+        if args.markdown:  # before the work; the run folders are what the tables are read from
+            check_output_file(args.markdown, inputs=[*args.run_dirs, *explicit.values()], overwrite=args.overwrite,
+                              flag="--markdown")
         runs, notes = collect_runs([Path(d) for d in args.run_dirs], explicit)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_tables(runs, notes=notes, server_results=server), end="")
     if args.markdown:
-        out = Path(args.markdown)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(format_tables(runs, notes=notes, server_results=server, markdown=True))
+        out = atomic_write_text(args.markdown, format_tables(runs, notes=notes, server_results=server, markdown=True))
         print(f"wrote {out}")
     return 0
 

@@ -49,6 +49,7 @@ from detectron_res.classification.config import (  # noqa: E402
     classifier_config_from_args,
 )
 from detectron_res.exit_status import EXIT_OK, run_job  # noqa: E402  (the statuses: detectron_res/exit_status.py)
+from detectron_res.outputs import add_overwrite_argument  # noqa: E402
 
 _DEFAULT_OUTPUT_DIR = "output/default"
 
@@ -71,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-only", action="store_true",
                         help="evaluate test.views (centre crop, 10-crop) on data.test_split and exit")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (overrides the config's device)")
+    add_overwrite_argument(parser, what="a previous run in the output directory (training starts over; its "
+                                         "checkpoints are deleted) or, with --eval-only, its evaluation")
     return parser
 
 
@@ -93,9 +96,9 @@ def main(argv=None) -> int:
     def job():
         if args.eval_only:
             return evaluate_classifier_checkpoint(cfg, output_dir=output_dir, weights=args.weights,
-                                                  device=args.device)
+                                                  device=args.device, overwrite=args.overwrite)
         return train_classifier(cfg, output_dir=output_dir, resume=args.resume, weights=args.weights,
-                                device=args.device, config_source=str(args.config))
+                                device=args.device, config_source=str(args.config), overwrite=args.overwrite)
 
     # User mistakes (config keys, dataset folders, checkpoints, weights): one line.
     result, status = run_job(job, output_dir)

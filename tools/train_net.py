@@ -9,6 +9,9 @@ Examples::
     # continue it after an interruption or preemption
     torchrun --nproc_per_node 8 tools/train_net.py --config coco_r101.yaml --resume
 
+    # start over in a folder that holds a finished run (refused without --resume / --overwrite)
+    python tools/train_net.py --config demo_shapes.yaml --overwrite
+
     # two machines (run on each; HOST is the first machine)
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
         --rdzv_id myjob tools/train_net.py --config coco_r101.yaml
@@ -25,7 +28,9 @@ Examples::
 Outputs go to ``output/<config name>/`` unless ``--output-dir`` (or the config's
 ``output_dir``) says otherwise: checkpoints (``model_*.pth``, ``last_checkpoint``),
 ``config.yaml``, ``log.txt``, ``metrics.json``, ``tensorboard/``,
-``training_curves.png`` and ``inference/<dataset>/``.
+``training_curves.png`` and ``inference/<dataset>/``. A folder that holds a
+previous run (``last_checkpoint``, ``model_*.pth`` or a ``metrics.json``) is
+continued with ``--resume`` or replaced with ``--overwrite``; anything else is refused.
 
 Exit status:
 
@@ -51,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from detectron_res.config import add_config_arguments, config_from_args  # noqa: E402
 from detectron_res.exit_status import EXIT_OK, run_job  # noqa: E402  (the statuses: detectron_res/exit_status.py)
+from detectron_res.outputs import add_overwrite_argument  # noqa: E402
 
 _DEFAULT_OUTPUT_DIR = "output/default"  # the schema's default: replaced by output/<config stem>
 
@@ -73,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue from <output-dir>/last_checkpoint (exactly where the run stopped)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate on data.test and exit")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (overrides the config's device)")
+    add_overwrite_argument(parser, what="a previous run in the output directory (training starts over; its "
+                                         "checkpoints are deleted) or, with --eval-only, its evaluation")
     return parser
 
 
@@ -106,9 +114,10 @@ def main(argv=None) -> int:
 
     def job():
         if args.eval_only:
-            return evaluate_checkpoint(cfg, output_dir=output_dir, weights=args.weights, device=args.device)
+            return evaluate_checkpoint(cfg, output_dir=output_dir, weights=args.weights, device=args.device,
+                                       overwrite=args.overwrite)
         return train(cfg, output_dir=output_dir, resume=args.resume, weights=args.weights, device=args.device,
-                     config_source=str(args.config))
+                     config_source=str(args.config), overwrite=args.overwrite)
 
     # User mistakes (config keys, dataset files, checkpoints, weights) carry a one-line
     # message naming the file / key and what was expected. An image that passed the

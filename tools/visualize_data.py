@@ -22,6 +22,7 @@ from detectron_res.data.dataset import DatasetError  # noqa: E402
 from detectron_res.data.image_io import ImageReadError  # noqa: E402
 from detectron_res.data.preview import write_previews  # noqa: E402
 from detectron_res.data.transforms import build_transforms  # noqa: E402
+from detectron_res.outputs import add_overwrite_argument, atomic_write_text, check_output_dir  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -30,6 +31,7 @@ def main(argv=None) -> int:
     parser.add_argument("--split", choices=("train", "test"), default="train", help="data.train or data.test")
     parser.add_argument("--num", type=int, default=16, help="number of images to draw")
     parser.add_argument("--out", default=None, help="output folder (default: <output_dir>/data_vis/<split>)")
+    add_overwrite_argument(parser, what="existing previews of the same names in --out")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     is_train = args.split == "train"
@@ -37,7 +39,9 @@ def main(argv=None) -> int:
     if not names:
         print(f"error: config key data.{args.split} is empty; name the dataset(s) to look at", file=sys.stderr)
         return 2
+    out = args.out or os.path.join(cfg.output_dir, "data_vis", args.split)
     try:
+        check_output_dir(out, flag="--out")  # a file there: say so before loading the dataset
         dataset = get_datasets(
             names, custom=cfg.data.datasets, filter_empty=bool(cfg.data.filter_empty) and is_train,
             max_pixels=int(cfg.data.max_pixels),
@@ -55,10 +59,9 @@ def main(argv=None) -> int:
             transform = build_transforms(
                 is_train=False, min_sizes=[cfg.input.min_size_test], max_size=cfg.input.max_size_test
             )
-        out = args.out or os.path.join(cfg.output_dir, "data_vis", args.split)
         paths = write_previews(
             dataset, transform, out, num=args.num, is_train=is_train, seed=cfg.seed,
-            use_difficult=bool(cfg.data.use_difficult),
+            use_difficult=bool(cfg.data.use_difficult), overwrite=args.overwrite, extra_files=["summary.txt"],
         )  # fmt: skip
     except (DatasetError, ImageReadError, ValueError) as e:
         problems = getattr(e, "errors", None) or []
@@ -68,8 +71,7 @@ def main(argv=None) -> int:
                 print(f"  {problem}")
         print(f"error: {e}", file=sys.stderr)
         return 2
-    with open(os.path.join(out, "summary.txt"), "w") as f:
-        f.write(dataset.summary() + "\n")
+    atomic_write_text(os.path.join(out, "summary.txt"), dataset.summary() + "\n")
     print(f"wrote {len(paths)} images to {out}")
     return 0
 

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from ..engine.events import read_metrics_json
+from ..outputs import atomic_write_text
 from .diagnostics import DIAGNOSTICS_FILE
 
 __all__ = ["RunCurves", "load_run", "plot_runs", "run_label", "summarize_runs", "write_summary"]
@@ -194,4 +195,4 @@ def summarize_runs(runs: Sequence[RunCurves]) -> List[dict]:
 
 
 def write_summary(runs: Sequence[RunCurves], path: str | os.PathLike) -> None:
-    Path(path).write_text(json.dumps(summarize_runs(runs), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(summarize_runs(runs), indent=2) + "\n")

@@ -18,7 +18,6 @@ diagnostics hook (:mod:`.diagnostics`).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -33,6 +32,8 @@ from ..engine import distributed as comm
 from ..engine.checkpoint import Checkpointer, find_last_checkpoint
 from ..engine.hooks import MetricsWriter, default_hooks
 from ..engine.launch import resolve_device, seed_everything, setup_logging, stop_report
+from ..evaluation.report import write_json
+from ..outputs import check_output_dir, check_run_dir, remove_previous_run
 from ..engine.solver import WarmupMultiStepLR, build_optimizer, warmup_multistep_factor
 from .checkpoint import (
     ClassifierTrainer,
@@ -155,6 +156,7 @@ def train_classifier(
     weights: Optional[str] = None,
     device: Optional[str] = None,
     config_source: str = "<python>",
+    overwrite: bool = False,
 ) -> Dict[str, Any]:
     """Train the classifier of ``cfg`` (a ClassifierConfig); returns the last evaluation.
 
@@ -164,15 +166,21 @@ def train_classifier(
         resume: continue exactly from ``output_dir/last_checkpoint`` when there is one.
         weights: initialization when not resuming (overrides ``cfg.model.weights``).
         device: overrides ``cfg.device``.
+        overwrite: start a new run over a previous one in ``output_dir`` (refused
+            without it or ``resume``, as for the detector: :func:`detectron_res.outputs.check_run_dir`).
     Returns:
         ``{"scalars": {"<split>/top1_err": ..., ...}}`` on every rank, plus
         ``"stopped_early": True`` when training ended before ``max_iter``; a
         SIGTERM / SIGUSR1 adds ``"stop"`` (the detector's report: signal, iteration,
         checkpoint, one-line message) in place of ``"scalars"``.
     """
+    output_dir = check_run_dir(output_dir, resume=resume, overwrite=overwrite,
+                               inputs=[("--weights", weights), ("model.weights", str(cfg.model.weights))])
     info, dev = _init_process(cfg, device)
-    output_dir = Path(output_dir)
     setup_logging(output_dir, info.rank)
+    if overwrite and not resume and info.rank == 0:
+        for p in remove_previous_run(output_dir):
+            logger.info("--overwrite: deleted %s of the previous run", p)
     try:
         return _train(cfg, output_dir=output_dir, resume=resume, weights=weights, world=info.world_size,
                       rank=info.rank, device=dev, config_source=config_source)
@@ -309,16 +317,18 @@ def evaluate_classifier_checkpoint(
     output_dir: str | os.PathLike,
     weights: Optional[str] = None,
     device: Optional[str] = None,
+    overwrite: bool = False,
 ) -> Dict[str, Any]:
     """``--eval-only``: top-1/top-5 error of ``cfg.test.views`` on ``data.test_split``.
 
     The weights are ``weights``, else ``cfg.model.weights``, else the newest
     checkpoint in ``output_dir``; a classifier checkpoint of this tool or ImageNet
     weights (``torchvision://resnet50`` with a config whose input settings match).
-    Writes ``output_dir/inference/evaluation.json``.
+    Writes ``output_dir/inference/evaluation.json`` (an existing one only with ``overwrite``).
     """
+    output_dir = check_output_dir(output_dir, flag="--output-dir", overwrite=overwrite,
+                                  files=[Path("inference") / "evaluation.json"])
     info, dev = _init_process(cfg, device)
-    output_dir = Path(output_dir)
     setup_logging(output_dir, info.rank)
     try:
         source = weights or str(cfg.model.weights)
@@ -346,11 +356,9 @@ def evaluate_classifier_checkpoint(
         metrics = _evaluate(cfg, model, test_set, cfg.test.views, dev, _amp_dtype(cfg, dev))
         scalars = {f"{cfg.data.test_split}/{k}": v for k, v in metrics.items()}
         if info.rank == 0:
-            out = output_dir / "inference"
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "evaluation.json").write_text(json.dumps(
-                {"weights": source, "dataset": test_set.name, "num_images": len(test_set), "metrics": scalars},
-                indent=2, sort_keys=True) + "\n")
+            write_json(output_dir / "inference" / "evaluation.json",
+                       {"weights": source, "dataset": test_set.name, "num_images": len(test_set), "metrics": scalars},
+                       indent=2)
             logger.info("Evaluation: %s", ", ".join(f"{k}={v:.2f}" for k, v in sorted(scalars.items())))
         return {"scalars": scalars}
     finally:

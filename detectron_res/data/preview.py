@@ -11,11 +11,12 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from typing import List
+from typing import List, Sequence
 
 import cv2
 import numpy as np
 
+from ..outputs import atomic_write, check_output_dir
 from .dataset import DetectionDataset
 from .image_io import read_image
 from .loader import TrainingSampler
@@ -37,6 +38,8 @@ def write_previews(
     is_train: bool = True,
     seed: int = 0,
     use_difficult: bool = False,
+    overwrite: bool = False,
+    extra_files: Sequence[str] = (),
 ) -> List[str]:
     """Write ``num`` PNGs of augmented images with their boxes; return their paths.
 
@@ -50,12 +53,16 @@ def write_previews(
             ``num`` images in dataset order, deterministic resize.
         seed: the training seed (config key ``seed``).
         use_difficult: whether difficult boxes are training targets (label text only).
+        overwrite: replace existing files of the same names; without it an existing
+            one is an :class:`~detectron_res.outputs.OutputError`, raised before any
+            image is written. The dataset's images are never replaced.
+        extra_files: other names the caller writes into ``out_dir`` afterwards
+            (checked with the previews).
     """
     from ..visualize import draw_detections  # drawing style shared with inference output
 
     if num < 1:
         raise ValueError(f"--num={num}: expected at least 1 image")
-    os.makedirs(out_dir, exist_ok=True)
     k = dataset.num_classes
     # Labels L + K and L + 2K name the same class flagged difficult / crowd, so that
     # those boxes get their own colour and text.
@@ -66,8 +73,12 @@ def write_previews(
         items = list(itertools.islice(iter(TrainingSampler(len(dataset), seed=seed)), min(num, len(dataset))))
     else:
         items = [(i, None) for i in range(min(num, len(dataset)))]
+    names = [f"{n:03d}_{_safe(dataset.records[index].image_id)}.png" for n, (index, _) in enumerate(items)]
+    check_output_dir(out_dir, files=[*names, *extra_files], inputs=[dataset.records[i].file_name for i, _ in items],
+                     overwrite=overwrite, flag="--out")
+    os.makedirs(out_dir, exist_ok=True)
     paths = []
-    for n, (index, sample_seed) in enumerate(items):
+    for name, (index, sample_seed) in zip(names, items):
         r = dataset.records[index]
         image = read_image(r.file_name, format="RGB", max_pixels=dataset.max_pixels)
         image, boxes, kept = apply_transforms(transform, image, r.boxes, seed=sample_seed)
@@ -77,8 +88,10 @@ def write_previews(
         labels[r.iscrowd[kept]] = r.labels[kept][r.iscrowd[kept]] + 2 * k
         bgr = np.ascontiguousarray(image[:, :, ::-1])
         canvas = draw_detections(bgr, boxes, labels, class_names=names)
-        path = os.path.join(out_dir, f"{n:03d}_{_safe(r.image_id)}.png")
-        if not cv2.imwrite(path, canvas):
-            raise OSError(f"could not write {path}")
+        path = os.path.join(out_dir, name)
+        ok, png = cv2.imencode(".png", canvas)
+        if not ok:
+            raise OSError(f"could not encode {path} as PNG")
+        atomic_write(path, lambda f: f.write(png.tobytes()))
         paths.append(path)
     return paths

@@ -36,6 +36,8 @@ from xml.sax.saxutils import escape
 import cv2
 import numpy as np
 
+from ..outputs import OutputError
+
 __all__ = ["SHAPES_CLASS_NAMES", "generate_shapes_dataset", "ShapeObject", "render_image", "main"]
 
 SHAPES_CLASS_NAMES = ("circle", "square", "triangle", "star")
@@ -229,7 +231,9 @@ def generate_shapes_dataset(
     """Write the shapes dataset under ``out_dir`` (COCO json, VOC tree, YOLO txt).
 
     Idempotent: if ``out_dir/shapes_params.json`` records the same parameters, nothing
-    is written. Otherwise (or with ``force``) the generated sub-folders are replaced.
+    is written. A folder that holds a dataset made with other parameters (or any of
+    the sub-folders it would write, made by something else) is replaced only with
+    ``force``; without it that is an :class:`~detectron_res.outputs.OutputError`.
 
     Args:
         out_dir: destination, e.g. ``datasets/shapes``.
@@ -237,7 +241,8 @@ def generate_shapes_dataset(
         image_size: ``(min, max)`` side length in pixels; height and width are drawn
             independently in this range.
         seed: everything is a function of the seed and the image index.
-        force: regenerate even if the parameters match.
+        force: regenerate (replace the sub-folders) even if the parameters match or
+            the folder holds another dataset.
 
     Returns:
         the parameters dict plus ``"generated": bool`` and ``"seconds"``.
@@ -257,6 +262,13 @@ def generate_shapes_dataset(
                     return {**params, "generated": False, "seconds": 0.0}
             except json.JSONDecodeError:
                 pass
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise OutputError(f"{out_dir} is a file, expected a folder for the shapes dataset")
+    existing = [sub for sub in _SUBDIRS if os.path.exists(os.path.join(out_dir, sub))]
+    if existing and not force:
+        what = "a shapes dataset made with other parameters" if os.path.isfile(stamp) else "files not made by this tool"
+        raise OutputError(f"{out_dir} holds {what} ({', '.join(s + '/' for s in existing)}); pass --force to "
+                          "replace them, or choose another --out")
     start = time.perf_counter()
     if os.path.exists(stamp):
         os.remove(stamp)

@@ -47,7 +47,6 @@ import logging
 import os
 import random
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -55,6 +54,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 from torch import nn
+
+from ..outputs import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -83,49 +84,6 @@ def describe_os_error(error: OSError) -> str:
     reason = error.strerror or str(error) or type(error).__name__
     name = errno.errorcode.get(error.errno) if error.errno is not None else None
     return f"{reason} [{name}]" if name else reason
-
-
-# ---------------------------------------------------------------------------
-# atomic writes
-# ---------------------------------------------------------------------------
-def _fsync_dir(directory: Path) -> None:
-    # Make the rename itself durable: without this a power loss right after
-    # os.replace can leave the directory entry pointing at the old file.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. directories cannot be opened on some filesystems
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, write_fn) -> None:
-    """Write a file atomically: ``write_fn(fileobj)`` fills a temporary file in the
-    same directory, which is flushed, fsync'ed and renamed over ``path``.
-
-    A crash (SIGKILL, power loss, full disk) at any moment leaves either the old
-    file or the new one, never a truncated file under the final name.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
 
 
 class _WriteErrorKeeper:

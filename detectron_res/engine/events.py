@@ -18,7 +18,7 @@ from collections import defaultdict, deque
 from pathlib import Path
 from typing import Iterable
 
-from .checkpoint import atomic_write_bytes
+from ..outputs import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..config import config_to_dict, save_config
+from ..outputs import check_output_dir, check_run_dir, remove_previous_run
 from . import distributed as comm
 from .checkpoint import (
     Checkpointer,
@@ -464,6 +465,7 @@ def train(
     weights: str | None = None,
     device: str | None = None,
     config_source: str = "<python>",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train the detector described by ``cfg``; returns the final evaluation.
 
@@ -475,15 +477,23 @@ def train(
         weights: initialization when not resuming; overrides ``cfg.model.weights``
             (a detector checkpoint or ImageNet weights, see :func:`initialize_weights`).
         device: overrides ``cfg.device``.
+        overwrite: start a new run in an ``output_dir`` that holds a previous one
+            (its checkpoints are deleted first); without it (and without
+            ``resume``) such a folder is refused (:func:`~detectron_res.outputs.check_run_dir`).
 
     Returns:
         ``{"scalars": {...}, "full": {...}}`` of the last evaluation on rank 0
         (``{}`` without test datasets or on other ranks), plus ``"stopped_early"``
         when a signal ended training before ``max_iter``.
     """
+    # Before anything is written (log.txt included): a previous run is never replaced by accident.
+    output_dir = check_run_dir(output_dir, resume=resume, overwrite=overwrite,
+                               inputs=[("--weights", weights), ("model.weights", str(cfg.model.weights))])
     dist_info, dev = _init_process(cfg, device)
-    output_dir = Path(output_dir)
     setup_logging(output_dir, dist_info.rank)
+    if overwrite and not resume and dist_info.is_main:
+        for p in remove_previous_run(output_dir):
+            logger.info("--overwrite: deleted %s of the previous run", p)
     try:
         return _train(cfg, output_dir=output_dir, resume=resume, weights=weights, dist_info=dist_info, device=dev,
                       config_source=config_source)
@@ -677,11 +687,13 @@ def evaluate_checkpoint(
     output_dir: str | os.PathLike,
     weights: str | None = None,
     device: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """``--eval-only``: evaluate a trained detector on ``cfg.data.test``.
 
     The weights are ``weights``, else ``cfg.model.weights`` when it is a detector
-    checkpoint, else the latest checkpoint in ``output_dir``.
+    checkpoint, else the latest checkpoint in ``output_dir``. An existing
+    ``output_dir/inference/<dataset>/evaluation.json`` is replaced only with ``overwrite``.
 
     Raises:
         EvaluationInterrupted: SIGTERM or SIGUSR1 arrived during inference (the
@@ -689,8 +701,13 @@ def evaluate_checkpoint(
     """
     from ..modeling.build import build_model
 
-    dist_info, dev = _init_process(cfg, device)
+    from ..evaluation.report import path_component
+
     output_dir = Path(output_dir)
+    check_output_dir(output_dir, flag="--output-dir", overwrite=overwrite, files=[
+        Path("inference") / path_component(str(name), what="dataset name") / "evaluation.json"
+        for name in cfg.data.test])
+    dist_info, dev = _init_process(cfg, device)
     setup_logging(output_dir, dist_info.rank)
     try:
         source = weights or str(cfg.model.weights)

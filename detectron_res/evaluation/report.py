@@ -6,11 +6,12 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Union
 
 import numpy as np
+
+from ..outputs import atomic_write_text
 
 __all__ = ["to_jsonable", "write_json", "write_metrics", "plot_pr_curves", "path_component"]
 
@@ -40,19 +41,8 @@ def to_jsonable(obj: Any) -> Any:
 def write_json(path: PathLike, obj: Any, *, indent: int | None = None) -> Path:
     """Write ``obj`` as JSON atomically (temporary file + ``os.replace``): a reader
     never sees a half-written file, even if the process is killed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(to_jsonable(obj), indent=indent, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(path, text + "\n")
 
 
 def write_metrics(metrics: Mapping[str, Any], output_dir: PathLike, *, filename: str = "metrics.json") -> Path:

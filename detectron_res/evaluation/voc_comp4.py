@@ -10,14 +10,13 @@ The toolkit's boxes (continuous 0-based ``x1, y1, x2, y2``) are written as
 from __future__ import annotations
 
 import math
-import os
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Hashable, List, Mapping, Sequence
 
 import numpy as np
 
+from ..outputs import atomic_write, atomic_write_text
 from .evaluator import Prediction
 from .report import path_component
 from .voc_ap import VOC_CLASSES, ClassDetections, PathLike, _check_class_detections, _to_inclusive
@@ -83,19 +82,6 @@ def split_by_class(predictions: Mapping[Hashable, Prediction], class_names: Sequ
     return out
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_comp4(
     results_dir: PathLike,
     split: str,
@@ -134,7 +120,7 @@ def write_comp4(
                                      "comp4 lines are whitespace-separated")  # fmt: skip
                 lines.append(f"{sid} {s!r} {b[0]!r} {b[1]!r} {b[2]!r} {b[3]!r}\n")
         path = results_dir / comp4_file_name(split, name)
-        _atomic_write_text(path, "".join(lines))
+        atomic_write_text(path, "".join(lines))
         paths.append(path)
     return paths
 
@@ -218,17 +204,11 @@ def pack_voc_server_submission(
             f"{results_dir}: missing {len(missing)} results file(s), e.g. {comp4_file_name(split, missing[0])}; "
             f"the server expects one file per class for all {len(class_names)} classes"
         )
-    out_tgz.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_tgz.parent, prefix=f".{out_tgz.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with tarfile.open(tmp, "w:gz") as tar:
+
+    def write(f) -> None:
+        with tarfile.open(fileobj=f, mode="w:gz") as tar:
             for name in class_names:
                 fname = comp4_file_name(split, name)
                 tar.add(results_dir / fname, arcname=f"results/VOC{path_component(str(year))}/Main/{fname}")
-        os.replace(tmp, out_tgz)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out_tgz
+
+    return atomic_write(out_tgz, write)
