@@ -897,11 +897,14 @@ _DETECTRON2_IGNORED = ("pixel_mean", "pixel_std")
 
 
 def is_detectron2_detector(obj: Any) -> bool:
-    """True for a loaded Detectron2 file holding a whole detector (not a backbone)."""
+    """True for a loaded Detectron2 file holding a whole detector (not a backbone).
+
+    Detectron2 names its RPN ``proposal_generator.*``; ours is ``rpn.*``. Both have
+    ``roi_heads.*``, so that prefix alone would mistake a bare ``{"model": ...}`` dict
+    of one of our own detectors for a Detectron2 checkpoint.
+    """
     inner = obj.get("model") if isinstance(obj, dict) else None
-    return isinstance(inner, dict) and any(
-        str(k).startswith(("proposal_generator.", "roi_heads.")) for k in inner
-    )
+    return isinstance(inner, dict) and any(str(k).startswith("proposal_generator.") for k in inner)
 
 
 def convert_detectron2_detector(source: str | os.PathLike) -> Dict[str, Any]:

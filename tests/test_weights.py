@@ -550,7 +550,8 @@ def test_detectron2_detector_errors(tmp_path, capsys):
     # class-agnostic box regression cannot be held by our predictor
     state = {"backbone.res2.0.conv1.weight": torch.zeros(1), "roi_heads.res5.0.conv1.weight": torch.zeros(1),
              "roi_heads.box_predictor.cls_score.weight": torch.zeros(81, 8),
-             "roi_heads.box_predictor.bbox_pred.weight": torch.zeros(4, 8)}  # fmt: skip
+             "roi_heads.box_predictor.bbox_pred.weight": torch.zeros(4, 8),
+             "proposal_generator.rpn_head.conv.weight": torch.zeros(1)}  # fmt: skip
     for b in range(3):
         state[f"backbone.res2.{b}.conv3.weight"] = torch.zeros(1)
     for stage, n in ((2, 3), (3, 4), (4, 6), (5, 3)):
