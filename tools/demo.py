@@ -14,7 +14,8 @@
 5. prints where everything was written and how long each step took.
 
 Trailing ``section.key=value`` arguments override the demo config
-(e.g. ``solver.max_iter=300`` for a quicker, less accurate run).
+(e.g. ``solver.max_iter=300 solver.steps=[225,275]`` for a quicker, less
+accurate run: the LR steps must stay below ``solver.max_iter``).
 """
 
 from __future__ import annotations

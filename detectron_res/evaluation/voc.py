@@ -50,6 +50,7 @@ from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..bounded_io import XML_LIMITS, parse_xml_file
 from .evaluator import DatasetEvaluator, Prediction
 from .report import path_component
 
@@ -754,7 +755,7 @@ def parse_voc_annotation(xml_path: PathLike) -> Dict[str, Any]:
     """
     xml_path = Path(xml_path)
     try:
-        root = ET.parse(xml_path).getroot()
+        root = parse_xml_file(xml_path, XML_LIMITS)  # BoundedInputError is a ValueError
     except ET.ParseError as e:
         raise ValueError(f"{xml_path}: invalid XML ({e})") from None
     except OSError as e:
