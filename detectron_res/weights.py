@@ -401,14 +401,64 @@ def _load_torch(path: Path) -> Any:
 
 
 def _read_file(path: Path) -> Any:
-    """Read ``path`` with the safe loader its extension (or content) calls for."""
+    """Read ``path`` with the safe loader its extension (or content) calls for; non-finite
+    weights are refused (:func:`refuse_non_finite`)."""
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
     if path.suffix == ".pkl":
-        return _load_pickle(path)
-    if path.suffix in (".pth", ".pt") or zipfile.is_zipfile(path):
-        return _load_torch(path)
-    return _load_pickle(path)
+        obj = _load_pickle(path)
+    elif path.suffix in (".pth", ".pt") or zipfile.is_zipfile(path):
+        obj = _load_torch(path)
+    else:
+        obj = _load_pickle(path)
+    refuse_non_finite(obj, path, WeightsFormatError)
+    return obj
+
+
+def _first_non_finite(obj: Any, key: str = "") -> Optional[Tuple[str, int, int]]:
+    """``(dotted key, non-finite count, size)`` of the first floating tensor or array in
+    ``obj`` (nested dicts / lists) holding NaN or infinity; None when all are finite."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() or obj.is_complex():
+            bad = int((~torch.isfinite(obj)).sum())
+            return (key, bad, obj.numel()) if bad else None
+        return None
+    if isinstance(obj, np.ndarray):
+        if np.issubdtype(obj.dtype, np.floating) or np.issubdtype(obj.dtype, np.complexfloating):
+            bad = int((~np.isfinite(obj)).sum())
+            return (key, bad, obj.size) if bad else None
+        return None
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for k, v in items:
+        found = _first_non_finite(v, f"{key}.{k}" if key else str(k))
+        if found is not None:
+            return found
+    return None
+
+
+def refuse_non_finite(obj: Any, path: str | os.PathLike, error_type: type = WeightsFormatError) -> None:
+    """Refuse weights or a checkpoint holding a NaN or infinite value in any float tensor.
+
+    Such weights load and run, and a detector with them finds nothing ("0 detections",
+    exit 0). The one check of every weights and checkpoint reader
+    (:func:`_read_file` here, ``engine.checkpoint.read_checkpoint_file``): training
+    initialization, resume, inference, export, evaluation, the classifier.
+
+    Raises:
+        error_type: one line naming the file, the first such tensor and how many values.
+    """
+    found = _first_non_finite(obj)
+    if found is not None:
+        key, bad, size = found
+        raise error_type(
+            f"{path}: tensor '{key}' holds {bad} NaN or infinite value(s) of {size}; refusing weights that are "
+            "not finite (a diverged run or a corrupt file)"
+        )
 
 
 # ----------------------------------------------------------------------------

@@ -353,7 +353,7 @@ def cifar_root(tmp_path_factory):
 TINY_DETECTOR = ["model.backbone.depth=18", "model.backbone.base_channels=8", "input.min_size_train=[64]",
                  "input.max_size_train=96", "input.min_size_test=64", "input.max_size_test=96",
                  "data.num_workers=0", "data.train=[shapes_train]", "data.test=[shapes_val]", "test.best_metric="]
-TINY_CLASSIFIER = ["model.depth=8", "solver.ims_per_batch=4", "solver.max_iter=2", "solver.checkpoint_period=0",
+TINY_CLASSIFIER = ["model.depth=8", "solver.ims_per_batch=4", "solver.max_iter=2", "solver.steps=[]", "solver.checkpoint_period=0",
                    "test.eval_period=0", "test.images_per_batch=10", "data.num_workers=0"]
 
 

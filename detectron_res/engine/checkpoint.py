@@ -181,10 +181,13 @@ def read_checkpoint_file(path: Path, map_location: str | torch.device = "cpu") -
 
     Shared by the detector's and the classifier's checkpoints. A file that names a
     global outside torch's allow-list is refused as such (unpickling it could run
-    code), not reported as "corrupt".
+    code), not reported as "corrupt"; one whose tensors hold NaN or infinity is
+    refused naming the first such tensor (``weights.refuse_non_finite``).
     """
+    from ..weights import refuse_non_finite
+
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for truncated / foreign pickles
         from ..weights import refused_pickle_reason, torch_error_line
 
@@ -197,6 +200,8 @@ def read_checkpoint_file(path: Path, map_location: str | torch.device = "cpu") -
         raise CheckpointError(
             f"{path}: cannot read checkpoint ({torch_error_line(e)}); the file is corrupt or not a torch file"
         ) from None
+    refuse_non_finite(state, path, CheckpointError)
+    return state
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load and validate a checkpoint written by :func:`save_checkpoint`.
