@@ -26,7 +26,12 @@ from typing import Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-__all__ = ["class_color", "text_color_for", "draw_detections"]
+__all__ = ["class_color", "text_color_for", "draw_detections", "MIN_DRAWN_SIDE"]
+
+# Annotated still images smaller than this (longer side, pixels) are drawn enlarged
+# (see draw_detections' min_side): a 10-pixel label on a 64-pixel thumbnail would
+# hide the objects it names.
+MIN_DRAWN_SIDE = 384
 
 # 1 / golden ratio: hue steps of this size never repeat and stay well spread
 # for any number of classes (the classic "golden angle" palette).
@@ -83,6 +88,7 @@ def draw_detections(
     class_names: Optional[Sequence[str]] = None,
     *,
     copy: bool = True,
+    min_side: int = 0,
 ) -> np.ndarray:
     """Draw boxes with "class score" labels on a BGR image.
 
@@ -95,8 +101,15 @@ def draw_detections(
         class_names: ``class_names[i]`` is the name of label ``i + 1``; labels
             without a name are drawn as ``class <id>``.
         copy: draw on a copy (default) instead of in place.
+        min_side: an image whose longer side is shorter than this is drawn enlarged
+            by the smallest integer factor that reaches it (nearest neighbour: its
+            pixels stay visible as such), so that labels of a readable size (about
+            10 pixels tall at least) do not cover a thumbnail. 0 (default) never
+            enlarges; tools/infer.py and tools/visualize_data.py pass
+            :data:`MIN_DRAWN_SIDE`. Enlarging always draws on a copy.
     Returns:
-        The annotated ``np.uint8 [H, W, 3]`` image.
+        The annotated ``np.uint8`` image: ``[H, W, 3]``, or ``[k H, k W, 3]`` when
+        enlarged by ``k``.
     """
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         desc = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
@@ -113,6 +126,11 @@ def draw_detections(
     if not canvas.flags["C_CONTIGUOUS"]:
         canvas = np.ascontiguousarray(canvas)
     height, width = canvas.shape[:2]
+    if min_side and max(height, width) < min_side:
+        factor = int(np.ceil(min_side / max(height, width)))
+        canvas = cv2.resize(canvas, (width * factor, height * factor), interpolation=cv2.INTER_NEAREST)
+        boxes = boxes * factor
+        height, width = canvas.shape[:2]
 
     # Sizes relative to the image: a 2-pixel line and 0.5 font at ~600 px (the
     # detector's test scale), never thinner than 1 pixel; the font never below 0.45

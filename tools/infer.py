@@ -327,11 +327,14 @@ class Runner:
             self.progress.update(1)
 
     def _write_image_outputs(self, item: InputFile, image: np.ndarray, detections) -> None:
-        from detectron_res.visualize import draw_detections
+        from detectron_res.visualize import MIN_DRAWN_SIDE, draw_detections
 
         stem = self.namer.stem_for(item.path)
+        # Thumbnails are drawn enlarged so that their labels stay readable (the JSON
+        # keeps the original image's pixels).
         annotated = draw_detections(
-            image, detections.boxes, detections.labels, detections.scores, self.predictor.class_names
+            image, detections.boxes, detections.labels, detections.scores, self.predictor.class_names,
+            min_side=MIN_DRAWN_SIDE,
         )
         image_path = self.namer.image_path(stem, item.path)
         if not cv2.imwrite(str(image_path), annotated):

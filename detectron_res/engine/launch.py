@@ -318,7 +318,7 @@ def evaluate(
         for e in evaluators:
             curves = getattr(e, "pr_curves", None)
             if curves:
-                plot_pr_curves(curves, out / f"pr_curves_{e.name}")
+                plot_pr_curves(curves, out / f"pr_curves_{e.name}", ap_name=getattr(e, "pr_curve_ap_name", "AP"))
         full[dataset.name] = results
         prefix = "" if len(datasets) == 1 else f"{dataset.name}/"
         scalars.update({prefix + k: v for k, v in _scalar_metrics(results).items()})

@@ -305,6 +305,8 @@ class COCOEvaluator(DatasetEvaluator):
         self.json_file = str(json_file) if getattr(dataset, "format", "") == "coco" and json_file else None
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.pr_curves: Dict[str, Dict[str, Any]] = {}
+        # What the PR curves' AP is, for their titles: pycocotools' 101-point AP at IoU 0.5.
+        self.pr_curve_ap_name = "COCO AP, IoU 0.5"
         self._coco_gt = None
 
     def _ground_truth(self):
