@@ -700,6 +700,8 @@ def test_evaluation_outputs_stay_in_the_output_folder(tmp_path, data_root, monke
     assert new and all(p.is_relative_to(out) for p in new), sorted(map(str, new))
     dataset_dir = out / "inference" / "..%2F..%2Fescape"
     comp4 = sorted(p.name for p in (dataset_dir / "comp4").iterdir())
-    assert comp4 == sorted(f"comp4_det_test_{n}.txt" for n in ("..%2F..%2Fpwn", "a%2Fb", "%2Fabs%2Fc", "a%252Fb"))
+    # A COCO-format dataset records no split: its comp4 files take the dataset's name.
+    assert comp4 == sorted(f"comp4_det_..%2F..%2Fescape_{n}.txt"
+                           for n in ("..%2F..%2Fpwn", "a%2Fb", "%2Fabs%2Fc", "a%252Fb"))
     assert (dataset_dir / "evaluation.json").is_file()
     assert len(list(dataset_dir.rglob("pr_*.png"))) == 2 * len(names)  # voc and coco, one per class

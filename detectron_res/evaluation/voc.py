@@ -859,7 +859,7 @@ def split_from_dataset_name(name: str) -> str:
     validation set's files never read ``comp4_det_test_*``.
     """
     tail = str(name).rsplit("_", 1)[-1].lower()
-    return tail if tail in _KNOWN_SPLITS else path_component(str(name))
+    return tail if tail in _KNOWN_SPLITS else str(name)  # write_comp4 makes it one path component
 
 
 class VOCEvaluator(DatasetEvaluator):
