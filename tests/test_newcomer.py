@@ -221,3 +221,42 @@ def test_every_tool_help_has_examples(name):
     assert e.value.code == 0
     examples = [line for line in stdout.getvalue().splitlines() if f"python tools/{name}.py" in line]
     assert examples, f"tools/{name}.py --help shows no example:\n{stdout.getvalue()}"
+
+
+# ----------------------------------------------------------------------------- checkpoint names
+def test_checkpoints_and_evaluations_are_named_by_iterations_done(tmp_path, caplog):
+    """period 3, evaluation every 4, 10 iterations: files after 3, 6, 9 iterations and the
+    log's evaluations "at iteration 4, 8" (as ``iter: 4/10`` counts), keep_last 2."""
+    import logging
+
+    from test_engine_trainer import make_trainer
+
+    with caplog.at_level(logging.INFO, logger="detectron_res"):
+        make_trainer(tmp_path, eval_fn=lambda: {"toy": {"score": 1.0}}).train()
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == [
+        "model_0000006.pth", "model_0000009.pth", "model_final.pth"]
+    evaluations = [r.getMessage().split(":")[0] for r in caplog.records if r.getMessage().startswith("Evaluation")]
+    assert evaluations == ["Evaluation at iteration 4", "Evaluation at iteration 8", "Evaluation at iteration 10"]
+    logged = [r.getMessage() for r in caplog.records if "iter: 4/10" in r.getMessage()]
+    assert logged, "the iteration line the evaluation and file names agree with"
+
+
+def test_resume_from_a_checkpoint_named_the_old_way(tmp_path):
+    """Runs written before this naming (model_0000005.pth after 6 iterations) resume exactly."""
+    from test_engine_trainer import Crash, assert_same, make_trainer, weights
+
+    from detectron_res.engine.checkpoint import LAST_CHECKPOINT_FILE, find_last_checkpoint
+
+    ref = make_trainer(tmp_path / "ref")
+    ref.train()
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer(run, extra_hooks=[Crash(at=7)]).train()
+    (run / "model_0000006.pth").rename(run / "model_0000005.pth")  # the old name: the 0-based index
+    (run / LAST_CHECKPOINT_FILE).write_text("model_0000005.pth")
+    resumed = make_trainer(run, resume=True)
+    assert resumed.start_iter == 6
+    resumed.train()
+    assert_same(weights(resumed), weights(ref))
+    assert find_last_checkpoint(run).name == "model_final.pth"
+    assert sorted(p.name for p in run.glob("model_0*.pth")) == ["model_0000005.pth", "model_0000009.pth"]

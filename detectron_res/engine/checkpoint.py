@@ -27,8 +27,11 @@ Checkpoint file format (``format_version`` 1), a plain dict that loads with
 Only tensors, numbers, strings, lists and dicts are stored, so the restricted
 ``weights_only`` unpickler can read every file (no arbitrary code runs on load).
 
-Files are named ``model_{iteration:07d}.pth`` (``model_0000999.pth`` after 1000
-iterations), ``model_final.pth`` at the end of training and ``model_best.pth``
+Files are named by the number of iterations done, as the log counts them:
+``model_{iteration + 1:07d}.pth`` (``model_0001000.pth`` after 1000 iterations,
+next to ``iter: 1000/...``; runs written before this naming have
+``model_0000999.pth`` and resume the same way, from the stored ``iteration``),
+``model_final.pth`` at the end of training and ``model_best.pth``
 for the best evaluation; ``last_checkpoint`` is a text file holding the file name
 of the newest one.
 
