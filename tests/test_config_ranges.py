@@ -93,8 +93,6 @@ def test_solver_orderings():
         load_config(None, ["solver.steps=[10,10]", "solver.max_iter=100"])
     with pytest.raises(ConfigError, match=r"'solver.steps'=\[100\] has a step at or beyond solver.max_iter=100"):
         load_config(None, ["solver.steps=[100]", "solver.max_iter=100"])
-    with pytest.raises(ConfigError, match=r"'solver.warmup_iters'=200 must be <= solver.max_iter=100"):
-        load_config(None, ["solver.steps=[]", "solver.max_iter=100", "solver.warmup_iters=200"])
     assert load_config(None, ["solver.steps=[99]", "solver.max_iter=100"]).solver.max_iter == 100
     with pytest.raises(ConfigError, match=r"'model.rpn.negative_iou' \(0.8\) must be <= 'model.rpn.positive_iou'"):
         load_config(None, ["model.rpn.negative_iou=0.8"])

@@ -172,8 +172,8 @@ def test_pr_curve_titles_name_evaluator_and_iou(tmp_path, monkeypatch):
     curve = {"circle": {"precision": [1.0, 0.5], "recall": [0.5, 1.0], "ap": 75.0}}
     for e in (voc07, voc12, coco):
         plot_pr_curves(curve, tmp_path / e.name, ap_name=e.pr_curve_ap_name)
-    assert titles == ["circle (VOC07 11-point AP, IoU 0.5 = 75.0)", "circle (VOC area AP, IoU 0.5 = 75.0)",
-                      "circle (COCO AP, IoU 0.5 = 75.0)"]
+    assert titles == ["circle: VOC07 11-point AP at IoU 0.5 = 75.0", "circle: VOC area AP at IoU 0.5 = 75.0",
+                      "circle: COCO AP at IoU 0.5 = 75.0"]
 
 
 def test_comp4_files_of_a_val_split_say_val(tmp_path):

@@ -306,7 +306,7 @@ class COCOEvaluator(DatasetEvaluator):
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.pr_curves: Dict[str, Dict[str, Any]] = {}
         # What the PR curves' AP is, for their titles: pycocotools' 101-point AP at IoU 0.5.
-        self.pr_curve_ap_name = "COCO AP, IoU 0.5"
+        self.pr_curve_ap_name = "COCO AP at IoU 0.5"
         self._coco_gt = None
 
     def _ground_truth(self):

@@ -925,7 +925,7 @@ class VOCEvaluator(DatasetEvaluator):
             )
         self.pr_curves: Dict[str, Dict[str, Any]] = {}
         # What the PR curves' AP is, for their titles.
-        self.pr_curve_ap_name = "VOC07 11-point AP, IoU 0.5" if self.use_07_metric else "VOC area AP, IoU 0.5"
+        self.pr_curve_ap_name = "VOC07 11-point AP at IoU 0.5" if self.use_07_metric else "VOC area AP at IoU 0.5"
 
     def evaluate_predictions(self, predictions: Mapping[Hashable, Prediction]) -> Dict[str, Any]:
         class_names = list(self.dataset.class_names)
