@@ -43,6 +43,7 @@ __all__ = [
     "RESULTS_JSON_LIMITS",
     "XML_LIMITS",
     "read_text",
+    "check_structure",
     "load_yaml_text",
     "load_yaml_file",
     "load_json_text",
@@ -169,11 +170,13 @@ class _TooDeep(Exception):
         self.mark = mark
 
 
-def _walk(data: Any, limits: Limits, source: str, via_aliases: bool) -> None:
-    """Visit every value as a deep copy would (aliases expanded), within the limits.
+def check_structure(data: Any, limits: Limits, source: str, via_aliases: bool = False) -> None:
+    """Visit every value as a deep copy would (shared objects expanded), within the limits.
 
     Iterative, so that a cyclic alias (``&a [*a]``) meets the depth limit instead of
-    the recursion limit.
+    the recursion limit. Also for containers from elsewhere that may share objects the
+    same way: a checkpoint's stored config (pickle memo references) before OmegaConf
+    merges it.
     """
     stack = [(data, 1)]
     count = 0
@@ -223,7 +226,7 @@ def load_yaml_text(text: str, limits: Limits, source: str) -> Any:
         raise BoundedInputError(f"{source}: nested too deeply to parse") from None
     finally:
         loader.dispose()
-    _walk(data, limits, source, via_aliases=loader.num_aliases > 0)
+    check_structure(data, limits, source, via_aliases=loader.num_aliases > 0)
     return data
 
 

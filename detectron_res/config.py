@@ -35,7 +35,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from .bounded_io import CONFIG_LIMITS, BoundedInputError, load_yaml_file, load_yaml_text
+from .bounded_io import CONFIG_LIMITS, BoundedInputError, check_structure, load_yaml_file, load_yaml_text
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -642,7 +642,15 @@ def compose_config(
 
 
 def compose_config_from_dict(schema: type, data: dict, source: str = "checkpoint") -> DictConfig:
-    """A typed config of ``schema`` from plain containers (a checkpoint's saved config)."""
+    """A typed config of ``schema`` from plain containers (a checkpoint's saved config).
+
+    The containers come from a file (a pickle may share one list many times over, as
+    YAML aliases do): they are bounded like a config file before OmegaConf copies them.
+    """
+    try:
+        check_structure(data, CONFIG_LIMITS, source)
+    except BoundedInputError as e:
+        raise ConfigError(str(e)) from None
     return _merge(OmegaConf.structured(schema), data, source, schema)
 
 

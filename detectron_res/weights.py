@@ -415,29 +415,35 @@ def _read_file(path: Path) -> Any:
     return obj
 
 
-def _first_non_finite(obj: Any, key: str = "") -> Optional[Tuple[str, int, int]]:
+def _first_non_finite(obj: Any) -> Optional[Tuple[str, int, int]]:
     """``(dotted key, non-finite count, size)`` of the first floating tensor or array in
-    ``obj`` (nested dicts / lists) holding NaN or infinity; None when all are finite."""
-    if isinstance(obj, torch.Tensor):
-        if obj.is_floating_point() or obj.is_complex():
-            bad = int((~torch.isfinite(obj)).sum())
-            return (key, bad, obj.numel()) if bad else None
-        return None
-    if isinstance(obj, np.ndarray):
-        if np.issubdtype(obj.dtype, np.floating) or np.issubdtype(obj.dtype, np.complexfloating):
-            bad = int((~np.isfinite(obj)).sum())
-            return (key, bad, obj.size) if bad else None
-        return None
-    if isinstance(obj, dict):
-        items = obj.items()
-    elif isinstance(obj, (list, tuple)):
-        items = enumerate(obj)
-    else:
-        return None
-    for k, v in items:
-        found = _first_non_finite(v, f"{key}.{k}" if key else str(k))
-        if found is not None:
-            return found
+    ``obj`` (nested dicts / lists, in order) holding NaN or infinity; None when all are finite.
+
+    Iterative, and each container and tensor is visited once (by identity): a pickle
+    may nest lists deeper than the recursion limit, or share one list many times over.
+    """
+    seen: set = set()
+    stack: List[Tuple[str, Any]] = [("", obj)]
+    while stack:
+        key, node = stack.pop()
+        if id(node) in seen:
+            continue
+        if isinstance(node, torch.Tensor):
+            seen.add(id(node))
+            if node.is_floating_point() or node.is_complex():
+                bad = int((~torch.isfinite(node)).sum())
+                if bad:
+                    return key, bad, node.numel()
+        elif isinstance(node, np.ndarray):
+            seen.add(id(node))
+            if np.issubdtype(node.dtype, np.floating) or np.issubdtype(node.dtype, np.complexfloating):
+                bad = int((~np.isfinite(node)).sum())
+                if bad:
+                    return key, bad, int(node.size)
+        elif isinstance(node, (dict, list, tuple)):
+            seen.add(id(node))
+            items = list(node.items() if isinstance(node, dict) else enumerate(node))
+            stack.extend((f"{key}.{k}" if key else str(k), v) for k, v in reversed(items))
     return None
 
 

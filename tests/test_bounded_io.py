@@ -205,3 +205,24 @@ def test_deep_override_is_one_line_not_a_recursion_error():
 def test_safe_loader_still_refuses_python_tags():
     with pytest.raises(yaml.YAMLError):
         load_yaml_text("a: !!python/object/apply:os.system ['true']\n", CONFIG_LIMITS, "x")
+
+
+def test_checkpoint_config_sharing_one_list_is_bounded(tmp_path):
+    """A checkpoint's stored config is another user file: a pickle can share one list
+    many times over (memo references), like YAML aliases; OmegaConf would expand it."""
+    import torch
+
+    from detectron_res.config import config_from_dict
+    from detectron_res.engine.checkpoint import read_checkpoint_file
+
+    shared = [1.0] * 10
+    for _ in range(8):
+        shared = [shared] * 10  # 10^9 values, a few hundred bytes on disk
+    path = tmp_path / "ckpt.pth"
+    torch.save({"config": {"model": {"pixel_mean": shared}}}, path)
+    assert path.stat().st_size < 10_000
+    data = read_checkpoint_file(path)["config"]
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"checkpoint: (expands to more than 100000 values|nested more than)"):
+        config_from_dict(data)
+    assert time.perf_counter() - start < 0.5

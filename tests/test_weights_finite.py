@@ -126,3 +126,30 @@ def test_imagenet_weights_with_nan_in_a_pickle(tmp_path):
 def test_finite_weights_still_load(tmp_path):
     path = make_tiny_checkpoint(tmp_path / "ok.pth")
     assert read_checkpoint_file(path)["iteration"] == 0
+
+
+def test_deeply_nested_or_shared_checkpoint_is_walked_once(tmp_path):
+    """The finiteness check is iterative and visits shared objects once: a pickle nested
+    past the recursion limit, or one list shared 10^9 times over, is checked in a blink."""
+    import time
+
+    deep = [torch.ones(2)]
+    for _ in range(5000):
+        deep = [deep]
+    shared = [torch.ones(3)] * 10
+    for _ in range(8):
+        shared = [shared] * 10
+    for name, obj in (("deep", deep), ("shared", shared)):
+        path = tmp_path / f"{name}.pth"
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(20000)  # for torch.save only: the pickler recurses per level
+        try:
+            torch.save({"x": obj}, path)
+        finally:
+            sys.setrecursionlimit(limit)
+        start = time.perf_counter()
+        try:
+            read_checkpoint_file(path)
+        except CheckpointError:
+            pass  # torch may refuse the depth itself; what matters: no hang, no RecursionError
+        assert time.perf_counter() - start < 5, name
