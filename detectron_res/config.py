@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import os
 import sys
 import typing
@@ -33,6 +34,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from .bounded_io import CONFIG_LIMITS, BoundedInputError, check_structure, load_yaml_file, load_yaml_text
 from .outputs import atomic_write_text
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -283,18 +285,21 @@ def resolve_config_path(path_or_name: str | os.PathLike) -> Path:
 
 
 def _read_yaml(path: Path) -> dict:
+    """A config file's top-level mapping, read within :data:`bounded_io.CONFIG_LIMITS`
+    (size, UTF-8, nesting depth, YAML alias expansion: a few KB of nested aliases
+    would otherwise keep the merge below busy for hours)."""
     try:
-        text = path.read_text()
+        data = load_yaml_file(path, CONFIG_LIMITS)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
+    except BoundedInputError as e:
+        raise ConfigError(str(e)) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise ConfigError(f"{where}: malformed YAML: {e.problem}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: malformed YAML: {e}") from None
+        raise ConfigError(f"{path}: malformed YAML: {str(e).splitlines()[0]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -385,6 +390,165 @@ def _merge(
         raise ConfigError(f"{source}: invalid value for config key '{key}': {str(e).splitlines()[0]}") from None
 
 
+# Ranges of the numeric keys, checked at load time so that an impossible value stops
+# the run before anything is built or written (a solver.max_iter of 0 used to write an
+# untrained model_final.pth that tools/infer.py then picked by default). A range is
+# "> a", ">= a", "<= a", or an interval "[a, b]", "[a, b)", "(a, b]", "(a, b)"; for a
+# list key every entry must be in it. Every float key must also be finite (NaN passes
+# any comparison unnoticed), which check_ranges checks on the whole config.
+SOLVER_RANGES: Dict[str, str] = {
+    "solver.ims_per_batch": ">= 1",
+    "solver.base_lr": "> 0",
+    "solver.momentum": "[0, 1)",
+    "solver.weight_decay": ">= 0",
+    "solver.weight_decay_norm": ">= 0",
+    "solver.weight_decay_bias": ">= 0",
+    "solver.warmup_iters": ">= 0",
+    "solver.warmup_factor": "(0, 1]",
+    "solver.steps": ">= 1",
+    "solver.gamma": "(0, 1]",
+    "solver.max_iter": ">= 1",
+    "solver.clip_grad_norm": ">= 0",
+    "solver.checkpoint_period": ">= 0",  # 0: only model_final.pth
+    "solver.keep_last": ">= 0",  # 0 keeps every periodic checkpoint
+    "dist.timeout_s": ">= 1",
+    "seed": "[0, 4294967295]",  # numpy's seed range
+    "log_period": ">= 1",
+}
+
+RANGES: Dict[str, str] = {
+    **SOLVER_RANGES,
+    "model.backbone.freeze_at": "[0, 5]",
+    "model.backbone.base_channels": ">= 1",
+    "model.anchor.sizes": "> 0",
+    "model.anchor.aspect_ratios": "> 0",
+    "model.anchor.offset": "[0, 1)",
+    "model.pixel_std": "> 0",
+    "model.rpn.head_channels": ">= 0",
+    "model.rpn.positive_iou": "[0, 1]",
+    "model.rpn.negative_iou": "[0, 1]",
+    "model.rpn.batch_size_per_image": ">= 1",
+    "model.rpn.positive_fraction": "[0, 1]",
+    "model.rpn.boundary_threshold": ">= -1",
+    "model.rpn.pre_nms_topk_train": ">= 1",
+    "model.rpn.post_nms_topk_train": ">= 1",
+    "model.rpn.pre_nms_topk_test": ">= 1",
+    "model.rpn.post_nms_topk_test": ">= 1",
+    "model.rpn.nms_thresh": "[0, 1]",
+    "model.rpn.min_size": ">= 0",
+    "model.rpn.smooth_l1_beta": ">= 0",
+    "model.rpn.loss_weight": ">= 0",
+    "model.roi_heads.num_classes": ">= 1",
+    "model.roi_heads.batch_size_per_image": ">= 1",
+    "model.roi_heads.positive_fraction": "[0, 1]",
+    "model.roi_heads.fg_iou_thresh": "[0, 1]",
+    "model.roi_heads.bg_iou_thresh_lo": "[0, 1]",
+    "model.roi_heads.bg_iou_thresh_hi": "[0, 1]",
+    "model.roi_heads.pooler_resolution": ">= 1",
+    "model.roi_heads.pooler_sampling_ratio": ">= 0",
+    "model.roi_heads.box_reg_weights": "> 0",
+    "model.roi_heads.smooth_l1_beta": ">= 0",
+    "model.roi_heads.score_thresh_test": "[0, 1]",
+    "model.roi_heads.nms_thresh_test": "[0, 1]",
+    "model.roi_heads.detections_per_image": ">= 1",
+    "input.min_size_train": ">= 1",
+    "input.max_size_train": ">= 1",
+    "input.min_size_test": ">= 1",
+    "input.max_size_test": ">= 1",
+    "input.hflip_prob": "[0, 1]",
+    "input.size_divisibility": ">= 0",
+    "data.num_workers": ">= 0",
+    "data.max_pixels": ">= 1",
+    "test.eval_period": ">= 0",
+    "test.images_per_batch": ">= 1",
+}
+
+# Keys that hold exactly this many values.
+LENGTHS: Dict[str, int] = {
+    "model.pixel_mean": 3,
+    "model.pixel_std": 3,
+    "model.roi_heads.box_reg_weights": 4,
+}
+
+
+def _range_test(spec: str):
+    """``(predicate, text)`` for a range written as in :data:`RANGES`."""
+    spec = spec.strip()
+    if spec[0] in "[(":
+        low_text, high_text = spec[1:-1].split(",")
+        low, high = float(low_text), float(high_text)
+        low_ok = (lambda v: v >= low) if spec[0] == "[" else (lambda v: v > low)
+        high_ok = (lambda v: v <= high) if spec[-1] == "]" else (lambda v: v < high)
+        return (lambda v: low_ok(v) and high_ok(v)), f"in {spec}"
+    op, bound_text = spec.split()
+    bound = float(bound_text)
+    tests = {">": lambda v: v > bound, ">=": lambda v: v >= bound, "<=": lambda v: v <= bound}
+    return tests[op], spec
+
+
+def _non_finite_keys(node: Any, prefix: str = "") -> List[str]:
+    """Dotted keys of every NaN / infinite float in a plain container."""
+    found = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            found += _non_finite_keys(v, f"{prefix}{k}.")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            found += _non_finite_keys(v, f"{prefix[:-1]}[{i}].")
+    elif isinstance(node, float) and not math.isfinite(node):
+        found.append(prefix[:-1])
+    return found
+
+
+def check_ranges(cfg: DictConfig, ranges: Dict[str, str], lengths: Dict[str, int] = {}) -> None:  # noqa: B006
+    """Refuse a config whose numbers are out of range, naming the key, value and range.
+
+    Args:
+        cfg: a loaded config (any schema).
+        ranges: dotted key -> range text (see :data:`RANGES`); list keys: every entry.
+        lengths: dotted key -> required number of entries.
+    Raises:
+        ConfigError: the first key out of range, and any NaN / infinite float.
+    """
+    bad = _non_finite_keys(OmegaConf.to_container(cfg, resolve=True))
+    if bad:
+        raise ConfigError(f"config key '{bad[0]}' must be a finite number; got {OmegaConf.select(cfg, bad[0].split('[')[0])}")
+    for key, count in lengths.items():
+        value = list(OmegaConf.select(cfg, key))
+        if len(value) != count:
+            raise ConfigError(f"config key '{key}' must list {count} values; got {value}")
+    for key, spec in ranges.items():
+        value = OmegaConf.select(cfg, key)
+        ok, text = _range_test(spec)
+        if OmegaConf.is_list(value):
+            entries = list(value)
+            if not all(ok(v) for v in entries):
+                raise ConfigError(f"config key '{key}' entries must be {text}; got {entries}")
+        elif not ok(value):
+            raise ConfigError(f"config key '{key}' must be {text}; got {value}")
+
+
+def check_solver(cfg: DictConfig) -> None:
+    """The solver's orderings: ``steps`` strictly increasing and before ``max_iter``.
+
+    (A warm-up longer than the run is allowed: short trial runs of a config keep its
+    warm-up, and the LR it gives is still what the config says.)
+    """
+    s = cfg.solver
+    steps = list(s.steps)
+    if steps != sorted(set(steps)):
+        raise ConfigError(f"config key 'solver.steps' must be strictly increasing; got {steps}")
+    if steps and steps[-1] >= s.max_iter:
+        # A decay at or after the last iteration never happens: the run would train at
+        # the initial LR throughout, with nothing said (a shortened run usually means the
+        # schedule was not scaled with it).
+        raise ConfigError(
+            f"config key 'solver.steps'={steps} has a step at or beyond solver.max_iter={s.max_iter}, "
+            "so that LR decay would never happen; scale the steps with max_iter "
+            "or set solver.steps=[] for a constant LR"
+        )
+
+
 def _check_choices(cfg: DictConfig) -> None:
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
@@ -395,24 +559,53 @@ def _check_choices(cfg: DictConfig) -> None:
             raise ConfigError(f"config key 'data.datasets.{name}.format' must be one of coco, voc, yolo; got {spec.format!r}")
     if cfg.data.max_pixels < 1:
         raise ConfigError(f"config key 'data.max_pixels' must be >= 1 (a pixel count); got {cfg.data.max_pixels}")
-    if cfg.solver.ims_per_batch < 1:
-        raise ConfigError(f"config key 'solver.ims_per_batch' must be >= 1; got {cfg.solver.ims_per_batch}")
-    if list(cfg.solver.steps) != sorted(cfg.solver.steps):
-        raise ConfigError(f"config key 'solver.steps' must be increasing; got {list(cfg.solver.steps)}")
+    check_ranges(cfg, RANGES, LENGTHS)
+    check_solver(cfg)
+    if not cfg.input.min_size_train:
+        raise ConfigError("config key 'input.min_size_train' must list at least one size; got []")
+    r, h = cfg.model.rpn, cfg.model.roi_heads
+    for low_key, high_key in (
+        ("model.rpn.negative_iou", "model.rpn.positive_iou"),
+        ("model.roi_heads.bg_iou_thresh_lo", "model.roi_heads.bg_iou_thresh_hi"),
+        ("model.roi_heads.bg_iou_thresh_hi", "model.roi_heads.fg_iou_thresh"),
+    ):
+        low, high = OmegaConf.select(cfg, low_key), OmegaConf.select(cfg, high_key)
+        if low > high:
+            raise ConfigError(f"config key '{low_key}' ({low}) must be <= '{high_key}' ({high})")
+    if cfg.input.min_size_test > cfg.input.max_size_test or max(cfg.input.min_size_train) > cfg.input.max_size_train:
+        raise ConfigError(
+            "config keys 'input.min_size_train' / 'input.min_size_test' (shorter side) must be <= "
+            f"'input.max_size_train' / 'input.max_size_test' (longer side); got {list(cfg.input.min_size_train)} / "
+            f"{cfg.input.min_size_test} and {cfg.input.max_size_train} / {cfg.input.max_size_test}"
+        )
 
 
 def _parse_overrides(overrides: Sequence[str]) -> List[tuple]:
+    """``(dotted key, value, text)`` of each ``key=value``; values parsed as bounded YAML."""
     parsed = []
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"command-line override '{item}': expected section.key=value")
         key, text = item.split("=", 1)
+        source = f"command-line override '{_shorten(item)}'"
+        if key.count(".") >= CONFIG_LIMITS.max_depth:
+            raise ConfigError(
+                f"{source}: key has {key.count('.') + 1} parts, more than the {CONFIG_LIMITS.max_depth} "
+                "levels a config has"
+            )
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = load_yaml_text(text, CONFIG_LIMITS, source) if text.strip() else ""
+        except BoundedInputError as e:
+            raise ConfigError(str(e)) from None
         except yaml.YAMLError:
             value = text  # not YAML: keep the raw string, the schema decides
         parsed.append((key.strip(), value, item))
     return parsed
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters for a one-line message."""
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
 
 
 def compose_config(
@@ -449,13 +642,21 @@ def compose_config(
         try:
             OmegaConf.update(update, key, value, force_add=True)
         except OmegaConfBaseException as e:
-            raise ConfigError(f"command-line override '{text}': {str(e).splitlines()[0]}") from None
-        cfg = _merge(cfg, update, f"command-line override '{text}'", schema, user_key=key)
+            raise ConfigError(f"command-line override '{_shorten(text)}': {str(e).splitlines()[0]}") from None
+        cfg = _merge(cfg, update, f"command-line override '{_shorten(text)}'", schema, user_key=key)
     return cfg
 
 
 def compose_config_from_dict(schema: type, data: dict, source: str = "checkpoint") -> DictConfig:
-    """A typed config of ``schema`` from plain containers (a checkpoint's saved config)."""
+    """A typed config of ``schema`` from plain containers (a checkpoint's saved config).
+
+    The containers come from a file (a pickle may share one list many times over, as
+    YAML aliases do): they are bounded like a config file before OmegaConf copies them.
+    """
+    try:
+        check_structure(data, CONFIG_LIMITS, source)
+    except BoundedInputError as e:
+        raise ConfigError(str(e)) from None
     return _merge(OmegaConf.structured(schema), data, source, schema)
 
 

@@ -26,7 +26,12 @@ from typing import Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-__all__ = ["class_color", "text_color_for", "draw_detections"]
+__all__ = ["class_color", "text_color_for", "draw_detections", "MIN_DRAWN_SIDE"]
+
+# Annotated still images smaller than this (longer side, pixels) are drawn enlarged
+# (see draw_detections' min_side): a 10-pixel label on a 64-pixel thumbnail would
+# hide the objects it names.
+MIN_DRAWN_SIDE = 384
 
 # 1 / golden ratio: hue steps of this size never repeat and stay well spread
 # for any number of classes (the classic "golden angle" palette).
@@ -83,6 +88,7 @@ def draw_detections(
     class_names: Optional[Sequence[str]] = None,
     *,
     copy: bool = True,
+    min_side: int = 0,
 ) -> np.ndarray:
     """Draw boxes with "class score" labels on a BGR image.
 
@@ -95,8 +101,15 @@ def draw_detections(
         class_names: ``class_names[i]`` is the name of label ``i + 1``; labels
             without a name are drawn as ``class <id>``.
         copy: draw on a copy (default) instead of in place.
+        min_side: an image whose longer side is shorter than this is drawn enlarged
+            by the smallest integer factor that reaches it (nearest neighbour: its
+            pixels stay visible as such), so that labels of a readable size (about
+            10 pixels tall at least) do not cover a thumbnail. 0 (default) never
+            enlarges; tools/infer.py and tools/visualize_data.py pass
+            :data:`MIN_DRAWN_SIDE`. Enlarging always draws on a copy.
     Returns:
-        The annotated ``np.uint8 [H, W, 3]`` image.
+        The annotated ``np.uint8`` image: ``[H, W, 3]``, or ``[k H, k W, 3]`` when
+        enlarged by ``k``.
     """
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         desc = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
@@ -113,37 +126,53 @@ def draw_detections(
     if not canvas.flags["C_CONTIGUOUS"]:
         canvas = np.ascontiguousarray(canvas)
     height, width = canvas.shape[:2]
+    if min_side and max(height, width) < min_side:
+        factor = int(np.ceil(min_side / max(height, width)))
+        canvas = cv2.resize(canvas, (width * factor, height * factor), interpolation=cv2.INTER_NEAREST)
+        boxes = boxes * factor
+        height, width = canvas.shape[:2]
 
     # Sizes relative to the image: a 2-pixel line and 0.5 font at ~600 px (the
-    # detector's test scale), never thinner than 1 pixel.
+    # detector's test scale), never thinner than 1 pixel; the font never below 0.45
+    # (text about 10 pixels tall), the smallest that stays readable on a thumbnail.
     scale = max(height, width) / 600.0
     thickness = max(1, int(round(2 * scale)))
-    font_scale = max(0.35, 0.5 * scale)
+    font_scale = max(0.45, 0.5 * scale)
     font_thickness = max(1, int(round(1.2 * scale)))
     pad = max(1, int(round(2 * scale)))
 
-    # Lowest scores first, so the most confident boxes and labels end up on top.
-    order = np.argsort(scores, kind="stable") if scores is not None else np.arange(len(boxes))
+    # Most confident first: they get the best label places; drawn last, so on top.
+    order = np.argsort(-scores, kind="stable") if scores is not None else np.arange(len(boxes))
+    order = [i for i in order if np.all(np.isfinite(boxes[i]))]
+    rects = {}
     for i in order:
         x1, y1, x2, y2 = boxes[i]
-        if not np.all(np.isfinite(boxes[i])):
-            continue
         # Continuous [x1, x2) -> the inclusive pixel rectangle OpenCV draws.
         p1 = (int(np.floor(x1)), int(np.floor(y1)))
         p2 = (max(p1[0], int(np.ceil(x2)) - 1), max(p1[1], int(np.ceil(y2)) - 1))
+        rects[i] = (p1, p2)
+
+    # Boxes first, every label after them: no box edge can cut through a label.
+    for i in reversed(order):
+        p1, p2 = rects[i]
         color = class_color(int(labels[i]))
         # Axis-aligned lines need no anti-aliasing; LINE_8 keeps them crisp and exactly the class colour.
         cv2.rectangle(canvas, p1, p2, (0, 0, 0), thickness + 2, lineType=cv2.LINE_8)
         cv2.rectangle(canvas, p1, p2, color, thickness, lineType=cv2.LINE_8)
 
+    placed: list = []  # (left, top, right, bottom) of the labels placed so far
+    labels_to_draw = []
+    for i in order:
+        p1, p2 = rects[i]
         text = _label_text(int(labels[i]), None if scores is None else float(scores[i]), class_names)
         (text_w, text_h), baseline = cv2.getTextSize(text, _FONT, font_scale, font_thickness)
-        box_h = text_h + baseline + 2 * pad
-        box_w = text_w + 2 * pad
-        # Above the box when there is room, otherwise just inside its top edge;
-        # shifted left if it would leave the image on the right.
-        top = p1[1] - box_h if p1[1] - box_h >= 0 else max(0, p1[1])
-        left = min(max(0, p1[0]), max(0, width - box_w))
+        size = (text_w + 2 * pad, text_h + baseline + 2 * pad)
+        left, top = _place_label(size, p1, p2, thickness, (width, height), placed)
+        placed.append((left, top, left + size[0], top + size[1]))
+        labels_to_draw.append((i, text, left, top, size, text_h))
+    # Least confident first, so where labels must overlap the confident one is readable.
+    for i, text, left, top, (box_w, box_h), text_h in reversed(labels_to_draw):
+        color = class_color(int(labels[i]))
         cv2.rectangle(canvas, (left, top), (left + box_w - 1, top + box_h - 1), color, cv2.FILLED)
         cv2.putText(
             canvas,
@@ -156,3 +185,50 @@ def draw_detections(
             lineType=cv2.LINE_AA,
         )
     return canvas
+
+
+def _overlap(a: Tuple[int, int, int, int], b: Tuple[int, int, int, int]) -> int:
+    """Area shared by two ``(left, top, right, bottom)`` rectangles (right/bottom exclusive)."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return max(0, w) * max(0, h)
+
+
+def _place_label(
+    size: Tuple[int, int],
+    p1: Tuple[int, int],
+    p2: Tuple[int, int],
+    line: int,
+    image_size: Tuple[int, int],
+    placed: Sequence[Tuple[int, int, int, int]],
+) -> Tuple[int, int]:
+    """Top-left corner of a label of ``size = (w, h)`` for the box ``p1``-``p2``.
+
+    Candidates, in order of preference: above the box's top-left corner, inside it
+    below the top edge, below the box, inside above the bottom edge; each shifted
+    back into the image. The first that overlaps no label placed so far wins; when
+    every one does (a crowded image), the one with the least overlap.
+    """
+    w, h = size
+    width, height = image_size
+    half = (line + 2) // 2 + 1  # clear of the box's line and its dark outline
+    left = min(max(0, p1[0]), max(0, width - w))
+    candidates = [
+        (left, p1[1] - h),  # above
+        (left, p1[1] + half),  # inside, below the top edge
+        (left, p2[1] + half + 1),  # below
+        (left, p2[1] - half - h),  # inside, above the bottom edge
+    ]
+    best, best_cost = None, None
+    for rank, (x, y) in enumerate(candidates):
+        fits = 0 <= y and y + h <= height
+        y = min(max(0, y), max(0, height - h))
+        rect = (x, y, x + w, y + h)
+        cost = sum(_overlap(rect, other) for other in placed)
+        # Prefer a place inside the image, then no overlap, then the earlier candidate.
+        key = (not fits, cost, rank)
+        if best_cost is None or key < best_cost:
+            best, best_cost = (x, y), key
+        if fits and cost == 0:
+            break
+    return best

@@ -421,14 +421,70 @@ def _load_torch(path: Path) -> Any:
 
 
 def _read_file(path: Path) -> Any:
-    """Read ``path`` with the safe loader its extension (or content) calls for."""
+    """Read ``path`` with the safe loader its extension (or content) calls for; non-finite
+    weights are refused (:func:`refuse_non_finite`)."""
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
     if path.suffix == ".pkl":
-        return _load_pickle(path)
-    if path.suffix in (".pth", ".pt") or zipfile.is_zipfile(path):
-        return _load_torch(path)
-    return _load_pickle(path)
+        obj = _load_pickle(path)
+    elif path.suffix in (".pth", ".pt") or zipfile.is_zipfile(path):
+        obj = _load_torch(path)
+    else:
+        obj = _load_pickle(path)
+    refuse_non_finite(obj, path, WeightsFormatError)
+    return obj
+
+
+def _first_non_finite(obj: Any) -> Optional[Tuple[str, int, int]]:
+    """``(dotted key, non-finite count, size)`` of the first floating tensor or array in
+    ``obj`` (nested dicts / lists, in order) holding NaN or infinity; None when all are finite.
+
+    Iterative, and each container and tensor is visited once (by identity): a pickle
+    may nest lists deeper than the recursion limit, or share one list many times over.
+    """
+    seen: set = set()
+    stack: List[Tuple[str, Any]] = [("", obj)]
+    while stack:
+        key, node = stack.pop()
+        if id(node) in seen:
+            continue
+        if isinstance(node, torch.Tensor):
+            seen.add(id(node))
+            if node.is_floating_point() or node.is_complex():
+                bad = int((~torch.isfinite(node)).sum())
+                if bad:
+                    return key, bad, node.numel()
+        elif isinstance(node, np.ndarray):
+            seen.add(id(node))
+            if np.issubdtype(node.dtype, np.floating) or np.issubdtype(node.dtype, np.complexfloating):
+                bad = int((~np.isfinite(node)).sum())
+                if bad:
+                    return key, bad, int(node.size)
+        elif isinstance(node, (dict, list, tuple)):
+            seen.add(id(node))
+            items = list(node.items() if isinstance(node, dict) else enumerate(node))
+            stack.extend((f"{key}.{k}" if key else str(k), v) for k, v in reversed(items))
+    return None
+
+
+def refuse_non_finite(obj: Any, path: str | os.PathLike, error_type: type = WeightsFormatError) -> None:
+    """Refuse weights or a checkpoint holding a NaN or infinite value in any float tensor.
+
+    Such weights load and run, and a detector with them finds nothing ("0 detections",
+    exit 0). The one check of every weights and checkpoint reader
+    (:func:`_read_file` here, ``engine.checkpoint.read_checkpoint_file``): training
+    initialization, resume, inference, export, evaluation, the classifier.
+
+    Raises:
+        error_type: one line naming the file, the first such tensor and how many values.
+    """
+    found = _first_non_finite(obj)
+    if found is not None:
+        key, bad, size = found
+        raise error_type(
+            f"{path}: tensor '{key}' holds {bad} NaN or infinite value(s) of {size}; refusing weights that are "
+            "not finite (a diverged run or a corrupt file)"
+        )
 
 
 # ----------------------------------------------------------------------------

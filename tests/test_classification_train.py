@@ -92,7 +92,7 @@ def test_imagenet_classifier_end_to_end_then_initializes_a_detector(imagenet_roo
     final = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()][-1]
     assert final["val/top1_err"] < 45.0 and final["val/top1_err_10crop"] < 45.0, final
     assert final["val/top5_err"] == 0.0  # 3 classes: always among the top 5
-    assert {"config.yaml", "log.txt", "model_final.pth", "model_0000029.pth", "tensorboard"} <= {
+    assert {"config.yaml", "log.txt", "model_final.pth", "model_0000030.pth", "tensorboard"} <= {
         p.name for p in out.iterdir()}
 
     ckpt = out / "model_final.pth"
@@ -135,7 +135,7 @@ def test_imagenet_classifier_end_to_end_then_initializes_a_detector(imagenet_roo
 
 
 def _cifar_overrides(root, *extra):
-    return [f"data.root={root}", "solver.ims_per_batch=8", "solver.steps=[100]", "solver.checkpoint_period=0",
+    return [f"data.root={root}", "solver.ims_per_batch=8", "solver.steps=[]", "solver.checkpoint_period=0",
             "test.images_per_batch=20", "diagnostics.response_std_images=16", "data.num_workers=0", "log_period=1",
             *extra]
 
@@ -176,7 +176,7 @@ def test_signal_checkpoints_exits_5_and_resume_finishes(cifar_root, tmp_path, mo
     previous = signal.getsignal(signum)
     assert tool.main(args) == EXIT_STOPPED_BY_SIGNAL == 5
     name = signal.Signals(signum).name
-    ckpt = out / "model_0000002.pth"
+    ckpt = out / "model_0000003.pth"
     assert capsys.readouterr().out.strip().splitlines()[-1] == (
         f"stopped by {name} after 3 of 6 iterations; checkpoint {ckpt} written; continue with: --resume "
         f"(output: {out})")

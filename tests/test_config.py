@@ -35,7 +35,7 @@ def test_defaults_are_the_papers_voc_values():
 def test_base_inheritance_and_overrides(tmp_path):
     write(tmp_path, "base.yaml", "model:\n  backbone:\n    depth: 50\nsolver:\n  base_lr: 0.01\n")
     child = write(tmp_path, "child.yaml", "_base_: base.yaml\nsolver:\n  base_lr: 0.02\n")
-    cfg = load_config(child, ["solver.max_iter=10", "input.min_size_train=[480, 600]"])
+    cfg = load_config(child, ["solver.max_iter=10", "solver.steps=[8]", "input.min_size_train=[480, 600]"])
     assert cfg.model.backbone.depth == 50  # from the base
     assert cfg.solver.base_lr == 0.02  # the child wins over its base
     assert cfg.solver.max_iter == 10  # the override wins over both

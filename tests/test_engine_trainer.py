@@ -109,7 +109,7 @@ def test_resume_after_crash_gives_identical_weights(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         t.train()
     assert not (run / "model_final.pth").exists()
-    assert find_last_checkpoint(run).name == "model_0000005.pth"  # period 3: after iterations 2 and 5
+    assert find_last_checkpoint(run).name == "model_0000006.pth"  # period 3: after 3 and 6 iterations
     resumed = make_trainer(run, resume=True)
     assert resumed.start_iter == 6
     resumed.train()
@@ -138,7 +138,7 @@ def test_checkpoint_contents(tmp_path):
         assert key in state
     assert state["scheduler"]["last_epoch"] == 4
     assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
-    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == ["model_0000002.pth", "model_final.pth"]
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == ["model_0000003.pth", "model_final.pth"]
 
 
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path):
@@ -152,7 +152,7 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path):
     assert all(torch.isfinite(p).all() for p in t.model.parameters())
     assert not (tmp_path / "model_final.pth").exists()
     last = find_last_checkpoint(tmp_path)
-    assert last.name == "model_0000002.pth"
+    assert last.name == "model_0000003.pth"
     state = load_checkpoint(last)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
@@ -167,7 +167,7 @@ def test_signal_checkpoints_and_stops(tmp_path, signum):
     t = make_trainer(run, max_iter=8, extra_hooks=[SignalBeforeIteration(at=4, signum=signum)])
     t.train()  # returns normally
     assert not t.completed and t.iter == 4
-    assert find_last_checkpoint(run).name == "model_0000004.pth"
+    assert find_last_checkpoint(run).name == "model_0000005.pth"  # 5 iterations done
     assert signal.getsignal(signum) == previous  # handler restored
     resumed = make_trainer(run, max_iter=8, resume=True)
     resumed.train()

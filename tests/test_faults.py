@@ -182,7 +182,7 @@ def test_signal_during_training_checkpoints_and_exits_5(tmp_path, data_root, mon
     code, stdout, err = run_main(tiny_args(out, "solver.max_iter=20", "solver.checkpoint_period=100"),
                                  data_root, monkeypatch, capsys)
     assert code == EXIT_STOPPED_BY_SIGNAL == 5, err[-2000:]
-    ckpt = out / "model_0000002.pth"
+    ckpt = out / "model_0000003.pth"  # named by the iterations done, as the message counts them
     assert stdout.strip().splitlines()[-1] == (
         f"stopped by {name} after 3 of 20 iterations; checkpoint {ckpt} written; continue with: --resume "
         f"(output: {out})")
@@ -201,7 +201,7 @@ def test_signal_during_periodic_evaluation(tmp_path, data_root, monkeypatch, cap
     handed_out = signal_during_inference(monkeypatch, signum, at_batch=1)
     code, stdout, err = run_main(tiny_args(out, *common, evaluate=True), data_root, monkeypatch, capsys)
     assert code == 5, err[-2000:]
-    ckpt = out / "model_0000002.pth"
+    ckpt = out / "model_0000003.pth"
     assert stdout.strip().splitlines()[-1] == (
         f"stopped by {name} during the evaluation after 3 of 6 iterations (2/4 images of 'shapes_val', abandoned); "
         f"checkpoint {ckpt} written; continue with: --resume (output: {out})")
@@ -360,7 +360,7 @@ def test_sigterm_to_the_process_group_with_loader_workers(tmp_path, data_root, m
         assert last_line == (f"stopped by SIGTERM after {it + 1} of 2000 iterations; checkpoint {last} written; "
                              f"continue with: --resume (output: {out})")
     else:
-        assert last == out / "model_0000009.pth"
+        assert last == out / "model_0000010.pth"  # after 10 iterations (period 5)
         assert last_line.startswith("stopped by SIGTERM while iteration 11 waited for its batch; the signal also "
                                     "stopped the data loader's worker processes (DataLoader worker"), last_line
         assert last_line.endswith(f"; continue from {last} with: --resume (output: {out})"), last_line
@@ -421,9 +421,9 @@ def dev_full_for(monkeypatch, match):
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
 
 
-def assert_previous_intact(directory, previous_iteration):
+def assert_previous_intact(directory, previous_iteration, name=None):
     pointed = find_last_checkpoint(directory)
-    assert pointed.name == f"model_{previous_iteration:07d}.pth"
+    assert pointed.name == (name or f"model_{previous_iteration:07d}.pth")
     assert load_checkpoint(pointed)["iteration"] == previous_iteration
     assert not [p for p in Path(directory).iterdir() if p.name.endswith(".tmp")]
 
@@ -517,15 +517,15 @@ def test_pointer_write_failure_names_what_was_written(tmp_path, monkeypatch):
 def test_train_net_disk_full_exits_6_then_resumes(tmp_path, data_root, monkeypatch, capsys):
     common = ["solver.max_iter=6", "solver.checkpoint_period=2"]
     out = tmp_path / "run"
-    dev_full_for(monkeypatch, ".model_0000003.pth.")
+    dev_full_for(monkeypatch, ".model_0000004.pth.")  # the second checkpoint: after 4 iterations
     code, _, err = run_main(tiny_args(out, *common), data_root, monkeypatch, capsys)
     assert code == EXIT_OUTPUT_ERROR == 6
     assert err.strip().splitlines()[-1] == (
-        f"error: cannot write checkpoint {out / 'model_0000003.pth'}: No space left on device [ENOSPC]; the previous "
-        f"checkpoint {out / 'model_0000001.pth'} is intact and last_checkpoint still names it; free disk space or "
+        f"error: cannot write checkpoint {out / 'model_0000004.pth'}: No space left on device [ENOSPC]; the previous "
+        f"checkpoint {out / 'model_0000002.pth'} is intact and last_checkpoint still names it; free disk space or "
         f"make {out} writable, then continue with --resume")
     assert "Traceback" not in err
-    assert_previous_intact(out, 1)
+    assert_previous_intact(out, 1, "model_0000002.pth")
     monkeypatch.undo()  # space freed
     code, _, err = run_main(tiny_args(out, *common, "--resume"), data_root, monkeypatch, capsys)
     assert code == 0, err[-2000:]

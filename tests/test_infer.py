@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from detectron_res.visualize import MIN_DRAWN_SIDE
 from test_predictor import CLASS_NAMES, make_tiny_checkpoint, reference_detections, synthetic_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,7 +167,9 @@ def test_all_input_kinds_and_broken_files(inputs, checkpoint, model, tmp_path, c
         assert record == records[name]
         assert record["image_size"] == {"height": height, "width": width}, name
         annotated = cv2.imread(record["annotated_image"], cv2.IMREAD_UNCHANGED)
-        assert annotated is not None and annotated.shape == (height, width, 3), name
+        # Thumbnails are drawn enlarged by an integer factor (labels stay readable).
+        k = -(-MIN_DRAWN_SIDE // max(height, width)) if max(height, width) < MIN_DRAWN_SIDE else 1
+        assert annotated is not None and annotated.shape == (k * height, k * width, 3), name
         for det in record["detections"]:
             x1, y1, x2, y2 = det["box"]
             assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height, (name, det)
@@ -225,7 +228,8 @@ def test_annotated_image_shows_boxes_in_class_colors(inputs, checkpoint, tmp_pat
     original = cv2.imread(str(path))
     assert record["detections"], "expected detections above 0.3"
     best = record["detections"][0]  # drawn last, so fully visible
-    x1, y1, x2, y2 = best["box"]
+    k = annotated.shape[0] // original.shape[0]  # thumbnails are drawn enlarged
+    x1, y1, x2, y2 = (k * v for v in best["box"])
     left, mid_y = int(np.floor(x1)), int((y1 + y2) / 2)
     assert tuple(int(v) for v in annotated[mid_y, left]) == class_color(best["label"])
     assert not np.array_equal(annotated, original)

@@ -103,7 +103,7 @@ def test_sigkill_and_resume_gives_identical_weights(tmp_path, data_root, monkeyp
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 180
-        while not (out / "model_0000003.pth").exists():  # kill somewhere after iteration 3
+        while not (out / "model_0000004.pth").exists():  # kill somewhere after 4 iterations
             assert proc.poll() is None, "training ended before the kill"
             assert time.time() < deadline, "no checkpoint appeared"
             time.sleep(0.02)
@@ -113,11 +113,11 @@ def test_sigkill_and_resume_gives_identical_weights(tmp_path, data_root, monkeyp
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "model_final.pth").exists(), "the run finished before SIGKILL: the test did not interrupt it"
     killed_at = load_checkpoint(find_last_checkpoint(out))["iteration"]
-    assert 1 <= killed_at < 11  # the pointer may still name the checkpoint before model_0000003
+    assert 1 <= killed_at < 11  # the pointer may still name the checkpoint before model_0000004
 
     code, stdout, _ = main_in_process(shapes_args(out, *common) + ["--resume"], data_root, monkeypatch, capsys)
     assert code == 0
-    assert f"resumed from {out / f'model_{killed_at:07d}.pth'}" in stdout
+    assert f"resumed from {out / f'model_{killed_at + 1:07d}.pth'} (after {killed_at + 1} iterations)" in stdout
     assert_same_weights(final_weights(out), expected)
     # the optimizer state too (momentum buffers)
     a = load_checkpoint(out / "model_final.pth")["optimizer"]["state"]
@@ -207,7 +207,7 @@ def test_divergence_stops_with_message_and_loadable_checkpoint(tmp_path, data_ro
     assert "loss_cls=" in line[0] and "loss_rpn_cls=" in line[0]
     assert not (out / "model_final.pth").exists()
     last = find_last_checkpoint(out)
-    assert last is not None and last.name == f"model_{it - 1:07d}.pth"  # the last good iteration
+    assert last is not None and last.name == f"model_{it:07d}.pth"  # after the `it` good iterations before it
     state = load_checkpoint(last)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 

@@ -353,7 +353,7 @@ def cifar_root(tmp_path_factory):
 TINY_DETECTOR = ["model.backbone.depth=18", "model.backbone.base_channels=8", "input.min_size_train=[64]",
                  "input.max_size_train=96", "input.min_size_test=64", "input.max_size_test=96",
                  "data.num_workers=0", "data.train=[shapes_train]", "data.test=[shapes_val]", "test.best_metric="]
-TINY_CLASSIFIER = ["model.depth=8", "solver.ims_per_batch=4", "solver.max_iter=2", "solver.checkpoint_period=0",
+TINY_CLASSIFIER = ["model.depth=8", "solver.ims_per_batch=4", "solver.max_iter=2", "solver.steps=[]", "solver.checkpoint_period=0",
                    "test.eval_period=0", "test.images_per_batch=10", "data.num_workers=0"]
 
 
@@ -705,6 +705,8 @@ def test_evaluation_outputs_stay_in_the_output_folder(tmp_path, data_root, monke
     assert new and all(p.is_relative_to(out) for p in new), sorted(map(str, new))
     dataset_dir = out / "inference" / "..%2F..%2Fescape"
     comp4 = sorted(p.name for p in (dataset_dir / "comp4").iterdir())
-    assert comp4 == sorted(f"comp4_det_test_{n}.txt" for n in ("..%2F..%2Fpwn", "a%2Fb", "%2Fabs%2Fc", "a%252Fb"))
+    # A COCO-format dataset records no split: its comp4 files take the dataset's name.
+    assert comp4 == sorted(f"comp4_det_..%2F..%2Fescape_{n}.txt"
+                           for n in ("..%2F..%2Fpwn", "a%2Fb", "%2Fabs%2Fc", "a%252Fb"))
     assert (dataset_dir / "evaluation.json").is_file()
     assert len(list(dataset_dir.rglob("pr_*.png"))) == 2 * len(names)  # voc and coco, one per class

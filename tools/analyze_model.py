@@ -166,7 +166,7 @@ def _print_table(report: Dict) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # Imported lazily in _analyze_detector; the arguments are declared here.
     from detectron_res.config import add_config_arguments
 

@@ -36,7 +36,7 @@ from detectron_res.weights import ARCHS, NotADetectorError, detectron2_detector_
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", help="weights file (.pth/.pkl) or torchvision://NAME / msra://NAME")
     parser.add_argument("dst", help="output .pth in the detectron_res format")
     parser.add_argument(

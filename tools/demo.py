@@ -17,7 +17,8 @@ A second run into the same ``--output-dir`` is refused (it would replace the
 trained model); pass ``--overwrite`` to train again from scratch there.
 
 Trailing ``section.key=value`` arguments override the demo config
-(e.g. ``solver.max_iter=300`` for a quicker, less accurate run).
+(e.g. ``solver.max_iter=300 solver.steps=[225,275]`` for a quicker, less
+accurate run: the LR steps must stay below ``solver.max_iter``).
 """
 
 from __future__ import annotations

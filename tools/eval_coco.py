@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
+from detectron_res.bounded_io import RESULTS_JSON_LIMITS, load_json_file  # noqa: E402
 from detectron_res.data.coco import validate_coco_json  # noqa: E402
 from detectron_res.evaluation.coco import evaluate_coco, format_coco_table, load_coco_gt  # noqa: E402
 from detectron_res.evaluation.report import write_json  # noqa: E402
@@ -37,8 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _read_results(path: str) -> list:
     try:
-        with open(path) as f:
-            results = json.load(f)
+        results = load_json_file(path, RESULTS_JSON_LIMITS, source=f"--results {path}")
     except OSError as e:
         raise ValueError(f"--results {path}: cannot read ({e.strerror})") from None
     except json.JSONDecodeError as e:

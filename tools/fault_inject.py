@@ -76,7 +76,7 @@ TRAIN_NET = ROOT / "tools" / "train_net.py"
 # configs/tiny_shapes.yaml: the demo detector small enough for several CPU iterations per
 # second (the training tests use it too), trained with batch 2.
 TINY_CONFIG = "tiny_shapes.yaml"
-TINY_OVERRIDES = ["solver.ims_per_batch=2"]
+TINY_OVERRIDES = ["solver.ims_per_batch=2", "solver.steps=[]"]  # runs of a few iterations: constant LR
 # Per-iteration values that depend on the wall clock, not on the computation.
 TIMING_KEYS = {"time", "data_time"}
 

@@ -104,22 +104,26 @@ def _kind_of(path: Path) -> str:
     return "video" if path.suffix.lower() in VIDEO_EXTENSIONS else "image"
 
 
-def discover_inputs(arguments: Sequence[str]) -> Tuple[List[InputFile], List[Failure], int]:
+def discover_inputs(
+    arguments: Sequence[str], *, recursive: bool = False
+) -> Tuple[List[InputFile], List[Failure], int, int]:
     """Expand files, folders and glob patterns into a de-duplicated list of inputs.
 
     * a file is taken whatever its extension (decoding decides whether it is an
       image; a video extension makes it a video);
-    * a folder contributes its files with an image or video extension, sorted
-      (not recursive: pass ``"folder/**/*.jpg"`` to descend);
+    * a folder contributes its files with an image or video extension, sorted; with
+      ``recursive`` also those of every sub-folder (``--recursive``), else its
+      sub-folders are counted as skipped (and reported by the caller);
     * a pattern with ``* ? [`` is expanded like the shell does (``**`` recursive).
 
     Returns:
-        ``(inputs, failures, ignored)``: failures name arguments that matched
-        nothing; ``ignored`` counts folder entries without a known extension.
+        ``(inputs, failures, ignored, skipped_folders)``: failures name arguments that
+        matched nothing; ``ignored`` counts folder entries without a known extension;
+        ``skipped_folders`` the sub-folders not searched (0 with ``recursive``).
     """
     found: List[InputFile] = []
     failures: List[Failure] = []
-    ignored = 0
+    ignored = skipped_folders = 0
     seen = set()
 
     def add(path: Path, given_as: str) -> None:
@@ -131,11 +135,23 @@ def discover_inputs(arguments: Sequence[str]) -> Tuple[List[InputFile], List[Fai
     for arg in arguments:
         path = Path(arg)
         if path.is_dir():
-            entries = sorted(p for p in path.iterdir() if p.is_file())
+            if recursive:
+                # Sorted walk (deterministic order); links to folders are not followed
+                # (a link loop would never end).
+                entries = []
+                for folder, subfolders, files in os.walk(path):
+                    subfolders.sort()
+                    entries += [Path(folder) / f for f in sorted(files)]
+                entries = [p for p in entries if p.is_file()]
+            else:
+                entries = sorted(p for p in path.iterdir() if p.is_file())
+                skipped_folders += sum(1 for p in path.iterdir() if p.is_dir())
             known = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS]
             ignored += len(entries) - len(known)
             if not known:
-                failures.append(Failure(arg, "folder contains no image or video files"))
+                hint = "" if recursive or not any(p.is_dir() for p in path.iterdir()) else \
+                    " (it has sub-folders: pass --recursive to search them)"
+                failures.append(Failure(arg, f"folder contains no image or video files{hint}"))
             for p in known:
                 add(p, arg)
         elif path.exists():
@@ -149,7 +165,7 @@ def discover_inputs(arguments: Sequence[str]) -> Tuple[List[InputFile], List[Fai
                 add(m, arg)
         else:
             failures.append(Failure(arg, "no such file or folder"))
-    return found, failures, ignored
+    return found, failures, ignored, skipped_folders
 
 
 # ----------------------------------------------------------------------------
@@ -390,13 +406,15 @@ class Runner:
             self.progress.update(1)
 
     def _write_image_outputs(self, item: InputFile, image: np.ndarray, detections) -> None:
-        from detectron_res.visualize import draw_detections
-
         from detectron_res.outputs import atomic_write
+        from detectron_res.visualize import MIN_DRAWN_SIDE, draw_detections
 
         stem = self.stems[item.path]
+        # Thumbnails are drawn enlarged so that their labels stay readable (the JSON
+        # keeps the original image's pixels).
         annotated = draw_detections(
-            image, detections.boxes, detections.labels, detections.scores, self.predictor.class_names
+            image, detections.boxes, detections.labels, detections.scores, self.predictor.class_names,
+            min_side=MIN_DRAWN_SIDE,
         )
         image_path = self.namer.image_path(stem, item.path)
         ok, encoded = cv2.imencode(image_path.suffix, annotated)
@@ -537,11 +555,21 @@ def _count_frames(path: Path) -> int:
 # ----------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------
+_EXAMPLES = """examples:
+  python tools/infer.py photo.jpg                       # the most recently trained model
+  python tools/infer.py photos/ --recursive             # a folder and all its sub-folders
+  python tools/infer.py "shots/*.png" clip.mp4 --weights output/voc07_r101/model_final.pth
+  python tools/infer.py photo.jpg --score-thresh 0.3 --device cpu --output results/
+  python tools/infer.py photo.jpg --config voc07_r101.yaml --weights W.pth input.min_size_test=800
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tools/infer.py",
         description="Detect objects in images, folders, glob patterns and videos; write annotated copies and JSON.",
-        epilog="Exit status: 0 all inputs processed, 1 some inputs failed (named on stderr), 2 usage error.",
+        epilog=_EXAMPLES + "\nExit status: 0 all inputs processed, 1 some inputs failed (named on stderr), 2 usage error.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "inputs",
@@ -566,6 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
         "common size in a batch, which can change their detections slightly; 1 gives exactly the "
         "single-image results",
     )
+    parser.add_argument("-r", "--recursive", action="store_true",
+                        help="search the given folders' sub-folders too (default: only the folder itself; "
+                        "skipped sub-folders are counted in the output)")
     parser.add_argument("--output", default=None, help="output folder (default output/infer)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the outputs of an earlier run in --output (its other outputs listed in its "
@@ -594,11 +625,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from detectron_res.predictor import NoCheckpointError, Predictor
     from omegaconf import OmegaConf
 
-    inputs, failures, ignored = discover_inputs(input_args)
+    inputs, failures, ignored, skipped_folders = discover_inputs(input_args, recursive=args.recursive)
     for failure in failures:
         print(f"skipped {failure.name}: {failure.reason}", file=sys.stderr)
     if ignored:
         print(f"ignored {ignored} file(s) in the given folders without an image or video extension")
+    if skipped_folders:
+        print(f"skipped {skipped_folders} sub-folder(s) of the given folders (pass --recursive to search them)")
     if not inputs and not args.print_config:
         print("error: none of the inputs could be found; nothing to do", file=sys.stderr)
         return EXIT_SOME_FAILED

@@ -23,7 +23,7 @@ Examples::
     python tools/train_net.py --config voc07_r101.yaml --eval-only --weights model_final.pth
 
     # any config key can be overridden at the end
-    python tools/train_net.py --config demo_shapes.yaml solver.max_iter=500 test.eval_period=100
+    python tools/train_net.py --config demo_shapes.yaml solver.max_iter=500 solver.steps=[375,455] test.eval_period=100
 
 Outputs go to ``output/<config name>/`` unless ``--output-dir`` (or the config's
 ``output_dir``) says otherwise: checkpoints (``model_*.pth``, ``last_checkpoint``),

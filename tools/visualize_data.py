@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Write PNGs of dataset images with their ground truth after augmentation.
 
-    python tools/visualize_data.py --config configs/shapes_r18.yaml --split train --num 16
+    python tools/visualize_data.py --config demo_shapes.yaml --split train --num 16
     python tools/visualize_data.py --config my.yaml --out /tmp/vis data.train=[my_coco]
 
 The first thing to run on a custom dataset: it loads the datasets named in
@@ -26,7 +26,7 @@ from detectron_res.outputs import add_overwrite_argument, atomic_write_text, che
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
     parser.add_argument("--split", choices=("train", "test"), default="train", help="data.train or data.test")
     parser.add_argument("--num", type=int, default=16, help="number of images to draw")

@@ -32,9 +32,12 @@ from omegaconf import DictConfig, OmegaConf
 # The loader machinery is the detector's; only the schema differs.
 from ..config import (
     AMPConfig,
+    SOLVER_RANGES,
     ConfigError,
     DistConfig,
     SolverConfig,
+    check_ranges,
+    check_solver,
     compose_config,
     compose_config_from_dict,
 )
@@ -198,6 +201,29 @@ CHOICES: Dict[str, Sequence[str]] = {
 }
 
 
+# Numeric ranges (same notation and check as the detector's, detectron_res.config.RANGES).
+RANGES: Dict[str, str] = {
+    **SOLVER_RANGES,
+    "model.depth": ">= 1",
+    "model.base_channels": ">= 1",
+    "model.num_classes": ">= 1",
+    "model.dropout": "[0, 1)",
+    "model.pixel_std": "> 0",
+    "data.holdout": ">= 0",
+    "data.num_workers": ">= 0",
+    "input.train_short_side": ">= 1",
+    "input.crop_size": ">= 1",
+    "input.pad": ">= 0",
+    "input.lighting_std": ">= 0",
+    "input.test_short_side": ">= 0",
+    "test.eval_period": ">= 0",
+    "test.images_per_batch": ">= 1",
+    "diagnostics.grad_norm_period": ">= 0",
+    "diagnostics.response_std_images": ">= 1",
+}
+LENGTHS: Dict[str, int] = {"model.pixel_mean": 3, "model.pixel_std": 3}
+
+
 # ----------------------------------------------------------------------------
 # Checks the schema's types cannot express (loading is config.compose_config)
 # ----------------------------------------------------------------------------
@@ -207,6 +233,8 @@ def _check(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got {value!r}")
+    check_ranges(cfg, RANGES, LENGTHS)
+    check_solver(cfg)
     m, i, s, t, d = cfg.model, cfg.input, cfg.solver, cfg.test, cfg.data
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"config key 'model.dropout' must be in [0, 1); got {m.dropout}")

@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from ..bounded_io import CONFIG_LIMITS, load_yaml_file
 from ..engine.events import read_metrics_json
 from ..outputs import atomic_write_text
 from .diagnostics import DIAGNOSTICS_FILE
@@ -56,12 +57,12 @@ def run_label(run_dir: Path) -> str:
     """``plain-56`` / ``ResNet-56`` / ``ResNet-50`` from the run's config.yaml, else the folder name."""
     path = run_dir / "config.yaml"
     try:
-        model = (yaml.safe_load(path.read_text()) or {}).get("model", {})
+        model = (load_yaml_file(path, CONFIG_LIMITS) or {}).get("model", {})
         kind = "ResNet" if model.get("residual", True) else "plain"
         if model.get("arch") == "vgg16":
             return "VGG-16"
         return f"{kind}-{int(model['depth'])}"
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError):  # ValueError: BoundedInputError
         return run_dir.name
 
 

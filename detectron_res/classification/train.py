@@ -209,7 +209,7 @@ def _train(cfg, *, output_dir: Path, resume: bool, weights: Optional[str], world
         else:
             state = load_classifier_checkpoint(last)
             load_classifier_state(model, state)
-            init = f"resumed from {last} (iteration {state['iteration']})"
+            init = f"resumed from {last} (after {state['iteration'] + 1} iterations)"
     if state is None:
         source = weights or str(cfg.model.weights)
         init = initialize_classifier(model, source, cfg) if source else "He initialization (no model.weights)"

@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..bounded_io import DATASET_JSON_LIMITS, BoundedInputError, load_json_file
 from .dataset import (
     DatasetError,
     DatasetReport,
@@ -47,14 +48,15 @@ def _read_json(json_file: str, name: str) -> Dict[str, Any]:
     if not os.path.isfile(json_file):
         raise DatasetError(f"dataset '{name}': annotation file {json_file} does not exist")
     try:
-        with open(json_file, "rb") as f:
-            data = json.load(f)
+        data = load_json_file(json_file, DATASET_JSON_LIMITS)
     except json.JSONDecodeError as e:
         raise DatasetError(
             f"dataset '{name}': {json_file} line {e.lineno} column {e.colno}: invalid JSON ({e.msg})"
         ) from None
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"dataset '{name}': {json_file}: not UTF-8 text ({e})") from None
+    except BoundedInputError as e:  # too large or deep, not UTF-8
+        raise DatasetError(f"dataset '{name}': {e}") from None
+    except OSError as e:
+        raise DatasetError(f"dataset '{name}': {json_file}: cannot be read ({e.strerror})") from None
     if not isinstance(data, dict):
         raise DatasetError(
             f"dataset '{name}': {json_file}: top level is a {type(data).__name__}, expected an object "

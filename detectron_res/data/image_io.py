@@ -7,8 +7,13 @@ readers (COCO, VOC, YOLO), the loaders and the inference tool see the same pixel
   plus an orientation tag; COCO and VOC annotations are made on the rotated view).
 * Grayscale, palette, CMYK, RGBA and 16-bit images become 3-channel ``uint8``.
   Alpha is dropped (not composited), as Detectron2 and torchvision do.
-  16-bit data keeps its high byte (``value >> 8``), i.e. a linear rescale of
-  0..65535 to 0..255.
+  16-bit grayscale keeps the high byte of the bits it actually uses: its values
+  are shifted right by ``b - 8``, ``b`` the bit length of the image's largest
+  value (at least 8). Full-range 16-bit data is rescaled 0..65535 -> 0..255
+  (``value >> 8``); 12-bit sensor data stored in 16 bits (values up to 4095)
+  0..4095 -> 0..255 instead of coming out nearly black; data that fits in 8 bits
+  is kept as it is. Each image is scaled by its own bit depth, never stretched
+  to its min..max (that would change the contrast image by image).
 * Corrupt, truncated, empty or non-image files raise :class:`ImageReadError`
   naming the file, never a half-decoded image (Pillow's default is to refuse
   truncated files, and we do not change that).
@@ -159,11 +164,11 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # 16-bit (or 32-bit integer) grayscale: Pillow's convert("RGB") clips at 255
         # instead of rescaling, which would turn most of the image white.
-        arr = np.asarray(img)
-        if mode == "I" and arr.max(initial=0) <= 255:
-            gray = arr.astype(np.uint8)
-        else:
-            gray = (np.clip(arr.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+        # The bits in use (12-bit sensors store 0..4095 in 16-bit files): keep their
+        # high byte, so that such data is not ~16x too dark (module docstring).
+        arr = np.clip(np.asarray(img).astype(np.int64), 0, None)
+        bits = max(8, int(arr.max(initial=0)).bit_length())
+        gray = (arr >> (bits - 8)).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if mode == "F":
         arr = np.asarray(img, dtype=np.float32)

@@ -352,7 +352,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .catalog import datasets_root
 
     parser = argparse.ArgumentParser(
-        description="Generate the synthetic 'shapes' detection dataset (COCO json, VOC and YOLO trees)."
+        description="Generate the synthetic 'shapes' detection dataset (COCO json, VOC and YOLO trees).",
+        epilog="examples:\n"
+        "  python tools/make_shapes.py                       # -> datasets/shapes (600 train / 100 val)\n"
+        "  python tools/make_shapes.py --out /data/shapes --num-train 2000 --seed 1",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default=None, help="output folder (default: $DETECTRON_RES_DATASETS/shapes or ./datasets/shapes)")
     parser.add_argument("--num-train", type=int, default=600)

@@ -31,6 +31,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..bounded_io import XML_LIMITS, BoundedInputError, parse_xml_file
 from .dataset import (
     DatasetError,
     DatasetReport,
@@ -86,10 +87,13 @@ def parse_voc_xml(
     """
     src = os.path.basename(xml_file)
     try:
-        root = ET.parse(xml_file).getroot()
+        root = parse_xml_file(xml_file, XML_LIMITS)
     except ET.ParseError as e:
         line, col = e.position
         errors.add(f"{xml_file} line {line} column {col}: invalid XML ({e})")
+        return None, None, []
+    except BoundedInputError as e:  # too large or too deeply nested
+        errors.add(str(e))
         return None, None, []
     except OSError as e:
         errors.add(f"{xml_file}: cannot be read ({e})")

@@ -26,7 +26,9 @@ import os
 from typing import List, Optional, Sequence
 
 import numpy as np
+import yaml
 
+from ..bounded_io import DATA_YAML_LIMITS, BoundedInputError, load_yaml_file, read_text
 from .dataset import (
     DatasetError,
     DatasetReport,
@@ -50,12 +52,14 @@ def read_class_names_file(path: str) -> List[str]:
     if not os.path.isfile(path):
         raise DatasetError(f"class names file {path} does not exist")
     if path.endswith((".yaml", ".yml")):
-        from omegaconf import OmegaConf
-
         try:
-            cfg = OmegaConf.to_container(OmegaConf.load(path))
-        except Exception as e:
-            raise DatasetError(f"{path}: invalid YAML ({e})") from None
+            cfg = load_yaml_file(path, DATA_YAML_LIMITS)
+        except BoundedInputError as e:
+            raise DatasetError(str(e)) from None
+        except yaml.YAMLError as e:
+            raise DatasetError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+        except OSError as e:
+            raise DatasetError(f"{path}: cannot be read ({e.strerror})") from None
         names = cfg.get("names") if isinstance(cfg, dict) else None
         if isinstance(names, dict):
             keys = sorted(names, key=int)
@@ -66,8 +70,11 @@ def read_class_names_file(path: str) -> List[str]:
             raise DatasetError(f"{path}: expected a non-empty 'names' list or mapping")
         names = [str(n) for n in names]
     else:
-        with open(path, encoding="utf-8") as f:
-            names = [line.strip() for line in f if line.strip()]
+        try:
+            text = read_text(path, DATA_YAML_LIMITS)
+        except BoundedInputError as e:
+            raise DatasetError(str(e)) from None
+        names = [line.strip() for line in text.splitlines() if line.strip()]
         if not names:
             raise DatasetError(f"{path}: no class names (expected one name per line)")
     dups = sorted({n for n in names if names.count(n) > 1})

@@ -27,8 +27,11 @@ Checkpoint file format (``format_version`` 1), a plain dict that loads with
 Only tensors, numbers, strings, lists and dicts are stored, so the restricted
 ``weights_only`` unpickler can read every file (no arbitrary code runs on load).
 
-Files are named ``model_{iteration:07d}.pth`` (``model_0000999.pth`` after 1000
-iterations), ``model_final.pth`` at the end of training and ``model_best.pth``
+Files are named by the number of iterations done, as the log counts them:
+``model_{iteration + 1:07d}.pth`` (``model_0001000.pth`` after 1000 iterations,
+next to ``iter: 1000/...``; runs written before this naming have
+``model_0000999.pth`` and resume the same way, from the stored ``iteration``),
+``model_final.pth`` at the end of training and ``model_best.pth``
 for the best evaluation; ``last_checkpoint`` is a text file holding the file name
 of the newest one.
 
@@ -139,10 +142,13 @@ def read_checkpoint_file(path: Path, map_location: str | torch.device = "cpu") -
 
     Shared by the detector's and the classifier's checkpoints. A file that names a
     global outside torch's allow-list is refused as such (unpickling it could run
-    code), not reported as "corrupt".
+    code), not reported as "corrupt"; one whose tensors hold NaN or infinity is
+    refused naming the first such tensor (``weights.refuse_non_finite``).
     """
+    from ..weights import refuse_non_finite
+
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for truncated / foreign pickles
         from ..weights import refused_pickle_reason, torch_error_line
 
@@ -155,6 +161,8 @@ def read_checkpoint_file(path: Path, map_location: str | torch.device = "cpu") -
         raise CheckpointError(
             f"{path}: cannot read checkpoint ({torch_error_line(e)}); the file is corrupt or not a torch file"
         ) from None
+    refuse_non_finite(state, path, CheckpointError)
+    return state
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load and validate a checkpoint written by :func:`save_checkpoint`.

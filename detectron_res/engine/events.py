@@ -18,6 +18,7 @@ from collections import defaultdict, deque
 from pathlib import Path
 from typing import Iterable
 
+from ..bounded_io import RESULTS_JSON_LIMITS, BoundedInputError, load_json_text, read_text
 from ..outputs import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -169,13 +170,19 @@ def format_eta(seconds: float) -> str:
 
 
 def read_metrics_json(path: str | os.PathLike) -> list[dict]:
-    """Records of a ``metrics.json`` file (unreadable lines skipped)."""
+    """Records of a ``metrics.json`` file (unreadable, too deep or non-object lines skipped).
+
+    Raises:
+        BoundedInputError: the file is larger than ``RESULTS_JSON_LIMITS`` or not UTF-8.
+    """
     out = []
-    for line in Path(path).read_text().splitlines():
+    for line in read_text(path, RESULTS_JSON_LIMITS).splitlines():
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = load_json_text(line, RESULTS_JSON_LIMITS, str(path))
+        except (json.JSONDecodeError, BoundedInputError):
             continue
+        if isinstance(record, dict):
+            out.append(record)
     return out
 
 

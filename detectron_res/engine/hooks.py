@@ -95,7 +95,13 @@ def save_on_main_process(checkpointer: Checkpointer, name: str, state: Mapping[s
 
 
 class PeriodicCheckpointer(HookBase):
-    """Writes ``model_{iter:07d}.pth`` every ``period`` iterations and ``model_final.pth`` at the end.
+    """Writes ``model_{N:07d}.pth`` every ``period`` iterations and ``model_final.pth`` at the end.
+
+    ``N`` is the number of iterations done, as the log's ``iter: N/max_iter`` counts
+    them: the checkpoint after the 700th iteration (0-based ``trainer.iter`` 699) is
+    ``model_0000700.pth``. The ``iteration`` stored inside stays the 0-based index of
+    the last iteration done, which is what ``--resume`` reads, so runs whose files
+    were named by that index (``model_0000699.pth``, before this naming) resume alike.
 
     All ranks call :meth:`Trainer.checkpoint_state` (it gathers every rank's RNG
     state); only the main process writes.  No final checkpoint is written when
@@ -111,7 +117,7 @@ class PeriodicCheckpointer(HookBase):
     def save(self, name: str | None = None) -> None:
         it = self.trainer.iter
         state = self.trainer.checkpoint_state()
-        name = name or f"model_{it:07d}"
+        name = name or f"model_{it + 1:07d}"  # iterations done (class docstring)
         save_on_main_process(self.checkpointer, name, state)
         self.last_saved_iter = it
         self.last_saved_path = self.checkpointer.output_dir / f"{name}.pth"
@@ -172,7 +178,7 @@ class EvalHook(HookBase):
             # ranks); the partial evaluation is dropped and PreemptionHandler, which
             # runs next, checkpoints this iteration and ends training.
             self.interrupted, self.interrupted_iter = e, self.trainer.iter
-            logger.warning("Evaluation at iteration %d abandoned: %s", self.trainer.iter, e)
+            logger.warning("Evaluation at iteration %d abandoned: %s", self.trainer.iter + 1, e)
             return
         finally:
             model.train()
@@ -183,7 +189,7 @@ class EvalHook(HookBase):
         if metrics:
             logger.info(
                 "Evaluation at iteration %d: %s",
-                self.trainer.iter, ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())),
+                self.trainer.iter + 1, ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())),
             )
         comm.synchronize()
 
@@ -204,7 +210,7 @@ class EvalHook(HookBase):
         if recorded:
             return
         self.redone_at = c
-        logger.info("The evaluation at iteration %d did not finish before the run stopped: evaluating now", c)
+        logger.info("The evaluation at iteration %d did not finish before the run stopped: evaluating now", c + 1)
         trainer = self.trainer
         trainer.iter = trainer.storage.iteration = c  # its metrics belong to iteration c
         # PreemptionHandler installs its handlers after this hook's before_train:
@@ -309,7 +315,8 @@ class BestCheckpointer(HookBase):
             state = self.trainer.checkpoint_state()
             state["best_metric"] = {"name": self.metric, "value": value, "mode": self.mode}
             save_on_main_process(self.checkpointer, "model_best", state, update_pointer=False)
-            logger.info("New best %s=%.4f at iteration %d: saved model_best.pth", self.metric, value, self.trainer.iter)
+            logger.info("New best %s=%.4f at iteration %d: saved model_best.pth", self.metric, value,
+                        self.trainer.iter + 1)
 
     def after_step(self) -> None:
         self._check()
@@ -357,7 +364,7 @@ class PreemptionHandler(HookBase):
         self.trainer.stop_requested = True
         self.stopped_at, self.checkpoint, self.signal_name = it, self.periodic.last_saved_path, STOP.name
         logger.warning("Stopped by %s after iteration %d; checkpoint %s written, continue with --resume",
-                       STOP.name, it, self.checkpoint)
+                       STOP.name, it + 1, self.checkpoint)
 
     def after_train(self) -> None:
         STOP.restore()

@@ -320,7 +320,7 @@ def evaluate(
         for e in evaluators:
             curves = getattr(e, "pr_curves", None)
             if curves:
-                plot_pr_curves(curves, out / f"pr_curves_{e.name}")
+                plot_pr_curves(curves, out / f"pr_curves_{e.name}", ap_name=getattr(e, "pr_curve_ap_name", "AP"))
         full[dataset.name] = results
         prefix = "" if len(datasets) == 1 else f"{dataset.name}/"
         scalars.update({prefix + k: v for k, v in _scalar_metrics(results).items()})
@@ -557,7 +557,7 @@ def _train(cfg, *, output_dir: Path, resume: bool, weights: str | None, dist_inf
         diffs = _config_differences(state.get("config") or {}, config_to_dict(cfg))
         if diffs:
             logger.warning("Resuming %s with a config that differs from the checkpoint's: %s", last, "; ".join(diffs))
-        init = f"resumed from {last} (iteration {state['iteration']})"
+        init = f"resumed from {last} (after {state['iteration'] + 1} iterations)"
     else:
         source = weights if weights else str(cfg.model.weights)
         init = (initialize_weights(model, source, cfg, class_names=train_dataset.class_names) if source

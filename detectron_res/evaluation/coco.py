@@ -42,6 +42,7 @@ from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..bounded_io import DATASET_JSON_LIMITS, load_json_file
 from .evaluator import DatasetEvaluator, Prediction
 
 logger = logging.getLogger(__name__)
@@ -83,9 +84,16 @@ def load_coco_gt(source: Union[str, Path, Mapping[str, Any]]):
     if not path.is_file():
         raise ValueError(f"{path}: no such COCO annotation file")
     try:
-        coco, _ = _quiet(COCO, str(path))
+        data = load_json_file(path, DATASET_JSON_LIMITS)  # pycocotools' own json.load is unbounded
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: line {e.lineno} column {e.colno}: invalid JSON ({e.msg})") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: top level is a {type(data).__name__}, expected a COCO annotation object")
+    coco = COCO()
+    coco.dataset = data
+    _quiet(coco.createIndex)
     return coco
 
 
@@ -297,6 +305,8 @@ class COCOEvaluator(DatasetEvaluator):
         self.json_file = str(json_file) if getattr(dataset, "format", "") == "coco" and json_file else None
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.pr_curves: Dict[str, Dict[str, Any]] = {}
+        # What the PR curves' AP is, for their titles: pycocotools' 101-point AP at IoU 0.5.
+        self.pr_curve_ap_name = "COCO AP at IoU 0.5"
         self._coco_gt = None
 
     def _ground_truth(self):

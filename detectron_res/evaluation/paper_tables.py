@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from ..bounded_io import CONFIG_LIMITS, RESULTS_JSON_LIMITS, BoundedInputError, load_json_text, load_yaml_file, read_text
+
 __all__ = [
     "BACKBONES",
     "TESTS",
@@ -111,7 +113,9 @@ def _load_yaml(path: Path) -> Dict[str, Any]:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml_file(path, CONFIG_LIMITS)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror})") from None
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -164,17 +168,17 @@ def identify_run(run_dir: Path) -> Tuple[List[Tuple[str, str]], List[str], str]:
 
 def read_metrics_records(path: Path) -> List[Dict[str, Any]]:
     """Records of a ``metrics.json``: one JSON object, or JSON lines (bad lines skipped)."""
-    text = path.read_text()
+    text = read_text(path, RESULTS_JSON_LIMITS)
     try:
-        data = json.loads(text)
+        data = load_json_text(text, RESULTS_JSON_LIMITS, str(path))
         return [data] if isinstance(data, dict) else []
     except json.JSONDecodeError:
         pass
     records = []
     for line in text.splitlines():
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
+            obj = load_json_text(line, RESULTS_JSON_LIMITS, str(path))
+        except (json.JSONDecodeError, BoundedInputError):
             continue
         if isinstance(obj, dict):
             records.append(obj)

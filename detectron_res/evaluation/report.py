@@ -101,6 +101,7 @@ def plot_pr_curves(
     *,
     prefix: str = "pr_",
     title: str = "",
+    ap_name: str = "AP",
 ) -> List[Path]:
     """One precision-recall PNG per class.
 
@@ -111,6 +112,9 @@ def plot_pr_curves(
         output_dir: folder for ``<prefix><class>.png`` (created).
         prefix: file name prefix (e.g. ``"voc_2007_test_pr_"``).
         title: prepended to each plot's title.
+        ap_name: what the AP is, named in each title: the evaluator and the IoU
+            (the evaluators' ``pr_curve_ap_name``: "VOC07 11-point AP at IoU 0.5",
+            "COCO AP at IoU 0.5").
 
     Returns:
         The PNG paths, in ``pr_curves`` order.
@@ -135,7 +139,7 @@ def plot_pr_curves(
             ax.plot(recall[ok], precision[ok], drawstyle="steps-post", linewidth=1.5)
         ap = curve.get("ap", math.nan)
         ap_text = "n/a" if ap is None or not math.isfinite(float(ap)) else f"{float(ap):.1f}"
-        ax.set_title(f"{title + ': ' if title else ''}{name} (AP {ap_text})", fontsize=9)
+        ax.set_title(f"{title + ': ' if title else ''}{name}: {ap_name} = {ap_text}", fontsize=9)
         ax.set_xlabel("recall")
         ax.set_ylabel("precision")
         ax.set_xlim(0.0, 1.0)

@@ -74,6 +74,20 @@ __all__ = [
 # ----------------------------------------------------------------------------
 # The evaluator
 # ----------------------------------------------------------------------------
+# Split names recognized at the end of a dataset name (shapes_val -> val).
+_KNOWN_SPLITS = ("trainval", "train", "val", "test", "minival", "valminusminival", "testdev")
+
+
+def split_from_dataset_name(name: str) -> str:
+    """The split a dataset name ends with (``shapes_val`` -> ``val``), else the whole name.
+
+    Names the comp4 files of datasets that do not record their split, so that a
+    validation set's files never read ``comp4_det_test_*``.
+    """
+    tail = str(name).rsplit("_", 1)[-1].lower()
+    return tail if tail in _KNOWN_SPLITS else str(name)  # write_comp4 makes it one path component
+
+
 class VOCEvaluator(DatasetEvaluator):
     """PASCAL VOC evaluator (devkit rules) for any dataset the toolkit reads.
 
@@ -118,7 +132,9 @@ class VOCEvaluator(DatasetEvaluator):
         extra = getattr(dataset, "extra", None) or {}
         year = year if year not in (None, "") else extra.get("year")
         self.year = str(year) if year not in (None, "") else None
-        self.split = str(extra.get("split") or "test")
+        # The split names the comp4 files (comp4_det_<split>_<class>.txt): a dataset that
+        # does not record one (COCO / YOLO formats) takes it from its name's suffix.
+        self.split = str(extra.get("split") or split_from_dataset_name(dataset.name))
         if use_07_metric is None:
             if self.year is None:
                 raise ValueError(
@@ -139,6 +155,8 @@ class VOCEvaluator(DatasetEvaluator):
                 "pass output_dir so the results can be written and packed for the evaluation server"
             )
         self.pr_curves: Dict[str, Dict[str, Any]] = {}
+        # What the PR curves' AP is, for their titles.
+        self.pr_curve_ap_name = "VOC07 11-point AP at IoU 0.5" if self.use_07_metric else "VOC area AP at IoU 0.5"
 
     def evaluate_predictions(self, predictions: Mapping[Hashable, Prediction]) -> Dict[str, Any]:
         class_names = list(self.dataset.class_names)
