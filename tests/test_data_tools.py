@@ -12,6 +12,7 @@ import pytest
 from detectron_res.data.catalog import get_dataset
 from detectron_res.data.image_io import read_image
 from detectron_res.data.transforms import get_resize_shape
+from detectron_res.visualize import MIN_DRAWN_SIDE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,9 +56,14 @@ def test_visualize_data_writes_augmented_previews(datasets, tmp_path, capsys):
     for f, r in zip(files, ds.records):
         drawn = cv2.imread(str(out / f))
         h, w = get_resize_shape(r.height, r.width, 100, 400)
-        assert drawn.shape == (h, w, 3)
+        # a preview smaller than MIN_DRAWN_SIDE is drawn enlarged by an integer factor
+        # (nearest neighbour), so that its labels stay readable
+        k = int(np.ceil(MIN_DRAWN_SIDE / max(h, w))) if max(h, w) < MIN_DRAWN_SIDE else 1
+        assert drawn.shape == (k * h, k * w, 3)
         plain = cv2.resize(read_image(r.file_name, format="BGR"), (w, h), interpolation=cv2.INTER_LINEAR)
+        plain = cv2.resize(plain, (k * w, k * h), interpolation=cv2.INTER_NEAREST)
         diff = np.abs(drawn.astype(int) - plain.astype(int)).sum(axis=2) > 0
+        h, w = k * h, k * w
         # boxes are drawn on the edges of the (scaled) ground truth, not elsewhere
         for box in r.boxes * np.array([w / r.width, h / r.height] * 2):
             x1, y1, x2, y2 = box.astype(int)
@@ -71,6 +77,33 @@ def test_visualize_data_writes_augmented_previews(datasets, tmp_path, capsys):
     out_train = tmp_path / "vis_train"
     assert tool.main(["--config", str(cfg), "--num", "3", "--out", str(out_train)]) == 0
     assert len([f for f in os.listdir(out_train) if f.endswith(".png")]) == 3
+
+
+def test_visualize_data_labels_boxes_with_class_names(datasets, tmp_path, monkeypatch):
+    """The previews' label text comes from the dataset's classes (plus the difficult and
+    crowd variants), not from the preview file names."""
+    import detectron_res.visualize as visualize
+
+    seen = []
+    real_draw = visualize.draw_detections
+
+    def recording_draw(image, boxes, labels, *args, class_names=None, **kwargs):
+        seen.append((list(class_names), np.asarray(labels).tolist()))
+        return real_draw(image, boxes, labels, *args, class_names=class_names, **kwargs)
+
+    monkeypatch.setattr(visualize, "draw_detections", recording_draw)
+    cfg = tmp_path / "vis.yaml"
+    cfg.write_text("data:\n  train: [shapes_train]\n  test: [shapes_voc_val]\n")
+    out = tmp_path / "vis_names"
+    assert _load_tool("visualize_data").main(["--config", str(cfg), "--split", "test", "--num", "2",
+                                              "--out", str(out)]) == 0
+    ds = get_dataset("shapes_voc_val", root=datasets)
+    expected = [*ds.class_names, *(f"{n} [difficult]" for n in ds.class_names),
+                *(f"{n} [crowd]" for n in ds.class_names)]
+    assert len(seen) == 2
+    for class_names, labels in seen:
+        assert class_names == expected
+        assert labels and all(1 <= label <= len(expected) for label in labels)
 
 
 def test_visualize_data_reports_errors_in_one_line(tmp_path, capsys, monkeypatch):

@@ -73,12 +73,12 @@ def write_previews(
         items = list(itertools.islice(iter(TrainingSampler(len(dataset), seed=seed)), min(num, len(dataset))))
     else:
         items = [(i, None) for i in range(min(num, len(dataset)))]
-    names = [f"{n:03d}_{_safe(dataset.records[index].image_id)}.png" for n, (index, _) in enumerate(items)]
-    check_output_dir(out_dir, files=[*names, *extra_files], inputs=[dataset.records[i].file_name for i, _ in items],
+    file_names = [f"{n:03d}_{_safe(dataset.records[index].image_id)}.png" for n, (index, _) in enumerate(items)]
+    check_output_dir(out_dir, files=[*file_names, *extra_files], inputs=[dataset.records[i].file_name for i, _ in items],
                      overwrite=overwrite, flag="--out")
     os.makedirs(out_dir, exist_ok=True)
     paths = []
-    for name, (index, sample_seed) in zip(names, items):
+    for file_name, (index, sample_seed) in zip(file_names, items):
         r = dataset.records[index]
         image = read_image(r.file_name, format="RGB", max_pixels=dataset.max_pixels)
         image, boxes, kept = apply_transforms(transform, image, r.boxes, seed=sample_seed)
@@ -88,7 +88,7 @@ def write_previews(
         labels[r.iscrowd[kept]] = r.labels[kept][r.iscrowd[kept]] + 2 * k
         bgr = np.ascontiguousarray(image[:, :, ::-1])
         canvas = draw_detections(bgr, boxes, labels, class_names=names, min_side=MIN_DRAWN_SIDE)
-        path = os.path.join(out_dir, name)
+        path = os.path.join(out_dir, file_name)
         ok, png = cv2.imencode(".png", canvas)
         if not ok:
             raise OSError(f"could not encode {path} as PNG")
