@@ -295,11 +295,11 @@ def test_train_net_finished_run_resume_overwrite_and_eval_only(tmp_path, data_ro
     capsys.readouterr()
     final = (out / "model_final.pth").read_bytes()
     metrics = (out / "metrics.json").read_text()
-    assert (out / "model_0000000.pth").is_file()
+    assert (out / "model_0000001.pth").is_file()
 
     assert tool.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: {out} holds a previous run (last_checkpoint, model_final.pth, model_0000000.pth and 1 "
+    assert err == [f"error: {out} holds a previous run (last_checkpoint, model_final.pth, model_0000001.pth and 1 "
                    "more); continue it with --resume, or start over with --overwrite (replaces it) or another "
                    "--output-dir"]
     assert (out / "model_final.pth").read_bytes() == final and (out / "metrics.json").read_text() == metrics
@@ -308,10 +308,10 @@ def test_train_net_finished_run_resume_overwrite_and_eval_only(tmp_path, data_ro
     capsys.readouterr()
     assert (out / "metrics.json").read_text().startswith(metrics.splitlines()[0])
 
-    # --overwrite with another period: the old model_0000000.pth does not survive into the new run.
+    # --overwrite with another period: the old model_0000001.pth does not survive into the new run.
     assert tool.main(args[:-1] + ["solver.checkpoint_period=1000", "--overwrite"]) == 0
     capsys.readouterr()
-    assert not (out / "model_0000000.pth").exists() and (out / "model_final.pth").is_file()
+    assert not (out / "model_0000001.pth").exists() and (out / "model_final.pth").is_file()
 
     evaluation = out / "inference" / "shapes_val" / "evaluation.json"
     eval_args = [*args[:6], "--eval-only", "--weights", str(out / "model_final.pth"), "data.test=[shapes_val]",

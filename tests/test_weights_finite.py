@@ -128,10 +128,10 @@ def test_finite_weights_still_load(tmp_path):
     assert read_checkpoint_file(path)["iteration"] == 0
 
 
+@pytest.mark.timeout(120)  # a walk that revisits shared objects would hang here
 def test_deeply_nested_or_shared_checkpoint_is_walked_once(tmp_path):
     """The finiteness check is iterative and visits shared objects once: a pickle nested
     past the recursion limit, or one list shared 10^9 times over, is checked in a blink."""
-    import time
 
     deep = [torch.ones(2)]
     for _ in range(5000):
@@ -147,9 +147,7 @@ def test_deeply_nested_or_shared_checkpoint_is_walked_once(tmp_path):
             torch.save({"x": obj}, path)
         finally:
             sys.setrecursionlimit(limit)
-        start = time.perf_counter()
         try:
             read_checkpoint_file(path)
         except CheckpointError:
             pass  # torch may refuse the depth itself; what matters: no hang, no RecursionError
-        assert time.perf_counter() - start < 5, name
