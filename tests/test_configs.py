@@ -36,6 +36,10 @@ PAPER_CONFIGS = {
     "voc07_vgg16.yaml": ("vgg16", "voc07"),
     "voc12_r101.yaml": ("resnet101", "voc12"),
     "voc12_vgg16.yaml": ("vgg16", "voc12"),
+    # Table 9 (Appendix B): the Table 8 ResNet-101 protocol plus its improvements
+    "coco_r101_table9_box.yaml": ("resnet101", "coco"),
+    "coco_r101_table9_ctx.yaml": ("resnet101", "coco"),
+    "coco_r101_table9.yaml": ("resnet101", "coco"),
 }
 OTHER_CONFIGS = {"base_coco.yaml", "base_voc.yaml", "demo_shapes.yaml", "finetune_custom.yaml", "tiny_shapes.yaml"}
 
@@ -95,6 +99,20 @@ def test_paper_protocol(name):
         assert list(cfg.model.pixel_mean) == pytest.approx([103.53, 116.28, 123.675])
         assert list(cfg.model.pixel_std) == [1.0, 1.0, 1.0]
         assert cfg.model.backbone.norm == "FrozenBN" and cfg.model.backbone.freeze_at == 2
+
+
+def test_table9_configs_turn_on_their_rows_options():
+    from detectron_res.evaluation.paper_tables import PAPER_TABLE9
+
+    rows = {"coco_r101.yaml": "coco", "coco_r101_table9_box.yaml": "coco+box",
+            "coco_r101_table9_ctx.yaml": "coco+ctx", "coco_r101_table9.yaml": "coco+ms"}
+    for name, row in rows.items():
+        cfg = load_config(name)
+        flags = (cfg.model.roi_heads.box_refinement, cfg.model.roi_heads.global_context, bool(cfg.test.scales))
+        assert flags == PAPER_TABLE9[row][1], name
+        assert "Table 9" in (CONFIG_DIR / name).read_text() or row == "coco"
+    # Appendix B: the pyramid's shorter sides
+    assert list(load_config("coco_r101_table9.yaml").test.scales) == [200, 400, 600, 800, 1000]
 
 
 @pytest.fixture(autouse=True)
