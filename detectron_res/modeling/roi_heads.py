@@ -223,19 +223,21 @@ class ROIHeads(nn.Module):
         """
         levels = [FeatureLevel(features)] if isinstance(features, Tensor) else list(features)
         rois = boxes_to_rois(proposals)  # [R, 5]
-        region_features = self._pooled_features(levels, rois)  # [R, D]
-        if self.global_context:
-            if image_sizes is None or len(image_sizes) != len(proposals):
-                raise ValueError(
-                    "ROIHeads.predict with global_context needs image_sizes, one (h, w) per image: the whole-image RoI"
-                )
-            # One more RoI per image: its valid region [N, 5]; through the same head -> [N, D]
-            sizes = torch.tensor([[0.0, 0.0, float(w), float(h)] for h, w in image_sizes], device=rois.device)
-            whole = torch.cat((torch.arange(len(image_sizes), device=rois.device, dtype=rois.dtype)[:, None], sizes), 1)
-            context = self._pooled_features(levels, whole.to(rois.dtype))  # [N, D]
-            # [R, D] ++ [R, D] (each RoI's image's context) -> [R, 2D]
-            region_features = torch.cat((region_features, context[rois[:, 0].long()]), dim=1)
-        return self.predictor(region_features)
+        if not self.global_context:
+            return self.predictor(self._pooled_features(levels, rois))  # [R, D] -> logits, deltas
+        if image_sizes is None or len(image_sizes) != len(proposals):
+            raise ValueError(
+                "ROIHeads.predict with global_context needs image_sizes, one (h, w) per image: the whole-image RoI"
+            )
+        # One more RoI per image, its valid region [N, 5], in the same pass as the regions
+        # (a head with batch statistics, BN in training, sees all of them together).
+        num_rois = rois.shape[0]
+        sizes = torch.tensor([[0.0, 0.0, float(w), float(h)] for h, w in image_sizes], dtype=rois.dtype)
+        whole = torch.cat((torch.arange(len(image_sizes), dtype=rois.dtype)[:, None], sizes), dim=1).to(rois.device)
+        pooled = self._pooled_features(levels, torch.cat((rois, whole)))  # [R + N, D]
+        region_features, context = pooled[:num_rois], pooled[num_rois:]
+        # [R, D] ++ [R, D] (each RoI's image's context) -> [R, 2D]
+        return self.predictor(torch.cat((region_features, context[rois[:, 0].long()]), dim=1))
 
     def _pooled_features(self, levels: Sequence[FeatureLevel], rois: Tensor) -> Tensor:
         """``[R, 5]`` RoIs (base input pixels) -> ``[R, D]``: one level, or the maxout of two."""
