@@ -44,14 +44,16 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny_shapes detector with global context, trained 4 iterations, and its data."""
+    """A tiny_shapes detector with global context, trained 4 iterations, and its data; the
+    training's final evaluation (the evaluation hook) runs with every test-time option."""
     root = tmp_path_factory.mktemp("table9")
     generate_shapes_dataset(str(root / "datasets" / "shapes"), num_train=8, num_val=6, image_size=(64, 96), seed=5)
     os.environ["DETECTRON_RES_DATASETS"] = str(root / "datasets")
     args = ["--config", "tiny_shapes.yaml", "--output-dir", str(root / "train"), "--device", "cpu",
-            "data.train=[shapes_train]", "data.test=[]", "test.best_metric=", "solver.max_iter=4",
-            "solver.ims_per_batch=2", "model.roi_heads.global_context=true"]
+            "data.train=[shapes_train]", "data.test=[shapes_val]", "test.evaluators=[coco]", "test.best_metric=",
+            "solver.max_iter=4", "solver.ims_per_batch=2", "model.roi_heads.global_context=true", *OPTIONS]
     assert train_net.main(args) == 0
+    assert "coco" in json.loads((root / "train" / "inference" / "shapes_val" / "evaluation.json").read_text())["shapes_val"]
     return root
 
 
