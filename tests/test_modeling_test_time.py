@@ -326,3 +326,22 @@ def test_all_options_compose_on_lists_and_loader_batches():
     with torch.no_grad():
         from_batch = model(batch)
     _assert_same_detections(out, from_batch)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_all_options_on_cuda_match_cpu():
+    model = tiny_model(*ALL)
+    images = _images()
+    with torch.no_grad():
+        expected = model(images)
+        got = model.to("cuda")([i.cuda() for i in images])
+    _assert_same_detections(expected, [{k: v.cpu() for k, v in d.items()} for d in got])
+
+
+def test_bad_test_time_settings_name_the_config_key():
+    with pytest.raises(ValueError, match=r"'test.scales' must list distinct positive shorter sides.*\[0, 96\]"):
+        build_model(load_config(None, TINY + ["test.scales=[0,96]"]))
+    with pytest.raises(ValueError, match=r"'test.scales' .*\[96, 96\]"):
+        build_model(load_config(None, TINY + ["test.scales=[96,96]"]))
+    with pytest.raises(ValueError, match=r"'test.scale_target_size' must be > 0"):
+        build_model(load_config(None, TINY + ["test.scale_target_size=0"]))
