@@ -76,7 +76,8 @@ def evaluate(cfg, model, dataset, batches):
         results = inference_on_dataset(
             model, batches, build_evaluators(cfg, dataset, out), device="cpu", progress=False
         )
-    return {"voc/mAP50": results["voc"]["mAP50"], "coco/AP": results["coco"]["AP"], "coco/AP50": results["coco"]["AP50"]}
+    voc, coco = results["voc"], results["coco"]
+    return {"voc/mAP50": voc["mAP50"], "coco/AP": coco["AP"], "coco/AP50": coco["AP50"]}
 
 
 def time_once(model, batches) -> float:

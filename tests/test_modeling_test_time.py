@@ -1,12 +1,11 @@
 """Appendix B (Table 9) and flip testing: box voting, box refinement, global context,
 multi-scale maxout, horizontal flip, and their composition."""
-import torch
 import pytest
+import torch
 
-from detectron_res.config import load_config
+from detectron_res.config import config_to_dict, load_config
 from detectron_res.data.loader import Batch
 from detectron_res.engine.checkpoint import save_checkpoint
-from detectron_res.config import config_to_dict
 from detectron_res.modeling.build import build_model
 from detectron_res.modeling.test_time import (
     FeatureLevel,
@@ -111,7 +110,10 @@ def test_maxout_of_two_identical_levels_equals_one_level():
     heads = tiny_model("model.roi_heads.global_context=true").roi_heads
     g = torch.Generator().manual_seed(1)
     features = torch.randn(2, heads.res5[0].conv1.in_channels, 8, 10, generator=g)
-    proposals = [torch.tensor([[5.0, 5.0, 60.0, 70.0], [20.0, 10.0, 150.0, 120.0]]), torch.tensor([[0.0, 0.0, 30.0, 30.0]])]
+    proposals = [
+        torch.tensor([[5.0, 5.0, 60.0, 70.0], [20.0, 10.0, 150.0, 120.0]]),
+        torch.tensor([[0.0, 0.0, 30.0, 30.0]]),
+    ]
     sizes = [(128, 160), (100, 120)]
     ones = torch.ones(2, 2)
     with torch.no_grad():
@@ -157,7 +159,10 @@ def test_refinement_with_zero_regression_equals_plain_detector_after_nms_and_vot
     """Zero deltas: every refined box is its proposal, re-pooled to the same scores; the
     union is the plain candidates twice, which NMS 0.3 and voting reduce to the plain
     candidates' NMS 0.3 and voting."""
-    models = [tiny_model(*extra, "model.roi_heads.nms_thresh_test=0.3") for extra in ([], ["model.roi_heads.box_refinement=true"])]
+    models = [
+        tiny_model(*extra, "model.roi_heads.nms_thresh_test=0.3")
+        for extra in ([], ["model.roi_heads.box_refinement=true"])
+    ]
     for m in models:
         with torch.no_grad():
             m.roi_heads.predictor.bbox_pred.weight.zero_()
@@ -170,7 +175,8 @@ def test_refinement_with_zero_regression_equals_plain_detector_after_nms_and_vot
         features = plain.backbone(prepared.images.tensor)["res4"]
         proposals, _ = plain.rpn(features, sizes, None, prepared.image_scales)
         candidates = plain.roi_heads.candidates(features, proposals, sizes)
-        voted = plain.preprocessor.postprocess(plain.roi_heads.select(*candidates, len(images), vote=True), sizes, prepared.orig_sizes)
+        selected = plain.roi_heads.select(*candidates, len(images), vote=True)
+        voted = plain.preprocessor.postprocess(selected, sizes, prepared.orig_sizes)
         unvoted = plain(images)
         got = refined(images)
     _assert_same_detections(got, voted)
@@ -238,7 +244,8 @@ def test_loading_a_checkpoint_without_context_reinitializes_the_predictor(tmp_pa
 
     plain = tiny_model()
     cfg = load_config(None, TINY)
-    save_checkpoint({"model": plain.state_dict(), "config": config_to_dict(cfg), "iteration": 7}, tmp_path / "plain.pth")
+    state = {"model": plain.state_dict(), "config": config_to_dict(cfg), "iteration": 7}
+    save_checkpoint(state, tmp_path / "plain.pth")
     context = tiny_model("model.roi_heads.global_context=true", seed=1)
     before = {k: v.clone() for k, v in context.state_dict().items()}
     with caplog.at_level("INFO"):
@@ -252,7 +259,8 @@ def test_loading_a_checkpoint_without_context_reinitializes_the_predictor(tmp_pa
         else:
             assert torch.equal(after[k], plain.state_dict()[k]), k
     assert "4 re-initialized" in summary
-    assert "re-initialized the predictor" in caplog.text and "takes 64 inputs per region, this model's 128" in caplog.text
+    assert "re-initialized the predictor" in caplog.text
+    assert "takes 64 inputs per region, this model's 128" in caplog.text
 
 
 # ----------------------------------------------------------------- flip
@@ -297,7 +305,12 @@ def test_hflip_detects_on_the_mirrored_input_and_maps_boxes_back():
 
 
 # ------------------------------------------------------------ composition
-ALL = ["model.roi_heads.box_refinement=true", "model.roi_heads.global_context=true", "test.scales=[64,96,128]", "test.hflip=true"]
+ALL = [
+    "model.roi_heads.box_refinement=true",
+    "model.roi_heads.global_context=true",
+    "test.scales=[64,96,128]",
+    "test.hflip=true",
+]
 
 
 def test_all_options_compose_on_lists_and_loader_batches():

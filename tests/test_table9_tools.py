@@ -53,7 +53,8 @@ def trained(tmp_path_factory):
             "data.train=[shapes_train]", "data.test=[shapes_val]", "test.evaluators=[coco]", "test.best_metric=",
             "solver.max_iter=4", "solver.ims_per_batch=2", "model.roi_heads.global_context=true", *OPTIONS]
     assert train_net.main(args) == 0
-    assert "coco" in json.loads((root / "train" / "inference" / "shapes_val" / "evaluation.json").read_text())["shapes_val"]
+    evaluation = json.loads((root / "train" / "inference" / "shapes_val" / "evaluation.json").read_text())
+    assert "coco" in evaluation["shapes_val"]
     return root
 
 

@@ -194,7 +194,7 @@ class FasterRCNN(nn.Module):
         features: Tensor,
         image_sizes: Sequence[Tuple[int, int]],
         orig_sizes: Sequence[Tuple[int, int]],
-    ) -> Any:
+    ) -> Tensor | List[FeatureLevel]:
         """The levels the Fast R-CNN step pools from: the input's features alone, or
         one level per ``test_scales`` entry, each resampled from the input (a level of
         the input's own size reuses its features)."""

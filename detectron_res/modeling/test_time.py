@@ -34,6 +34,8 @@ __all__ = [
     "box_voting",
     "hflip_batch",
     "hflip_boxes",
+    "level_scale_xy",
+    "pyramid_size",
     "resize_batch",
     "select_scale_pair",
 ]
@@ -170,7 +172,9 @@ def hflip_boxes(boxes: Tensor, widths: Tensor) -> Tensor:
     return torch.stack((widths - x2, y1, widths - x1, y2), dim=-1)
 
 
-def level_scale_xy(image_sizes: Sequence[Tuple[int, int]], level_sizes: Sequence[Tuple[int, int]], device) -> Tensor:
+def level_scale_xy(
+    image_sizes: Sequence[Tuple[int, int]], level_sizes: Sequence[Tuple[int, int]], device: torch.device
+) -> Tensor:
     """``[N, 2]`` ``(sx, sy)`` of a level relative to the base sizes."""
     values: List[List[float]] = [[lw / w, lh / h] for (h, w), (lh, lw) in zip(image_sizes, level_sizes)]
     return torch.tensor(values, dtype=torch.float32, device=device)
