@@ -135,13 +135,13 @@ def main(argv=None) -> int:
         f"{platform.processor() or platform.machine()}; load average {load_before[0]:.1f} before, "
         f"{load_after[0]:.1f} after (a shared machine: ratios are what to read, not seconds)",
         "",
-        "| variant | voc mAP50 | coco AP | coco AP50 | s / image (median of %d) | cost vs plain |" % args.repeats,
+        "| variant | voc mAP50 (change) | coco AP | coco AP50 | s / image (median of %d) | cost vs plain |" % args.repeats,
         "|---|---|---|---|---|---|",
     ]
     for row in rows:
         m = row["metrics"]
         ref = base_ctx if row["variant"].startswith("+ context") and base_ctx else rows[0]
-        delta = "" if row is ref or row is rows[0] else (
+        delta = "" if row is ref or row is rows[0] or row is base_ctx else (
             f" ({m['voc/mAP50'] - ref['metrics']['voc/mAP50']:+.2f})"
         )
         ratio = per_image(row) / (per_image(ref) if ref is base_ctx else plain)

@@ -113,6 +113,9 @@ class ROIHeadsConfig:
     # Train and test: the whole image as one more RoI, its res5 feature concatenated
     # with every region's before the predictor (which then takes 2 x the width).
     global_context: bool = False
+    # Box voting of merged predictions (refinement, flip): candidates of the kept box's
+    # class with IoU >= this vote (Appendix B: 0.5; Detectron's BBOX_VOTE uses 0.8).
+    box_voting_iou: float = 0.5
 
 
 @dataclass

@@ -78,6 +78,8 @@ def test_box_voting_hand_computed():
     expected_first = [1.2 / 2.0, 0.0, (9.0 + 7.2 + 5.0) / 2.0, (9.0 + 6.0 + 2.5) / 2.0]
     torch.testing.assert_close(voted, torch.tensor([expected_first, [50.0, 50.0, 60.0, 60.0]]))
     assert box_voting(kept[:0], kept_groups[:0], boxes, scores, groups).shape == (0, 4)
+    # at IoU >= 0.7 only the kept box itself votes
+    torch.testing.assert_close(box_voting(kept, kept_groups, boxes, scores, groups, iou_thresh=0.7), kept)
 
 
 # -------------------------------------------------------------- scale choice
@@ -358,3 +360,5 @@ def test_bad_test_time_settings_name_the_config_key():
         build_model(load_config(None, TINY + ["test.scales=[96,96]"]))
     with pytest.raises(ValueError, match=r"'test.scale_target_size' must be > 0"):
         build_model(load_config(None, TINY + ["test.scale_target_size=0"]))
+    with pytest.raises(ValueError, match=r"model.roi_heads.box_voting_iou must be in \(0, 1\], got 1.5"):
+        build_model(load_config(None, TINY + ["model.roi_heads.box_voting_iou=1.5"]))

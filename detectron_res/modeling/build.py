@@ -198,6 +198,7 @@ def build_model(cfg) -> FasterRCNN:
         res5_shortcut_before_pool=bool(m.speed.res5_shortcut_before_pool),
         global_context=bool(h.global_context),
         box_refinement=bool(h.box_refinement),
+        box_voting_iou=float(h.box_voting_iou),
         scale_target_size=float(cfg.test.scale_target_size),
         **region_head,
     )

@@ -102,6 +102,7 @@ class ROIHeads(nn.Module):
         res5_shortcut_before_pool: bool = True,
         global_context: bool = False,
         box_refinement: bool = False,
+        box_voting_iou: float = 0.5,
         scale_target_size: float = 224.0,
     ):
         """
@@ -127,6 +128,8 @@ class ROIHeads(nn.Module):
                 ``model.roi_heads.global_context``).
             box_refinement: at test time, pool each RoI's regressed box again and merge
                 both predictions by NMS and box voting (``model.roi_heads.box_refinement``).
+            box_voting_iou: a candidate votes for a kept box of its class when their
+                IoU is at least this (Appendix B: 0.5; ``model.roi_heads.box_voting_iou``).
             scale_target_size: multi-scale testing: RoIs are pooled from the two
                 pyramid levels where their size brackets this (``test.scale_target_size``).
         """
@@ -158,6 +161,9 @@ class ROIHeads(nn.Module):
         self.res5_shortcut_before_pool = bool(res5_shortcut_before_pool)
         self.global_context = bool(global_context)
         self.box_refinement = bool(box_refinement)
+        if not 0.0 < box_voting_iou <= 1.0:
+            raise ValueError(f"model.roi_heads.box_voting_iou must be in (0, 1], got {box_voting_iou}")
+        self.box_voting_iou = float(box_voting_iou)
         self.scale_target_size = float(scale_target_size)
         if scale_target_size <= 0:
             raise ValueError(f"test.scale_target_size must be > 0 (pixels), got {scale_target_size}")
@@ -469,7 +475,7 @@ class ROIHeads(nn.Module):
             roi_image: ``[R]`` int64 image of each row.
             num_images: ``N``.
             vote: replace each kept box by the score-weighted mean of the candidates
-                of its image and class overlapping it with IoU >= 0.5
+                of its image and class overlapping it with IoU >= ``box_voting_iou``
                 (:func:`~.test_time.box_voting`; for unions of predictions).
         Returns:
             ``N`` dicts ``boxes`` ``[M, 4]``, ``scores`` ``[M]``, ``labels`` ``[M]``.
@@ -488,7 +494,10 @@ class ROIHeads(nn.Module):
         groups = image_idx * num_classes + (labels - 1)
         kept = batched_nms(boxes, scores, groups, self.nms_thresh)
         kept, num_per_image = keep_topk_per_image(kept, image_idx[kept], num_images, self.detections_per_image)
-        kept_boxes = box_voting(boxes[kept], groups[kept], boxes, scores, groups) if vote else boxes[kept]
+        if vote:
+            kept_boxes = box_voting(boxes[kept], groups[kept], boxes, scores, groups, self.box_voting_iou)
+        else:
+            kept_boxes = boxes[kept]
         return [
             {"boxes": b, "scores": s, "labels": l}
             for b, s, l in zip(
