@@ -225,7 +225,8 @@ class ROIHeads(nn.Module):
                 context (the whole-image RoI).
         Returns:
             class logits ``[R, K + 1]`` and deltas ``[R, K * 4]``, RoIs in the order
-            of ``torch.cat(proposals)``.
+            of ``torch.cat(proposals)``. With global context each region's ``[D]``
+            feature is followed by its image's whole-image feature (``[2D]`` in all).
         """
         levels = [FeatureLevel(features)] if isinstance(features, Tensor) else list(features)
         rois = boxes_to_rois(proposals)  # [R, 5]
