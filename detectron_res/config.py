@@ -236,6 +236,10 @@ class TestConfig:
     # Each RoI is pooled from the two adjacent levels where its size brackets this
     # square's side (SPPnet's 224: the ImageNet input size), merged by maxout.
     scale_target_size: int = 224
+    # The pyramid level the RPN runs on (one of test.scales); 0 = the model input. Lets
+    # input.min_size_test be the largest level (every level a downsampling of it) while
+    # proposals come from the paper's 600.
+    proposal_scale: int = 0
     hflip: bool = False  # also detect on the mirrored image; merged by NMS and box voting
 
 

@@ -60,7 +60,11 @@ def test_paper_protocol(name):
     assert "Table 8" in text if protocol == "coco" else "Table 7" in text  # cites the table it reproduces
     # Appendix A: single scale 600 / max 1000 in training and testing, 300 proposals at test time
     assert list(cfg.input.min_size_train) == [600] and cfg.input.max_size_train == 1000
-    assert cfg.input.min_size_test == 600 and cfg.input.max_size_test == 1000
+    if list(cfg.test.scales):  # Table 9's multi-scale testing: the input is its largest level, proposals at 600
+        assert cfg.input.min_size_test == max(cfg.test.scales) == 1000 and cfg.input.max_size_test == 1667
+        assert cfg.test.proposal_scale == 600
+    else:
+        assert cfg.input.min_size_test == 600 and cfg.input.max_size_test == 1000
     assert cfg.model.rpn.post_nms_topk_test == 300
     if protocol == "coco":
         assert list(cfg.data.train) == ["coco_2014_train"] and list(cfg.data.test) == ["coco_2014_val"]

@@ -156,6 +156,31 @@ def test_multiscale_runs_the_backbone_once_per_new_level():
     assert sum(len(d["boxes"]) for d in out) > 0
 
 
+def test_proposals_from_another_pyramid_level():
+    same = tiny_model("test.scales=[64,96,128]", "test.proposal_scale=96")
+    with torch.no_grad():
+        _assert_same_detections(tiny_model("test.scales=[64,96,128]")(_images()), same(_images()))
+
+    model = tiny_model("test.scales=[64,96,128]", "test.proposal_scale=64")
+    rpn_calls, head_calls = [], []
+    model.rpn.register_forward_hook(lambda m, i, o: rpn_calls.append((i[0].shape, i[1], [p.clone() for p in o[0]])))
+    original = model.roi_heads.candidates
+    model.roi_heads.candidates = lambda f, p, s: head_calls.append(([x.clone() for x in p], f)) or original(f, p, s)
+    with torch.no_grad():
+        model(_images())
+    (feature_shape, level_sizes, level_proposals), = rpn_calls
+    (proposals, levels), = head_calls
+    input_sizes = model.preprocessor(_images()).images.image_sizes
+    assert list(feature_shape) == list(levels[0].features.shape)  # the RPN ran on the 64 level
+    assert level_sizes == [pyramid_size(o, 64, 96, 160) for o in [(100, 150), (120, 90)]]
+    for i, ((h, w), (lh, lw)) in enumerate(zip(input_sizes, level_sizes)):
+        back = level_proposals[i] * torch.tensor([w / lw, h / lh, w / lw, h / lh])
+        torch.testing.assert_close(proposals[i], back)
+        assert (proposals[i][:, 2] <= w + 1e-3).all() and (proposals[i][:, 3] <= h + 1e-3).all()
+    with pytest.raises(ValueError, match=r"'test.proposal_scale' must be 0 .* test.scales=\[64, 96\]; got 80"):
+        build_model(load_config(None, TINY + ["test.scales=[64,96]", "test.proposal_scale=80"]))
+
+
 # ------------------------------------------------------------ box refinement
 def test_refinement_with_zero_regression_equals_plain_detector_after_nms_and_voting():
     """Zero deltas: every refined box is its proposal, re-pooled to the same scores; the

@@ -124,6 +124,12 @@ def build_model(cfg) -> FasterRCNN:
     scales = [int(s) for s in cfg.test.scales]
     if any(s < 1 for s in scales) or len(set(scales)) != len(scales):
         raise ValueError(f"config key 'test.scales' must list distinct positive shorter sides (pixels); got {scales}")
+    proposal_scale = int(cfg.test.proposal_scale)
+    if proposal_scale and proposal_scale not in scales:
+        raise ValueError(
+            f"config key 'test.proposal_scale' must be 0 (the input scale, input.min_size_test) or one of "
+            f"test.scales={scales}; got {proposal_scale}"
+        )
     if float(cfg.test.scale_target_size) <= 0:
         raise ValueError(f"config key 'test.scale_target_size' must be > 0 (pixels); got {cfg.test.scale_target_size}")
     if len(cfg.input.min_size_train) == 0:
@@ -226,4 +232,5 @@ def build_model(cfg) -> FasterRCNN:
         channels_last=bool(m.speed.channels_last),
         test_scales=[int(s) for s in cfg.test.scales],
         test_hflip=bool(cfg.test.hflip),
+        test_proposal_scale=int(cfg.test.proposal_scale),
     )

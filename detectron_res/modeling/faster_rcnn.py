@@ -67,6 +67,7 @@ class FasterRCNN(nn.Module):
         channels_last: bool = True,
         test_scales: Sequence[int] = (),
         test_hflip: bool = False,
+        test_proposal_scale: int = 0,
     ):
         """
         Args:
@@ -87,6 +88,11 @@ class FasterRCNN(nn.Module):
                 Fast R-CNN step pools from (``test.scales``, Appendix B: 200..1000);
                 empty = the single input scale.
             test_hflip: also detect on the mirrored image and merge (``test.hflip``).
+            test_proposal_scale: with ``test_scales``, the pyramid level (one of them)
+                whose features the RPN runs on (``test.proposal_scale``); 0 = the input
+                (``input.min_size_test``). Lets the input be the largest level, so that
+                every other level is a downsampling of it, while proposals come from
+                another scale (the paper's 600).
         """
         super().__init__()
         if input_format not in ("BGR", "RGB"):
@@ -108,6 +114,12 @@ class FasterRCNN(nn.Module):
             raise ValueError(f"test.scales must be distinct positive shorter sides (pixels), got {list(test_scales)}")
         self.test_scales = tuple(sorted(scales))  # increasing: adjacent levels are neighbours
         self.test_hflip = bool(test_hflip)
+        if test_proposal_scale and test_proposal_scale not in self.test_scales:
+            raise ValueError(
+                f"test.proposal_scale={test_proposal_scale} must be 0 (the input scale) or one of "
+                f"test.scales={list(self.test_scales)}"
+            )
+        self.test_proposal_scale = int(test_proposal_scale)
 
     @property
     def test_time_options(self) -> Tuple[str, ...]:
@@ -172,8 +184,8 @@ class FasterRCNN(nn.Module):
         for flipped in views:
             view = hflip_batch(images, image_sizes) if flipped else images
             features = self.backbone(view)[self.backbone_feature]  # [N, C, H/16, W/16]
-            proposals, _ = self.rpn(features, image_sizes, None, prepared.image_scales)
             levels = self._pyramid(view, features, image_sizes, prepared.orig_sizes)
+            proposals = self._proposals(features, levels, image_sizes, prepared.image_scales)
             scores, boxes, roi_image = self.roi_heads.candidates(levels, proposals, image_sizes)
             if flipped:
                 widths = torch.tensor([float(w) for _, w in image_sizes], device=boxes.device)
@@ -187,6 +199,25 @@ class FasterRCNN(nn.Module):
             torch.cat(all_scores), torch.cat(all_boxes), torch.cat(all_image), num_images, vote=vote
         )
         return self.preprocessor.postprocess(detections, image_sizes, prepared.orig_sizes)
+
+    def _proposals(
+        self,
+        features: Tensor,
+        levels: Tensor | List[FeatureLevel],
+        image_sizes: Sequence[Tuple[int, int]],
+        image_scales: Sequence[float],
+    ) -> List[Tensor]:
+        """RPN proposals in input pixels: from the input's features, or from the level
+        of ``test_proposal_scale``, mapped back to the input."""
+        if not self.test_proposal_scale:
+            return self.rpn(features, image_sizes, None, image_scales)[0]
+        level = levels[self.test_scales.index(self.test_proposal_scale)]
+        sxy = level.scale_xy  # [N, 2] level pixels per input pixel
+        sizes = [(int(round(h * sy)), int(round(w * sx))) for (h, w), (sx, sy) in zip(image_sizes, sxy.tolist())]
+        # the RPN's minimum box side is in original pixels times the level's resize factor
+        scales = [s * float(v) for s, v in zip(image_scales, sxy.prod(dim=1).sqrt().tolist())]
+        proposals, _ = self.rpn(level.features, sizes, None, scales)
+        return [p / sxy[i].repeat(2) for i, p in enumerate(proposals)]  # level -> input pixels
 
     def _pyramid(
         self,
