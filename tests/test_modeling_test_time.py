@@ -368,6 +368,7 @@ def test_all_options_compose_on_lists_and_loader_batches():
     _assert_same_detections(out, from_batch)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_all_options_on_cuda_match_cpu():
     model = tiny_model(*ALL)
