@@ -48,14 +48,15 @@ def trained(tmp_path_factory):
     training's final evaluation (the evaluation hook) runs with every test-time option."""
     root = tmp_path_factory.mktemp("table9")
     generate_shapes_dataset(str(root / "datasets" / "shapes"), num_train=8, num_val=6, image_size=(64, 96), seed=5)
-    os.environ["DETECTRON_RES_DATASETS"] = str(root / "datasets")
     args = ["--config", "tiny_shapes.yaml", "--output-dir", str(root / "train"), "--device", "cpu",
             "data.train=[shapes_train]", "data.test=[shapes_val]", "test.evaluators=[coco]", "test.best_metric=",
             "solver.max_iter=4", "solver.ims_per_batch=2", "model.roi_heads.global_context=true", *OPTIONS]
-    assert train_net.main(args) == 0
-    evaluation = json.loads((root / "train" / "inference" / "shapes_val" / "evaluation.json").read_text())
-    assert "coco" in evaluation["shapes_val"]
-    return root
+    with pytest.MonkeyPatch.context() as patch:  # this module's tests read the data from here
+        patch.setenv("DETECTRON_RES_DATASETS", str(root / "datasets"))
+        assert train_net.main(args) == 0
+        evaluation = json.loads((root / "train" / "inference" / "shapes_val" / "evaluation.json").read_text())
+        assert "coco" in evaluation["shapes_val"]
+        yield root
 
 
 def _eval_only_args(root, out, *extra):
@@ -127,3 +128,18 @@ def test_predictor_and_infer_take_the_options_as_overrides(tmp_path, capsys):
     assert len(record["detections"]) == len(got)
     np.testing.assert_allclose([d["box"] for d in record["detections"]], got.boxes, atol=2e-3)
     np.testing.assert_allclose([d["score"] for d in record["detections"]], got.scores, atol=2e-6)
+
+
+def test_cost_benchmark_runs_every_variant(trained, tmp_path, capsys):
+    bench = _load("table9_cost", ROOT / "benchmarks" / "table9_cost.py")
+    weights = str(trained / "train" / "model_final.pth")
+    assert bench.main(["--weights", weights, "--scales", "64,96,128", "--target-size", "48", "--repeats", "1",
+                       "--context-weights", weights, "--context-baseline", weights,
+                       "--json", str(tmp_path / "cost.json")]) == 0
+    out = capsys.readouterr().out
+    for variant in ("| plain |", "| + box refinement |", "| + flip |", "| + multi-scale |",
+                    "| + refinement + flip + multi-scale |", "| + context (trained) |"):
+        assert variant in out, out
+    rows = json.loads((tmp_path / "cost.json").read_text())["rows"]
+    assert len(rows) == 7 and all(r["cpu_s_per_image"] > 0 for r in rows)
+    assert rows[1]["overrides"] == ["model.roi_heads.box_refinement=true"]
