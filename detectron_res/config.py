@@ -113,6 +113,15 @@ class ROIHeadsConfig:
     score_thresh_test: float = 0.05
     nms_thresh_test: float = 0.3
     detections_per_image: int = 100
+    # Appendix B (Table 9). Test time: pool each RoI's regressed box (top class) again,
+    # merge both predictions by NMS and box voting.
+    box_refinement: bool = False
+    # Train and test: the whole image as one more RoI, its res5 feature concatenated
+    # with every region's before the predictor (which then takes 2 x the width).
+    global_context: bool = False
+    # Box voting of merged predictions (refinement, flip): candidates of the kept box's
+    # class with IoU >= this vote (Appendix B: 0.5; Detectron's BBOX_VOTE uses 0.8).
+    box_voting_iou: float = 0.5
 
 
 @dataclass
@@ -227,6 +236,18 @@ class TestConfig:
     voc_protocol: str = "devkit"  # devkit (official MATLAB, bit for bit) | py-faster-rcnn (its voc_eval.py)
     best_metric: str = ""  # e.g. "voc/mAP50": keep model_best.pth by this metric
     images_per_batch: int = 1
+    # Multi-scale testing (Appendix B): shorter sides of the pyramid the Fast R-CNN step
+    # pools from, e.g. [200, 400, 600, 800, 1000]; [] = input.min_size_test alone. The
+    # RPN still runs at input.min_size_test; longer sides are capped in proportion.
+    scales: List[int] = field(default_factory=list)
+    # Each RoI is pooled from the two adjacent levels where its size brackets this
+    # square's side (SPPnet's 224: the ImageNet input size), merged by maxout.
+    scale_target_size: int = 224
+    # The pyramid level the RPN runs on (one of test.scales); 0 = the model input. Lets
+    # input.min_size_test be the largest level (every level a downsampling of it) while
+    # proposals come from the paper's 600.
+    proposal_scale: int = 0
+    hflip: bool = False  # also detect on the mirrored image; merged by NMS and box voting
 
 
 @dataclass

@@ -25,6 +25,12 @@ What the caller must still do (the formats have no operators for it):
   ``class_names[i - 1]``) and drop scores below the threshold they want: the
   graph keeps scores above ``model.roi_heads.score_thresh_test`` (0.05).
 
+Appendix B's options (Table 9): global context is exported (the whole image is
+one more RoI of the same graph); box refinement, multi-scale and flip testing
+(``model.roi_heads.box_refinement``, ``test.scales``, ``test.hflip``) are refused
+with a ValueError naming the keys to turn off: their pyramids, mirrored views and
+second pass are per-image Python loops that tracing would freeze.
+
 One image per call: the padded batch of the PyTorch model would make the outputs
 of one image depend on the size of the others, which a caller of an exported
 graph never expects.
@@ -100,6 +106,15 @@ class ExportableDetector(nn.Module):
                     f"ExportableDetector: expected a detectron_res FasterRCNN, "
                     f"got {type(model).__name__} without '{attr}'"
                 )
+        options = getattr(model, "test_time_options", ())
+        if options:
+            # Pyramids, mirrored views and the refinement's second pass have
+            # data-dependent shapes and per-image Python loops the tracer would freeze.
+            raise ValueError(
+                f"export: test-time option(s) {', '.join(options)} cannot be traced into one graph; export with "
+                + " ".join(f"{k}={'[]' if k == 'test.scales' else 'false'}" for k in options)
+                + " (model.roi_heads.global_context is supported)"
+            )
         self.model = model.eval()
         pre = model.preprocessor
         self.min_size = float(pre.min_size[False])
@@ -164,11 +179,15 @@ class ExportableDetector(nn.Module):
         heads = self.model.roi_heads
         num_classes = heads.num_classes
         rois = torch.cat((torch.zeros_like(proposals[:, :1]), proposals), dim=1)  # [R, 5], image 0
-        pooled = heads.pooler(features, rois)
-        if hasattr(heads, "res5"):
-            region_features = heads.res5(pooled).mean(dim=(2, 3))
-        else:
-            region_features = heads.box_head(pooled)
+        region_features = self._region_features(features, rois)
+        if heads.global_context:
+            # Appendix B: the whole image (its valid region) as one more RoI, its feature
+            # concatenated to every region's: [R, D] ++ [R, D] -> [R, 2D]
+            zero = torch.zeros((), dtype=torch.float32, device=features.device)
+            h, w = new_size.to(torch.float32).unbind(0)
+            whole = torch.stack((zero, zero, zero, w, h))[None]  # [1, 5]
+            context = self._region_features(features, whole)  # [1, D]
+            region_features = torch.cat((region_features, context.expand(region_features.shape[0], -1)), dim=1)
         pred_logits, pred_deltas = heads.predictor(region_features)
 
         scores = F.softmax(pred_logits.float(), dim=1)[:, 1:]  # [R, K]
@@ -179,6 +198,14 @@ class ExportableDetector(nn.Module):
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         kept = batched_nms(boxes, scores, labels - 1, heads.nms_thresh)[: heads.detections_per_image]
         return boxes[kept], scores[kept], labels[kept]
+
+    def _region_features(self, features: Tensor, rois: Tensor) -> Tensor:
+        """RoI pooling and the per-region head: ``[R, 5]`` -> ``[R, D]``."""
+        heads = self.model.roi_heads
+        pooled = heads.pooler(features, rois)
+        if hasattr(heads, "res5"):
+            return heads.res5(pooled).mean(dim=(2, 3))
+        return heads.box_head(pooled)
 
     def forward(self, image: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         x, new_size, orig_size = self.preprocess(image)

@@ -37,6 +37,10 @@ PAPER_CONFIGS = {
     "voc07_vgg16.yaml": ("vgg16", "voc07"),
     "voc12_r101.yaml": ("resnet101", "voc12"),
     "voc12_vgg16.yaml": ("vgg16", "voc12"),
+    # Table 9 (Appendix B): the Table 8 ResNet-101 protocol plus its improvements
+    "coco_r101_table9_box.yaml": ("resnet101", "coco"),
+    "coco_r101_table9_ctx.yaml": ("resnet101", "coco"),
+    "coco_r101_table9.yaml": ("resnet101", "coco"),
 }
 OTHER_CONFIGS = {"base_coco.yaml", "base_voc.yaml", "demo_shapes.yaml", "finetune_custom.yaml", "tiny_shapes.yaml",
                  "coco_r50_c4_d2_1x.yaml"}
@@ -58,7 +62,11 @@ def test_paper_protocol(name):
     assert "Table 8" in text if protocol == "coco" else "Table 7" in text  # cites the table it reproduces
     # Appendix A: single scale 600 / max 1000 in training and testing, 300 proposals at test time
     assert list(cfg.input.min_size_train) == [600] and cfg.input.max_size_train == 1000
-    assert cfg.input.min_size_test == 600 and cfg.input.max_size_test == 1000
+    if list(cfg.test.scales):  # Table 9's multi-scale testing: the input is its largest level, proposals at 600
+        assert cfg.input.min_size_test == max(cfg.test.scales) == 1000 and cfg.input.max_size_test == 1667
+        assert cfg.test.proposal_scale == 600
+    else:
+        assert cfg.input.min_size_test == 600 and cfg.input.max_size_test == 1000
     assert cfg.model.rpn.post_nms_topk_test == 300
     if protocol == "coco":
         assert list(cfg.data.train) == ["coco_2014_train"] and list(cfg.data.test) == ["coco_2014_val"]
@@ -131,6 +139,20 @@ def test_detectron2_c4_recipe():
     assert list(cfg.data.train) == ["coco_2017_train"] and list(cfg.data.test) == ["coco_2017_val"]
     model = build_model(load_config(name, ["model.weights="]))
     assert model.rpn.anchor_generator.num_anchors == 15
+
+
+def test_table9_configs_turn_on_their_rows_options():
+    from detectron_res.evaluation.paper_tables import PAPER_TABLE9
+
+    rows = {"coco_r101.yaml": "coco", "coco_r101_table9_box.yaml": "coco+box",
+            "coco_r101_table9_ctx.yaml": "coco+ctx", "coco_r101_table9.yaml": "coco+ms"}
+    for name, row in rows.items():
+        cfg = load_config(name)
+        flags = (cfg.model.roi_heads.box_refinement, cfg.model.roi_heads.global_context, bool(cfg.test.scales))
+        assert flags == PAPER_TABLE9[row][1], name
+        assert "Table 9" in (CONFIG_DIR / name).read_text() or row == "coco"
+    # Appendix B: the pyramid's shorter sides
+    assert list(load_config("coco_r101_table9.yaml").test.scales) == [200, 400, 600, 800, 1000]
 
 
 @pytest.fixture(autouse=True)

@@ -118,6 +118,41 @@ def test_empty_tables_show_paper_values():
         assert f"{v:.1f}" in text
     for v50, v in PAPER_TABLE8.values():
         assert f"{v50:.1f}" in text and f"{v:.1f}" in text
-    assert text.count("not run") == 8
+    assert text.count("not run") == 16  # Tables 7 and 8: 8 cells; Table 9: 4 rows x 2
     runs, notes = collect_runs([])
     assert runs == {} and notes == []
+
+
+def test_table9_rows_from_the_runs_options(tmp_path):
+    """Appendix B's options place a ResNet-101 COCO run in its Table 9 row; the baseline
+    is Table 8's run; other combinations are ignored with the reason."""
+    coco = {"coco_2014_val": {"coco": {"AP": 28.0, "AP50": 49.0}}}
+
+    def run(name, refine=False, context=False, scales=(), hflip=False, depth=101):
+        path = make_run(tmp_path, name, backbone="resnet", depth=depth, test=["coco_2014_val"],
+                        train=["coco_2014_train"], evaluation=coco)
+        cfg = yaml.safe_load((path / "config.yaml").read_text())
+        cfg["model"]["roi_heads"] = {"box_refinement": refine, "global_context": context}
+        cfg["test"] = {"scales": list(scales), "hflip": hflip}
+        (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+        return path
+
+    dirs = [run("base"), run("box", refine=True), run("ctx", refine=True, context=True),
+            run("ms", refine=True, context=True, scales=[200, 400, 600, 800, 1000], hflip=True),
+            run("ctx_only", context=True), run("r50_box", refine=True, depth=50)]
+    rc, out, err = run_tool([str(d) for d in dirs])
+    assert rc == 0, err
+    t9 = out[out.index("Table 9"):]
+    assert re.search(r"baseline\s+49\.0\s+48\.4\s+\+0\.6\s+28\.0\s+27\.2\s+\+0\.8$", row(t9, "Table 9", "baseline"))
+    assert re.search(r"\+ box refinement\s+49\.0\s+49\.9\s+-0\.9\s+28\.0\s+29\.9\s+-1\.9$",
+                     row(t9, "Table 9", "+ box refinement"))
+    assert re.search(r"\+ context\s+49\.0\s+51\.1\s+-2\.1\s+28\.0\s+30\.0", row(t9, "Table 9", "+ context"))
+    assert re.search(r"\+ multi-scale testing\s+49\.0\s+53\.8\s+-4\.8\s+28\.0\s+32\.5",
+                     row(t9, "Table 9", "+ multi-scale testing"))
+    # Table 8 still shows the baseline run only
+    assert re.search(r"ResNet-101\s+49\.0\s+48\.4", row(out, "Table 8", "ResNet-101"))
+    assert f"ignored {tmp_path / 'ctx_only'}: global_context on a ResNet-101 run is no row of Table 9" in out
+    assert f"ignored {tmp_path / 'r50_box'}: backbone resnet-50" in out
+    assert "tested with test.hflip" in out and "ResNet-101 + multi-scale testing: " in out
+    rc, _, err = run_tool(["--run", "resnet101-coco+ms=" + str(dirs[3])])
+    assert rc == 0

@@ -75,6 +75,40 @@ def test_onnx_matches_pytorch(tmp_path, pooler):
     assert total > 20  # the comparison covered real detections, not just empty outputs
 
 
+def test_onnx_with_global_context_matches_pytorch(tmp_path):
+    """Appendix B's global context is part of the graph: the whole image is one more RoI."""
+    from detectron_res.export import OnnxDetector, export_onnx
+
+    predictor = _predictor(tmp_path / "model.pth", ["model.roi_heads.global_context=true"])
+    assert predictor.model.roi_heads.predictor.cls_score.in_features == 2 * predictor.model.roi_heads.res5.out_channels
+    detector = OnnxDetector(export_onnx(predictor.model, tmp_path / "model.onnx", class_names=predictor.class_names))
+    total = 0
+    for seed, size in enumerate([(90, 120), (500, 300)]):
+        image = synthetic_image(*size, seed=seed)
+        ref = _reference(predictor.model, image)
+        _assert_same_detections(detector(image), ref, size, f"global context {size}")
+        total += len(ref[0])
+    assert total > 5
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["model.roi_heads.box_refinement=true"], "model.roi_heads.box_refinement"),
+        (["test.scales=[64,96]"], "test.scales"),
+        (["test.hflip=true", "test.scales=[96]"], "test.hflip"),
+    ],
+)
+def test_export_refuses_test_time_options(tmp_path, overrides, key):
+    from detectron_res.export import export_onnx
+
+    predictor = _predictor(tmp_path / "model.pth", overrides)
+    with pytest.raises(ValueError, match=rf"test-time option\(s\) .*{key}.*cannot be traced") as info:
+        export_onnx(predictor.model, tmp_path / "model.onnx", class_names=predictor.class_names)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "model.onnx").exists()
+
+
 def test_torchscript_matches_pytorch(tmp_path):
     from detectron_res.export import export_torchscript
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Print the ResNet paper's Tables 7 and 8 with our runs' numbers beside the paper's.
+"""Print the ResNet paper's Tables 7, 8 and 9 with our runs' numbers beside the paper's.
 
     python tools/reproduce_tables.py output/vgg16_voc07 output/r101_voc07 output/r101_coco ...
     python tools/reproduce_tables.py output/* --markdown docs/RESULTS_TABLES.md
@@ -13,6 +13,13 @@ Directories that are none of the six runs are listed and ignored. To place a
 directory by hand, use --run SLOT=DIR with SLOT one of
 
     vgg16-voc07  vgg16-voc12  vgg16-coco  resnet101-voc07  resnet101-voc12  resnet101-coco
+
+Table 9 (Appendix B, ResNet-101 on COCO val) takes its rows from the same runs'
+config.yaml: the baseline is Table 8's run; model.roi_heads.box_refinement,
+then + model.roi_heads.global_context, then + test.scales make the rows below
+(configs/coco_r101_table9_*.yaml; evaluate one trained model with --eval-only and
+the test-time overrides for the rows that need no retraining). Slots:
+resnet101-coco+box  resnet101-coco+ctx  resnet101-coco+ms
 
 Each cell shows ours, the paper's value and ours - paper. Runs that are missing
 show "not run". VOC 2012 test labels are not public: the VOC12 column shows

@@ -163,6 +163,16 @@ def _refuse_trunk_mismatch(source, mismatched: list) -> None:
         )
 
 
+def _predictor_width_change(checkpoint: dict, own: dict) -> list:
+    """Keys of the whole predictor (weights and biases) when its input width differs
+    between checkpoint and model (global context on one side only, Appendix B): its
+    biases alone would fit but mean nothing without their weights."""
+    weights = [k for k in own if k.startswith("roi_heads.predictor.") and k.endswith(".weight") and k in checkpoint]
+    if not any(checkpoint[k].dim() == 2 and checkpoint[k].shape[1] != own[k].shape[1] for k in weights):
+        return []
+    return [k for k in checkpoint if k.startswith("roi_heads.predictor.") and k in own]
+
+
 def initialize_weights(model: nn.Module, source: str, cfg, *, class_names: Sequence[str] | None = None) -> str:
     """Initialize ``model`` from ``source`` before training or evaluation.
 
@@ -190,6 +200,9 @@ def initialize_weights(model: nn.Module, source: str, cfg, *, class_names: Seque
                                   and tuple(own[k].shape) == tuple(sd[k].shape)]
             for k in same_shape_dropped:
                 del sd[k]
+        predictor_dropped = _predictor_width_change(sd, own)
+        for k in predictor_dropped:
+            del sd[k]
         report: LoadReport = load_model_weights(model, sd)
         report.missing = [k for k in report.missing if k not in same_shape_dropped]
         text = report.summary()
@@ -197,12 +210,18 @@ def initialize_weights(model: nn.Module, source: str, cfg, *, class_names: Seque
             text += (f"\nre-initialized {len(same_shape_dropped)} class-specific tensors because the checkpoint's "
                      f"classes {ckpt_names[:5]} differ from the dataset's {list(class_names)[:5]}: "
                      + ", ".join(same_shape_dropped))
+        if predictor_dropped:
+            width = lambda k: list(state["model"][k].shape)[1:]  # noqa: E731
+            text += (f"\nre-initialized the predictor ({', '.join(predictor_dropped)}): the checkpoint's takes "
+                     f"{width(predictor_dropped[0])[0]} inputs per region, this model's "
+                     f"{own[predictor_dropped[0]].shape[1]} (model.roi_heads.global_context adds the whole image's "
+                     "feature)")
         logger.info("Detector weights from %s (iteration %s): %s", path, state.get("iteration"), text)
         # Class-specific (and RPN) layers may differ when fine-tuning; a trunk that does
         # not fit means weights of another architecture: training would start from noise.
         _refuse_trunk_mismatch(path, [(k, a, b) for k, a, b in report.skipped_shape
                                       if k.startswith(_TRUNK_PREFIXES)])
-        num_reinit = len(report.skipped_shape) + len(same_shape_dropped)
+        num_reinit = len(report.skipped_shape) + len(same_shape_dropped) + len(predictor_dropped)
         return f"detector checkpoint {path} ({len(report.loaded)} tensors loaded, {num_reinit} re-initialized)"
     from ..weights import load_imagenet_weights
 

@@ -1,4 +1,4 @@
-"""Tables 7 and 8 of the ResNet paper, with our runs' numbers beside the paper's.
+"""Tables 7, 8 and 9 of the ResNet paper, with our runs' numbers beside the paper's.
 
 Six runs make the two tables (ResNet paper, Sec. 4.3; values in
 shared/PAPER_FACTS.md):
@@ -11,7 +11,20 @@ slot           trained on                      scored on
 ``*-coco``     COCO 2014 train                 COCO 2014 val (``coco_2014_val``)
 =============  ==============================  ===============================
 
-for ``*`` = ``vgg16`` and ``resnet101``.
+for ``*`` = ``vgg16`` and ``resnet101``. Table 9 (Appendix B, COCO val, ResNet-101)
+adds three cumulative rows, told apart by the run's config:
+
+=======================  ===========================================================
+slot                     config
+=======================  ===========================================================
+``resnet101-coco``       the baseline (Table 8's run)
+``resnet101-coco+box``   ``model.roi_heads.box_refinement``
+``resnet101-coco+ctx``   ... and ``model.roi_heads.global_context``
+``resnet101-coco+ms``    ... and ``test.scales`` (multi-scale testing)
+=======================  ===========================================================
+
+A COCO run with another combination of these options fills no slot (it is listed
+and ignored); ``test.hflip`` (not in the paper) is noted under the tables.
 
 A run directory is what ``tools/train_net.py`` writes: ``config.yaml`` (the
 resolved config), ``metrics.json`` (the training log, JSON lines) and
@@ -43,6 +56,7 @@ __all__ = [
     "TESTS",
     "PAPER_TABLE7",
     "PAPER_TABLE8",
+    "PAPER_TABLE9",
     "RunResult",
     "parse_slot",
     "identify_run",
@@ -72,7 +86,24 @@ PAPER_TABLE7: Dict[Tuple[str, str], float] = {
 # Table 8: COCO val (%), (mAP@.5, mAP@[.5, .95])
 PAPER_TABLE8: Dict[str, Tuple[float, float]] = {"vgg16": (41.5, 21.2), "resnet101": (48.4, 27.2)}
 
-SLOTS: Tuple[Tuple[str, str], ...] = tuple((b, t) for b in BACKBONES for t in TESTS)
+# Table 9: COCO val (%), (mAP@.5, mAP@[.5, .95]), ResNet-101, cumulative rows:
+# test key -> (row label, (box_refinement, global_context, multi-scale), paper values)
+PAPER_TABLE9: Dict[str, Tuple[str, Tuple[bool, bool, bool], Tuple[float, float]]] = {
+    "coco": ("baseline", (False, False, False), (48.4, 27.2)),
+    "coco+box": ("+ box refinement", (True, False, False), (49.9, 29.9)),
+    "coco+ctx": ("+ context", (True, True, False), (51.1, 30.0)),
+    "coco+ms": ("+ multi-scale testing", (True, True, True), (53.8, 32.5)),
+}
+TABLE9_BACKBONE = "resnet101"
+
+SLOTS: Tuple[Tuple[str, str], ...] = tuple((b, t) for b in BACKBONES for t in TESTS) + tuple(
+    (TABLE9_BACKBONE, t) for t in PAPER_TABLE9 if t not in TESTS
+)
+
+
+def _base_test(test: str) -> str:
+    """``"coco+ctx"`` -> ``"coco"``: the dataset and metrics of a Table 9 row."""
+    return test.split("+", 1)[0]
 
 
 def slot_name(slot: Tuple[str, str]) -> str:
@@ -163,6 +194,23 @@ def identify_run(run_dir: Path) -> Tuple[List[Tuple[str, str]], List[str], str]:
     slots = [(backbone, t) for t, ds in TESTS.items() if ds in tests]
     if not slots:
         return [], [], f"data.test={tests} has none of {list(TESTS.values())}"
+    # Appendix B's options decide the run's row of Table 9 (the baseline is Table 8's run)
+    flags = (
+        bool(_get(cfg, "model.roi_heads.box_refinement")),
+        bool(_get(cfg, "model.roi_heads.global_context")),
+        bool(_get(cfg, "test.scales")),
+    )
+    if any(flags):
+        row = next((t for t, (_, f, _) in PAPER_TABLE9.items() if f == flags), None)
+        if backbone != TABLE9_BACKBONE or row is None:
+            names = ("box_refinement", "global_context", "test.scales")
+            on = [n for n, f in zip(names, flags) if f]
+            return [], [], (f"{'+'.join(on)} on a {BACKBONES[backbone]} run is no row of Table 9 (ResNet-101 rows: "
+                            "box_refinement; + global_context; + test.scales)")
+        slots = [(backbone, row if t == "coco" else t) for _, t in slots]
+        slots = [s for s in slots if s[1] not in ("voc07", "voc12")]  # Table 7 is the baseline only
+        if not slots:
+            return [], [], "Appendix B options on a VOC run: Table 7 shows the baseline only"
     return slots, _as_list(_get(cfg, "data.train")), ""
 
 
@@ -214,6 +262,7 @@ def load_run(run_dir: Path, slot: Tuple[str, str], *, single_test: bool, train: 
     """Read one slot's numbers from ``run_dir/metrics.json``."""
     backbone, test = slot
     result = RunResult(slot=slot, run_dir=run_dir, train=list(train))
+    test = _base_test(test)
     dataset = TESTS[test]
     # later sources win: the evaluation file holds the most recent evaluation
     sources = [run_dir / "metrics.json", run_dir / "inference" / dataset / "evaluation.json"]
@@ -239,6 +288,9 @@ def load_run(run_dir: Path, slot: Tuple[str, str], *, single_test: bool, train: 
             elif _number(hit) is not None:
                 result.values[key] = _number(hit)
             break
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file() and _get(_load_yaml(cfg_path), "test.hflip"):
+        result.notes.append(f"{run_dir}: tested with test.hflip (horizontal flip, not in the paper)")
     expected = set(TRAIN_SETS[test])
     if train and set(train) != expected:
         result.notes.append(
@@ -342,7 +394,7 @@ def format_tables(
     server_results: Mapping[str, float] = {},
     markdown: bool = False,
 ) -> str:
-    """Tables 7 and 8 in the paper's layout, ours / paper / difference per cell.
+    """Tables 7, 8 and 9 in the paper's layout, ours / paper / difference per cell.
 
     Args:
         runs: slot -> result (see :func:`collect_runs`); a missing slot shows "not run".
@@ -377,6 +429,10 @@ def format_tables(
     for b, label in BACKBONES.items():
         p50, p = PAPER_TABLE8[b]
         rows8.append([label] + cell((b, "coco"), "AP50", p50) + cell((b, "coco"), "AP", p))
+    rows9 = []
+    for test, (label, _, (p50, p)) in PAPER_TABLE9.items():
+        slot = (TABLE9_BACKBONE, test)
+        rows9.append([label] + cell(slot, "AP50", p50) + cell(slot, "AP", p))
     sub = ["ours", "paper", "diff"]
     t7 = _render(
         "Table 7. Object detection mAP (%) on PASCAL VOC, Faster R-CNN baseline",
@@ -392,14 +448,22 @@ def format_tables(
         rows8,
         markdown,
     )
+    t9 = _render(
+        "Table 9. Object detection (%) on COCO 2014 val, ResNet-101, Appendix B improvements (cumulative)",
+        [("", 1), ("mAP@.5", 3), ("mAP@[.5, .95]", 3)],
+        ["training / test"] + sub + sub,
+        rows9,
+        markdown,
+    )
     remarks = list(footnotes)
     for slot in SLOTS:
         if slot in runs:
-            remarks.append(f"{BACKBONES[slot[0]]} {slot[1]}: {runs[slot].run_dir}")
+            label = PAPER_TABLE9[slot[1]][0] if slot[1] in PAPER_TABLE9 and slot[1] not in TESTS else slot[1]
+            remarks.append(f"{BACKBONES[slot[0]]} {label}: {runs[slot].run_dir}")
             remarks.extend(runs[slot].notes)
     remarks.extend(notes)
     sep = "\n\n"
-    text = t7 + sep + t8
+    text = t7 + sep + t8 + sep + t9
     if remarks:
         text += sep + "\n".join(("- " if markdown else "") + r for r in remarks)
     return text + "\n"

@@ -121,6 +121,17 @@ def build_model(cfg) -> FasterRCNN:
             f"config key 'model.roi_heads.pooler_type' must be one of {', '.join(POOLER_TYPES)}; got {h.pooler_type!r}"
         )
     _check_thresholds(cfg)
+    scales = [int(s) for s in cfg.test.scales]
+    if any(s < 1 for s in scales) or len(set(scales)) != len(scales):
+        raise ValueError(f"config key 'test.scales' must list distinct positive shorter sides (pixels); got {scales}")
+    proposal_scale = int(cfg.test.proposal_scale)
+    if proposal_scale and proposal_scale not in scales:
+        raise ValueError(
+            f"config key 'test.proposal_scale' must be 0 (the input scale, input.min_size_test) or one of "
+            f"test.scales={scales}; got {proposal_scale}"
+        )
+    if float(cfg.test.scale_target_size) <= 0:
+        raise ValueError(f"config key 'test.scale_target_size' must be > 0 (pixels); got {cfg.test.scale_target_size}")
     if len(cfg.input.min_size_train) == 0:
         raise ValueError("config key 'input.min_size_train' must list at least one size, got []")
 
@@ -172,7 +183,10 @@ def build_model(cfg) -> FasterRCNN:
             sampling_ratio=int(h.pooler_sampling_ratio),
             roi_align_by_matrix=bool(m.speed.roi_align_by_matrix),
         ),
-        predictor=FastRCNNPredictor(in_channels=head_dim, num_classes=int(h.num_classes)),
+        # Global context (Appendix B) concatenates the whole image's feature: 2 * D inputs.
+        predictor=FastRCNNPredictor(
+            in_channels=head_dim * (2 if bool(h.global_context) else 1), num_classes=int(h.num_classes)
+        ),
         box_coder=BoxCoder(weights=tuple(float(w) for w in h.box_reg_weights)),
         matcher=Matcher(
             fg_iou_thresh=float(h.fg_iou_thresh),
@@ -190,6 +204,10 @@ def build_model(cfg) -> FasterRCNN:
         detections_per_image=int(h.detections_per_image),
         res5_conv1_before_pool=bool(m.speed.res5_conv1_before_pool),
         res5_shortcut_before_pool=bool(m.speed.res5_shortcut_before_pool),
+        global_context=bool(h.global_context),
+        box_refinement=bool(h.box_refinement),
+        box_voting_iou=float(h.box_voting_iou),
+        scale_target_size=float(cfg.test.scale_target_size),
         **region_head,
     )
     preprocessor = Preprocessor(
@@ -214,4 +232,7 @@ def build_model(cfg) -> FasterRCNN:
         stride_in_1x1=bool(m.backbone.stride_in_1x1) if str(m.backbone.name) == "resnet" else None,
         fold_frozen_bn=bool(m.fold_frozen_bn),
         channels_last=bool(m.speed.channels_last),
+        test_scales=[int(s) for s in cfg.test.scales],
+        test_hflip=bool(cfg.test.hflip),
+        test_proposal_scale=int(cfg.test.proposal_scale),
     )

@@ -11,20 +11,28 @@ Inputs: a loader ``Batch`` or a list of ``[3, H, W]`` images (+ targets); see
 float32 ``(x1, y1, x2, y2)`` in that image's original pixels, ``scores`` ``[M]`` and
 ``labels`` ``[M]`` int64 in 1..K. Evaluation runs under ``torch.inference_mode()``.
 
+Test-time options (Appendix B, Table 9, and flip): with ``test_scales`` the Fast
+R-CNN step pools each RoI from two levels of an image pyramid (the RPN runs on the
+model input alone, as in the paper: "multi-scale testing only for the Fast R-CNN
+step, not yet for the RPN step"); with ``test_hflip`` the mirrored image is
+detected too and both sets of candidates are merged by NMS and box voting. Box
+refinement and global context are ``ROIHeads`` options; all four compose.
+
 Build one from a config with :func:`detectron_res.modeling.build.build_model`.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ..weights import ImageNetWeights, LoadReport, load_into
 from .backbone import fold_frozen_batchnorm
-from .preprocess import Preprocessor
+from .preprocess import PreparedInputs, Preprocessor
 from .roi_heads import ROIHeads
 from .rpn import RegionProposalNetwork
+from .test_time import FeatureLevel, hflip_batch, hflip_boxes, level_scale_xy, pyramid_size, resize_batch
 
 __all__ = ["FasterRCNN"]
 
@@ -57,6 +65,9 @@ class FasterRCNN(nn.Module):
         stride_in_1x1: Optional[bool] = None,
         fold_frozen_bn: bool = True,
         channels_last: bool = True,
+        test_scales: Sequence[int] = (),
+        test_hflip: bool = False,
+        test_proposal_scale: int = 0,
     ):
         """
         Args:
@@ -73,6 +84,15 @@ class FasterRCNN(nn.Module):
                 into the convolutions (``model.fold_frozen_bn``).
             channels_last: whether :meth:`prepare_for_inference` stores the weights
                 channels-last (``model.speed.channels_last``).
+            test_scales: multi-scale testing: shorter sides of the image pyramid the
+                Fast R-CNN step pools from (``test.scales``, Appendix B: 200..1000);
+                empty = the single input scale.
+            test_hflip: also detect on the mirrored image and merge (``test.hflip``).
+            test_proposal_scale: with ``test_scales``, the pyramid level (one of them)
+                whose features the RPN runs on (``test.proposal_scale``); 0 = the input
+                (``input.min_size_test``). Lets the input be the largest level, so that
+                every other level is a downsampling of it, while proposals come from
+                another scale (the paper's 600).
         """
         super().__init__()
         if input_format not in ("BGR", "RGB"):
@@ -89,6 +109,27 @@ class FasterRCNN(nn.Module):
         self._fold_frozen_bn = bool(fold_frozen_bn)
         self._channels_last = bool(channels_last)
         self._folded = False
+        scales = [int(s) for s in test_scales]
+        if any(s < 1 for s in scales) or len(set(scales)) != len(scales):
+            raise ValueError(f"test.scales must be distinct positive shorter sides (pixels), got {list(test_scales)}")
+        self.test_scales = tuple(sorted(scales))  # increasing: adjacent levels are neighbours
+        self.test_hflip = bool(test_hflip)
+        if test_proposal_scale and test_proposal_scale not in self.test_scales:
+            raise ValueError(
+                f"test.proposal_scale={test_proposal_scale} must be 0 (the input scale) or one of "
+                f"test.scales={list(self.test_scales)}"
+            )
+        self.test_proposal_scale = int(test_proposal_scale)
+
+    @property
+    def test_time_options(self) -> Tuple[str, ...]:
+        """Config keys of the test-time options that are on (tracing cannot follow them)."""
+        on = [
+            ("model.roi_heads.box_refinement", self.roi_heads.box_refinement),
+            ("test.scales", bool(self.test_scales)),
+            ("test.hflip", self.test_hflip),
+        ]
+        return tuple(key for key, value in on if value)
 
     @property
     def device(self) -> torch.device:
@@ -115,6 +156,8 @@ class FasterRCNN(nn.Module):
 
     def _forward(self, inputs: Any, targets: Optional[Sequence[Dict[str, Tensor]]]):
         prepared = self.preprocessor(inputs, targets)
+        if not self.training and (self.test_scales or self.test_hflip):
+            return self._forward_augmented(prepared)
         image_sizes = prepared.images.image_sizes
         features = self.backbone(prepared.images.tensor)[self.backbone_feature]  # [N, C, H/16, W/16]
         proposals, rpn_losses = self.rpn(features, image_sizes, prepared.gt_boxes, prepared.image_scales)
@@ -124,6 +167,81 @@ class FasterRCNN(nn.Module):
         if self.training:
             return {**rpn_losses, **head_losses}
         return self.preprocessor.postprocess(detections, image_sizes, prepared.orig_sizes)
+
+    def _forward_augmented(self, prepared: PreparedInputs) -> List[Dict[str, Tensor]]:
+        """Evaluation with an image pyramid and/or the mirrored image.
+
+        Each view (the input, and its mirror with ``test_hflip``) runs the RPN on its
+        own input-scale features, then the Fast R-CNN step on the pyramid's levels
+        (or the input alone); the mirror's candidates are mirrored back and the union
+        goes through one threshold / NMS / box voting (``ROIHeads.select``).
+        """
+        images = prepared.images.tensor
+        image_sizes = prepared.images.image_sizes
+        num_images = len(image_sizes)
+        views = [False, True] if self.test_hflip else [False]
+        all_scores, all_boxes, all_image = [], [], []
+        for flipped in views:
+            view = hflip_batch(images, image_sizes) if flipped else images
+            features = self.backbone(view)[self.backbone_feature]  # [N, C, H/16, W/16]
+            levels = self._pyramid(view, features, image_sizes, prepared.orig_sizes)
+            proposals = self._proposals(features, levels, image_sizes, prepared.image_scales)
+            scores, boxes, roi_image = self.roi_heads.candidates(levels, proposals, image_sizes)
+            if flipped:
+                widths = torch.tensor([float(w) for _, w in image_sizes], device=boxes.device)
+                boxes = hflip_boxes(boxes, widths[roi_image][:, None])  # [R, K, 4] back to the input
+            all_scores.append(scores)
+            all_boxes.append(boxes)
+            all_image.append(roi_image)
+        # A union of predictions (mirror, refinement) is merged by NMS and box voting.
+        vote = self.test_hflip or self.roi_heads.box_refinement
+        detections = self.roi_heads.select(
+            torch.cat(all_scores), torch.cat(all_boxes), torch.cat(all_image), num_images, vote=vote
+        )
+        return self.preprocessor.postprocess(detections, image_sizes, prepared.orig_sizes)
+
+    def _proposals(
+        self,
+        features: Tensor,
+        levels: Tensor | List[FeatureLevel],
+        image_sizes: Sequence[Tuple[int, int]],
+        image_scales: Sequence[float],
+    ) -> List[Tensor]:
+        """RPN proposals in input pixels: from the input's features, or from the level
+        of ``test_proposal_scale``, mapped back to the input."""
+        if not self.test_proposal_scale:
+            return self.rpn(features, image_sizes, None, image_scales)[0]
+        level = levels[self.test_scales.index(self.test_proposal_scale)]
+        sxy = level.scale_xy  # [N, 2] level pixels per input pixel
+        sizes = [(int(round(h * sy)), int(round(w * sx))) for (h, w), (sx, sy) in zip(image_sizes, sxy.tolist())]
+        # the RPN's minimum box side is in original pixels times the level's resize factor
+        scales = [s * float(v) for s, v in zip(image_scales, sxy.prod(dim=1).sqrt().tolist())]
+        proposals, _ = self.rpn(level.features, sizes, None, scales)
+        return [p / sxy[i].repeat(2) for i, p in enumerate(proposals)]  # level -> input pixels
+
+    def _pyramid(
+        self,
+        images: Tensor,
+        features: Tensor,
+        image_sizes: Sequence[Tuple[int, int]],
+        orig_sizes: Sequence[Tuple[int, int]],
+    ) -> Tensor | List[FeatureLevel]:
+        """The levels the Fast R-CNN step pools from: the input's features alone, or
+        one level per ``test_scales`` entry, each resampled from the input (a level of
+        the input's own size reuses its features)."""
+        if not self.test_scales:
+            return features
+        pre = self.preprocessor
+        levels = []
+        for scale in self.test_scales:
+            sizes = [pyramid_size(o, scale, pre.min_size[False], pre.max_size[False]) for o in orig_sizes]
+            if list(sizes) == list(image_sizes):
+                level_features = features
+            else:
+                resized = resize_batch(images, image_sizes, sizes, pre.size_divisibility)
+                level_features = self.backbone(resized)[self.backbone_feature]
+            levels.append(FeatureLevel(level_features, level_scale_xy(image_sizes, sizes, features.device)))
+        return levels
 
     # -------------------------------------------------------------- inference
     def train(self, mode: bool = True) -> "FasterRCNN":

@@ -9,6 +9,13 @@ head is fc6/fc7 on a 7x7 RoI-pooled conv5_3 map, as in Faster R-CNN.
 Shape shorthand:
     N: images          R: RoIs of the whole batch       K: foreground classes
     C: conv4 channels  S: pooler resolution             D: per-region feature size
+    L: pyramid levels (multi-scale testing)
+
+Appendix B's additions (Table 9) live here too: global context (the whole image as
+one more RoI, its feature concatenated to every region's: the predictor takes
+``2 * D``), box refinement (each RoI's regressed box pooled again, both
+predictions merged by NMS and box voting) and the maxout of two pyramid levels
+(``predict`` given several :class:`~.test_time.FeatureLevel`).
 
 Labels are 1..K for objects and 0 for background; the predictor gives ``K + 1``
 class scores (column 0 = background) and class-specific deltas ``[R, K * 4]``
@@ -30,6 +37,7 @@ from .box_coder import BoxCoder
 from .poolers import ROIPooler, boxes_to_rois
 from .rpn import keep_topk_per_image
 from .sampling import BalancedSampler, Matcher
+from .test_time import FeatureLevel, box_voting, select_scale_pair
 
 __all__ = ["FastRCNNPredictor", "ROIHeads"]
 
@@ -92,6 +100,10 @@ class ROIHeads(nn.Module):
         append_gt_to_proposals: bool = True,
         res5_conv1_before_pool: bool = True,
         res5_shortcut_before_pool: bool = True,
+        global_context: bool = False,
+        box_refinement: bool = False,
+        box_voting_iou: float = 0.5,
+        scale_target_size: float = 224.0,
     ):
         """
         Args:
@@ -111,6 +123,15 @@ class ROIHeads(nn.Module):
             res5_conv1_before_pool, res5_shortcut_before_pool: run res5's first 1x1
                 conv / its projection shortcut before pooling where exact
                 (``model.speed.res5_conv1_before_pool``, ``model.speed.res5_shortcut_before_pool``).
+            global_context: concatenate the whole image's pooled feature to each
+                region's (train and test; the predictor takes ``2 * D`` inputs;
+                ``model.roi_heads.global_context``).
+            box_refinement: at test time, pool each RoI's regressed box again and merge
+                both predictions by NMS and box voting (``model.roi_heads.box_refinement``).
+            box_voting_iou: a candidate votes for a kept box of its class when their
+                IoU is at least this (Appendix B: 0.5; ``model.roi_heads.box_voting_iou``).
+            scale_target_size: multi-scale testing: RoIs are pooled from the two
+                pyramid levels where their size brackets this (``test.scale_target_size``).
         """
         super().__init__()
         if (res5 is None) == (box_head is None):
@@ -138,6 +159,14 @@ class ROIHeads(nn.Module):
         self.append_gt_to_proposals = bool(append_gt_to_proposals)
         self.res5_conv1_before_pool = bool(res5_conv1_before_pool)
         self.res5_shortcut_before_pool = bool(res5_shortcut_before_pool)
+        self.global_context = bool(global_context)
+        self.box_refinement = bool(box_refinement)
+        if not 0.0 < box_voting_iou <= 1.0:
+            raise ValueError(f"model.roi_heads.box_voting_iou must be in (0, 1], got {box_voting_iou}")
+        self.box_voting_iou = float(box_voting_iou)
+        self.scale_target_size = float(scale_target_size)
+        if scale_target_size <= 0:
+            raise ValueError(f"test.scale_target_size must be > 0 (pixels), got {scale_target_size}")
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -165,24 +194,80 @@ class ROIHeads(nn.Module):
             if gt_boxes is None or gt_labels is None:
                 raise ValueError("ROIHeads in training mode needs gt_boxes and gt_labels (one tensor per image)")
             proposals, class_labels, regression_targets = self.label_and_sample(proposals, gt_boxes, gt_labels)
-            pred_logits, pred_deltas = self.predict(features, proposals)
+            pred_logits, pred_deltas = self.predict(features, proposals, image_sizes)
             return [], self.losses(pred_logits, pred_deltas, class_labels, regression_targets)
-        pred_logits, pred_deltas = self.predict(features, proposals)
-        return self.inference(pred_logits, pred_deltas, proposals, image_sizes), {}
+        scores, boxes, roi_image = self.candidates([FeatureLevel(features)], proposals, image_sizes)
+        # Box refinement doubles the candidates: merged by NMS and box voting.
+        return self.select(scores, boxes, roi_image, len(proposals), vote=self.box_refinement), {}
 
-    def predict(self, features: Tensor, proposals: List[Tensor]) -> Tuple[Tensor, Tensor]:
-        """Pool every RoI of the batch, run the per-region head once, predict.
-
-        Returns class logits ``[R, K + 1]`` and deltas ``[R, K * 4]``, RoIs in the
-        order of ``torch.cat(proposals)``.
-        """
-        rois = boxes_to_rois(proposals)  # [R, 5]
+    def region_features(self, features: Tensor, rois: Tensor) -> Tensor:
+        """The per-region head on RoIs ``[R, 5]`` of a ``[N, C, Hf, Wf]`` map -> ``[R, D]``."""
         if hasattr(self, "res5"):
             # [R, C5, S/2, S/2] -> global average pool -> [R, C5]
-            region_features = self.pool_and_res5(features, rois).mean(dim=(2, 3))
-        else:
-            region_features = self.box_head(self.pooler(features, rois))  # [R, C, S, S] -> [R, 4096]
-        return self.predictor(region_features)
+            return self.pool_and_res5(features, rois).mean(dim=(2, 3))
+        return self.box_head(self.pooler(features, rois))  # [R, C, S, S] -> [R, 4096]
+
+    def predict(
+        self,
+        features: Tensor | Sequence[FeatureLevel],
+        proposals: List[Tensor],
+        image_sizes: Optional[Sequence[Tuple[int, int]]] = None,
+    ) -> Tuple[Tensor, Tensor]:
+        """Pool every RoI of the batch, run the per-region head once, predict.
+
+        Args:
+            features: ``[N, C, Hf, Wf]`` conv4 features, or the levels of an image
+                pyramid (multi-scale testing: each RoI is pooled from two adjacent
+                levels, :func:`~.test_time.select_scale_pair`, and the two head
+                outputs are merged by element-wise max, Appendix B's maxout).
+            proposals: ``N`` tensors ``[R_i, 4]`` in base input pixels.
+            image_sizes: ``N`` valid ``(h, w)`` of the base input; needed with global
+                context (the whole-image RoI).
+        Returns:
+            class logits ``[R, K + 1]`` and deltas ``[R, K * 4]``, RoIs in the order
+            of ``torch.cat(proposals)``. With global context each region's ``[D]``
+            feature is followed by its image's whole-image feature (``[2D]`` in all).
+        """
+        levels = [FeatureLevel(features)] if isinstance(features, Tensor) else list(features)
+        rois = boxes_to_rois(proposals)  # [R, 5]
+        if not self.global_context:
+            return self.predictor(self._pooled_features(levels, rois))  # [R, D] -> logits, deltas
+        if image_sizes is None or len(image_sizes) != len(proposals):
+            raise ValueError(
+                "ROIHeads.predict with global_context needs image_sizes, one (h, w) per image: the whole-image RoI"
+            )
+        # One more RoI per image, its valid region [N, 5], in the same pass as the regions
+        # (a head with batch statistics, BN in training, sees all of them together).
+        num_rois = rois.shape[0]
+        sizes = torch.tensor([[0.0, 0.0, float(w), float(h)] for h, w in image_sizes], dtype=rois.dtype)
+        whole = torch.cat((torch.arange(len(image_sizes), dtype=rois.dtype)[:, None], sizes), dim=1).to(rois.device)
+        pooled = self._pooled_features(levels, torch.cat((rois, whole)))  # [R + N, D]
+        region_features, context = pooled[:num_rois], pooled[num_rois:]
+        # [R, D] ++ [R, D] (each RoI's image's context) -> [R, 2D]
+        return self.predictor(torch.cat((region_features, context[rois[:, 0].long()]), dim=1))
+
+    def _pooled_features(self, levels: Sequence[FeatureLevel], rois: Tensor) -> Tensor:
+        """``[R, 5]`` RoIs (base input pixels) -> ``[R, D]``: one level, or the maxout of two."""
+        if len(levels) == 1 and levels[0].scale_xy is None:
+            return self.region_features(levels[0].features, rois)
+        image_idx = rois[:, 0].long()
+        scales = torch.stack([lvl.scale_xy for lvl in levels], dim=1)  # [N, L, 2]
+        lower, upper = select_scale_pair(rois[:, 1:], image_idx, scales.prod(dim=2).sqrt(), self.scale_target_size)
+        merged: Optional[Tensor] = None
+        for level, lvl in enumerate(levels):
+            # RoIs pooled from this level (as the lower or the upper of their pair)
+            used = torch.nonzero((lower == level) | (upper == level)).squeeze(1)
+            if used.numel() == 0:
+                continue
+            sxy = lvl.scale_xy[image_idx[used]]  # [U, 2]
+            level_rois = torch.cat((rois[used, :1], rois[used, 1:] * sxy.repeat(1, 2)), dim=1)  # [U, 5]
+            out = self.region_features(lvl.features, level_rois)  # [U, D]
+            if merged is None:
+                merged = out.new_full((rois.shape[0], out.shape[1]), float("-inf"))
+            # maxout: each RoI keeps the element-wise max over its (one or two) levels
+            merged[used] = torch.maximum(merged[used], out)
+        assert merged is not None, "every RoI is assigned to a level"
+        return merged
 
     @property
     def convs_moved_before_pool(self) -> Tuple[str, ...]:
@@ -328,22 +413,77 @@ class ROIHeads(nn.Module):
         Returns:
             ``N`` dicts ``boxes`` ``[M, 4]``, ``scores`` ``[M]``, ``labels`` ``[M]``.
         """
-        num_images = len(proposals)
-        if num_images == 0:
-            return []  # no images, no detections (torch.cat below needs one tensor)
+        if len(proposals) == 0:
+            return []  # no images, no detections (torch.cat in decode needs one tensor)
+        scores, boxes, roi_image = self.decode(pred_logits, pred_deltas, proposals, image_sizes)
+        return self.select(scores, boxes, roi_image, len(proposals))
+
+    def decode(
+        self,
+        pred_logits: Tensor,
+        pred_deltas: Tensor,
+        proposals: List[Tensor],
+        image_sizes: Sequence[Tuple[int, int]],
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Softmax and per-class decoding, clipped: ``scores [R, K]``, ``boxes [R, K, 4]``,
+        ``roi_image [R]`` int64."""
         num_classes = self.num_classes
         device = pred_logits.device
         num_rois = pred_logits.shape[0]
         roi_image = torch.cat(
             [torch.full((len(p),), i, dtype=torch.int64, device=device) for i, p in enumerate(proposals)]
         )  # [R]
-
         scores = F.softmax(pred_logits.float(), dim=1)[:, 1:]  # [R, K], background dropped
         # [R, K*4] -> [R, K, 4], decoded against [R, 1, 4] proposals
         boxes = self.box_coder.decode(pred_deltas.view(num_rois, num_classes, 4), torch.cat(proposals)[:, None, :])
         sizes = sizes_tensor(image_sizes, device)  # [N, 2]
         boxes = clip_boxes(boxes, sizes[roi_image][:, None, :])  # [R, K, 4]
+        return scores, boxes, roi_image
 
+    def candidates(
+        self,
+        features: Tensor | Sequence[FeatureLevel],
+        proposals: List[Tensor],
+        image_sizes: Sequence[Tuple[int, int]],
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Every RoI's class scores and boxes before selection, with box refinement's
+        second pass appended when it is on.
+
+        Box refinement (Appendix B): each proposal's box regressed for its
+        top-scoring class is pooled again through the same head and predictor,
+        giving a new score and a new regressed box; the ``R`` new rows follow the
+        ``R`` original ones (``R``-row union merged by :meth:`select` with voting).
+        Returns ``scores [R', K]``, ``boxes [R', K, 4]``, ``roi_image [R']`` with
+        ``R' = R`` or ``2R``.
+        """
+        pred_logits, pred_deltas = self.predict(features, proposals, image_sizes)
+        scores, boxes, roi_image = self.decode(pred_logits, pred_deltas, proposals, image_sizes)
+        if not self.box_refinement:
+            return scores, boxes, roi_image
+        top = scores.argmax(dim=1)  # [R] top-scoring foreground class
+        refined = boxes[torch.arange(boxes.shape[0], device=boxes.device), top]  # [R, 4]
+        refined_proposals = list(refined.split([len(p) for p in proposals]))
+        pred_logits, pred_deltas = self.predict(features, refined_proposals, image_sizes)
+        scores2, boxes2, _ = self.decode(pred_logits, pred_deltas, refined_proposals, image_sizes)
+        return torch.cat((scores, scores2)), torch.cat((boxes, boxes2)), torch.cat((roi_image, roi_image))
+
+    def select(
+        self, scores: Tensor, boxes: Tensor, roi_image: Tensor, num_images: int, vote: bool = False
+    ) -> List[Dict[str, Tensor]]:
+        """Score threshold, per-class NMS, optional box voting, top detections per image.
+
+        Args:
+            scores: ``[R, K]`` class scores (background dropped).
+            boxes: ``[R, K, 4]`` class-specific boxes, clipped.
+            roi_image: ``[R]`` int64 image of each row.
+            num_images: ``N``.
+            vote: replace each kept box by the score-weighted mean of the candidates
+                of its image and class overlapping it with IoU >= ``box_voting_iou``
+                (:func:`~.test_time.box_voting`; for unions of predictions).
+        Returns:
+            ``N`` dicts ``boxes`` ``[M, 4]``, ``scores`` ``[M]``, ``labels`` ``[M]``.
+        """
+        num_classes = self.num_classes
         # py-faster-rcnn keeps scores strictly above the threshold.
         keep = (scores > self.score_thresh) & nonempty_mask(boxes)  # [R, K]
         # (R, K) -> indices of the kept entries of the flattened R * K (one sync)
@@ -354,11 +494,16 @@ class ROIHeads(nn.Module):
         boxes, scores = boxes.reshape(-1, 4)[flat], scores.reshape(-1)[flat]
 
         # One NMS call for all (image, class) groups.
-        kept = batched_nms(boxes, scores, image_idx * num_classes + (labels - 1), self.nms_thresh)
+        groups = image_idx * num_classes + (labels - 1)
+        kept = batched_nms(boxes, scores, groups, self.nms_thresh)
         kept, num_per_image = keep_topk_per_image(kept, image_idx[kept], num_images, self.detections_per_image)
+        if vote:
+            kept_boxes = box_voting(boxes[kept], groups[kept], boxes, scores, groups, self.box_voting_iou)
+        else:
+            kept_boxes = boxes[kept]
         return [
             {"boxes": b, "scores": s, "labels": l}
             for b, s, l in zip(
-                boxes[kept].split(num_per_image), scores[kept].split(num_per_image), labels[kept].split(num_per_image)
+                kept_boxes.split(num_per_image), scores[kept].split(num_per_image), labels[kept].split(num_per_image)
             )
         ]
