@@ -472,6 +472,7 @@ RANGES: Dict[str, str] = {
     "model.roi_heads.score_thresh_test": "[0, 1]",
     "model.roi_heads.nms_thresh_test": "[0, 1]",
     "model.roi_heads.detections_per_image": ">= 1",
+    "model.roi_heads.box_voting_iou": "(0, 1]",
     "input.min_size_train": ">= 1",
     "input.max_size_train": ">= 1",
     "input.min_size_test": ">= 1",
@@ -482,7 +483,15 @@ RANGES: Dict[str, str] = {
     "data.max_pixels": ">= 1",
     "test.eval_period": ">= 0",
     "test.images_per_batch": ">= 1",
+    "test.scales": ">= 1",
+    "test.scale_target_size": ">= 1",
+    "test.proposal_scale": ">= 0",  # 0: proposals from the model's own input size
 }
+
+# Numeric keys with no range on purpose: a choice checked where it is used (the
+# backbone depth, by modeling/build.py with the valid depths listed) or any finite
+# value (pixel means).
+UNRANGED_NUMERIC_KEYS = ("model.backbone.depth", "model.pixel_mean")
 
 # Keys that hold exactly this many values.
 LENGTHS: Dict[str, int] = {
