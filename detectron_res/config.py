@@ -190,7 +190,7 @@ class DataConfig:
 
 @dataclass
 class AMPConfig:
-    enabled: bool = False  # CUDA only
+    enabled: bool = False  # training under autocast: bf16 on CUDA or on the CPU, fp16 on CUDA only
     dtype: str = "bf16"  # bf16 | fp16 (fp16 uses a grad scaler)
 
 
@@ -220,6 +220,9 @@ class TestConfig:
     voc_year: str = ""  # "" = from the dataset; 2007 selects the 11-point metric
     best_metric: str = ""  # e.g. "voc/mAP50": keep model_best.pth by this metric
     images_per_batch: int = 1
+    # Evaluation (hook and --eval-only) precision: fp32, bf16 (autocast), or auto =
+    # bf16 on CUDA and on CPUs with native bf16 (detectron_res.precision).
+    precision: str = "auto"
 
 
 @dataclass
@@ -251,6 +254,7 @@ CHOICES: Dict[str, Sequence[str]] = {
     "model.input_format": ("BGR", "RGB"),
     "model.roi_heads.pooler_type": ("ROIPool", "ROIAlign", "ROIAlignV2"),
     "solver.amp.dtype": ("bf16", "fp16"),
+    "test.precision": ("auto", "fp32", "bf16"),
 }
 
 

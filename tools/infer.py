@@ -477,6 +477,13 @@ def build_parser() -> argparse.ArgumentParser:
         "common size in a batch, which can change their detections slightly; 1 gives exactly the "
         "single-image results",
     )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="network precision: bf16 autocast, fp32, or auto (default) = bf16 on CUDA and on CPUs with native "
+        "bf16 (AVX512-BF16, AMX), fp32 elsewhere; box decoding and NMS run in fp32 either way",
+    )
     parser.add_argument("--output", default=None, help="output folder (default output/infer)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -519,6 +526,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             device=args.device,
             score_thresh=args.score_thresh,
             batch_size=args.batch_size,
+            precision=args.precision,
         )
     except NoCheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -534,7 +542,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config_source = args.config or "stored in the checkpoint"
     print(
         f"model: {predictor.checkpoint_path} ({source}); config: {config_source}; "
-        f"{len(predictor.class_names)} classes; device: {predictor.device}; score threshold: {predictor.score_thresh}"
+        f"{len(predictor.class_names)} classes; device: {predictor.device}; precision: {predictor.precision}; score threshold: {predictor.score_thresh}"
     )
 
     output_dir = Path(args.output) if args.output else _default_output_dir()
@@ -566,6 +574,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     summary = {
         "model": str(predictor.checkpoint_path),
         "score_thresh": predictor.score_thresh,
+        "precision": predictor.precision.name,
         "class_names": predictor.class_names,
         "box_format": BOX_FORMAT,
         "images": runner.records,

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..config import config_to_dict, save_config
+from ..precision import Precision, resolve_precision
 from . import distributed as comm
 from .checkpoint import (
     Checkpointer,
@@ -438,13 +439,23 @@ def make_train_loader(cfg, dataset, *, rank: int = 0, world_size: int = 1, start
 # the two entry points
 # ---------------------------------------------------------------------------
 def _amp_dtype(cfg, device: torch.device) -> torch.dtype | None:
+    """Training's autocast dtype (``solver.amp``): bf16 on CUDA or the CPU, fp16 on CUDA only."""
     if not cfg.solver.amp.enabled:
         return None
-    if device.type != "cuda":
+    dtype = str(cfg.solver.amp.dtype)
+    if device.type != "cuda" and dtype != "bf16":
         raise ValueError(
-            f"solver.amp.enabled=true needs a CUDA device, got device {device}; set solver.amp.enabled=false"
+            f"solver.amp.dtype={dtype} with solver.amp.enabled=true needs a CUDA device, got device {device}; "
+            "use solver.amp.dtype=bf16 on the CPU or set solver.amp.enabled=false"
         )
-    return _AMP_DTYPES[str(cfg.solver.amp.dtype)]
+    return _AMP_DTYPES[dtype]
+
+
+def eval_precision(cfg, device: torch.device) -> Precision:
+    """The evaluation's precision from config key ``test.precision`` (auto, fp32, bf16), logged once."""
+    precision = resolve_precision(str(cfg.test.precision), device, what="test.precision")
+    logger.info("Evaluation precision: %s", precision)
+    return precision
 
 
 def _init_process(cfg, device_name: str | None) -> tuple[DistInfo, torch.device]:
@@ -590,11 +601,12 @@ def _train(cfg, *, output_dir: Path, resume: bool, weights: str | None, dist_inf
         },
     )
     last_eval: dict[str, Any] = {}
+    eval_dtype = eval_precision(cfg, device).dtype if test_datasets else None
 
     def eval_fn():
         nonlocal last_eval
         result = evaluate(cfg, model, test_datasets, device=device, output_dir=output_dir / "inference",
-                          amp_dtype=amp_dtype, progress=False)
+                          amp_dtype=eval_dtype, progress=False)
         last_eval = result
         return result.get("scalars", {})
 
@@ -730,8 +742,7 @@ def evaluate_checkpoint(
         # SIGTERM / SIGUSR1 stop inference before the next batch: EvaluationInterrupted.
         with stop_signals_recorded():
             results = evaluate(cfg, model, test_datasets, device=dev, output_dir=output_dir / "inference",
-                               amp_dtype=_AMP_DTYPES[str(cfg.solver.amp.dtype)] if cfg.solver.amp.enabled and
-                               dev.type == "cuda" else None)
+                               amp_dtype=eval_precision(cfg, dev).dtype)
         if dist_info.is_main:
             # metrics.json is the run's JSON-lines log (training writes it too): append
             # one line rather than overwrite, so a training run's history survives.
