@@ -71,6 +71,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from detectron_res.engine.threads import CpuLoadMeter, available_cores, threads_for_load  # noqa: E402
 from detectron_res.precision import resolve_precision  # noqa: E402
 
 from common import (  # noqa: E402
@@ -151,6 +152,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--bf16", default="auto", choices=("auto", "on", "off"),
                         help="also time both detectors under bf16 autocast: auto (default) where the device computes "
                         "bf16 natively (CUDA; CPUs with AVX512-BF16 or AMX), on, off")
+    parser.add_argument("--fixed-threads", action="store_true",
+                        help="train ours with torch's thread count throughout, not the trainer's (fewer threads while "
+                        "other processes keep cores busy)")
     parser.add_argument("--contention", type=int, default=1,
                         help="busy processes competing with the training comparison of the contention part (default "
                         "1; 0 leaves the part out)")
@@ -417,6 +421,44 @@ def training_step_fn(model: nn.Module, images, targets, device: torch.device, pr
     return step
 
 
+class TrainerThreads:
+    """A training step of ours with the thread count our trainer would give it.
+
+    ``tools/train_net.py`` on the CPU (config ``cpu_threads=0``) runs
+    :class:`detectron_res.engine.threads.ComputeThreads`: no more torch threads than
+    the cores other processes leave free. Here the same decision is taken before
+    every step of ours, from the load the other processes put on the CPU since its
+    previous step (this process's own CPU time, torchvision's steps included, is
+    not counted); the count is restored afterwards, so torchvision's steps run with
+    torch's own count, as torchvision's users run them. On a quiet machine nothing
+    changes. ``threads`` records the count of every call.
+    """
+
+    def __init__(self, step: Callable[[], Any]):
+        self.step = step
+        self.max_threads = torch.get_num_threads()
+        self.cores = available_cores()
+        self.meter = CpuLoadMeter()
+        self.threads: List[int] = []
+
+    def __call__(self) -> None:
+        others = self.meter.sample()
+        n = self.max_threads if others is None else threads_for_load(others, max_threads=self.max_threads,
+                                                                     cores=self.cores)
+        self.threads.append(n)
+        torch.set_num_threads(n)
+        try:
+            self.step()
+        finally:
+            torch.set_num_threads(self.max_threads)
+
+
+def uses_trainer_threads(variant: str) -> bool:
+    """Ours' training variants run with our trainer's thread policy (and torchvision's
+    copy named ``torchvision_trainer_threads``); ``ours_torch_threads`` keeps torch's count."""
+    return (variant.startswith("ours") and variant != "ours_torch_threads") or variant == "torchvision_trainer_threads"
+
+
 def first_call_is_timed(device: torch.device) -> bool:
     """On the CPU the first call of a detector is as fast as later ones (measured: a
     training iteration 49.6 s first, 51.6 s second; torchvision's 54.2 s, 53.8 s), so
@@ -635,7 +677,10 @@ def training_section(
     """
     device = args.device
     if contention:
-        variants = {"ours": copy.deepcopy(ours), "torchvision": copy.deepcopy(tv)}
+        # Both thread policies for both detectors: ours as its trainer runs it and with
+        # torch's count; torchvision with torch's count and with our trainer's policy.
+        variants = {"ours": copy.deepcopy(ours), "torchvision": copy.deepcopy(tv),
+                    "ours_torch_threads": copy.deepcopy(ours), "torchvision_trainer_threads": copy.deepcopy(tv)}
     else:
         variants = training_variants(args, ours, tv, spec, ablation=ablation)
     for model in variants.values():
@@ -643,6 +688,8 @@ def training_section(
     images = make_images(batch_size, *image_size, seed=args.seed + 1, device=device)
     targets = make_targets(images, spec.num_classes, seed=args.seed + 1)
     fns = {name: training_step_fn(model, images, targets, device, precision_of(name)) for name, model in variants.items()}
+    if device.type == "cpu" and not args.fixed_threads:
+        fns = {name: TrainerThreads(fn) if uses_trainer_threads(name) else fn for name, fn in fns.items()}
 
     result: Dict[str, Any] = {
         "model": spec.name, "depth": spec.depth, "device_type": device.type, "batch_size": batch_size,
@@ -650,6 +697,7 @@ def training_section(
     }
     with BusyLoad(contention):
         _time_training(args, fns, result, budget, share_s, reserve_s)
+    result["ours_threads"] = {name: fn.threads for name, fn in fns.items() if isinstance(fn, TrainerThreads)}
     result["images_per_s"] = {name: batch_size / s["median_s"] for name, s in result["summary"].items()}
     return result
 
@@ -862,6 +910,17 @@ def _bf16_table(results: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def _fmt_pair(record: Dict[str, Any], a: str, b: str) -> str:
+    """Median per-turn ratio a / b of wall (and CPU) time, or '-'."""
+    times, cpu = record.get("times", {}), record.get("cpu_times", {})
+    if a not in times or b not in times:
+        return "-"
+    text = f"{paired_ratio(times[a], times[b])['median']:.2f}"
+    if a in cpu and b in cpu:
+        text += f" (CPU {paired_ratio(cpu[a], cpu[b])['median']:.2f})"
+    return text
+
+
 def _contention_table(results: Dict[str, Any]) -> List[str]:
     """Markdown lines: training ours / torchvision with and without a competing load."""
     loaded = [r for r in results.get("training", []) if r.get("contention") and "error" not in r]
@@ -871,8 +930,9 @@ def _contention_table(results: Dict[str, Any]) -> List[str]:
              if not r.get("contention") and "error" not in r}
     lines = ["## Training under contention", ""]
     lines.append("| model | batch | busy processes | ours | torchvision | ours / torchvision | (CPU time) | "
-                 "same without the load (this run) | (CPU time) |")
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+                 "same without the load (this run) | (CPU time) | ours with torch's threads / tv | "
+                 "ours / tv with our trainer's threads |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in loaded:
         ratio = r["ratio_vs_torchvision"]["ours"]
         q = quiet.get((r["depth"], r["batch_size"]))
@@ -881,14 +941,19 @@ def _contention_table(results: Dict[str, Any]) -> List[str]:
             f"| {r['model']} | {r['batch_size']} | {r['contention']} | {_fmt_time_summary(r['summary']['ours'])} | "
             f"{_fmt_time_summary(r['summary']['torchvision'])} | **{ratio['median']:.2f}** "
             f"({ratio['min']:.2f}-{ratio['max']:.2f}) | {_fmt_cpu_ratio(r, 'ours')} | "
-            f"{'-' if q_ratio is None else '%.2f' % q_ratio} | {_fmt_cpu_ratio(q, 'ours') if q else '-'} |"
+            f"{'-' if q_ratio is None else '%.2f' % q_ratio} | {_fmt_cpu_ratio(q, 'ours') if q else '-'} | "
+            f"{_fmt_pair(r, 'ours_torch_threads', 'torchvision')} | {_fmt_pair(r, 'ours', 'torchvision_trainer_threads')} |"
         )
     lines.append("")
     lines.append(
         "The training comparison (fp32) with `--contention` busy processes (`while True: pass`, one thread each) "
-        "running the whole time: what another job on a shared machine does. Each detector keeps torch's thread "
-        "count as its trainer sets it (ours: `detectron_res.engine.launch.set_compute_threads`); see "
-        "`OPTIMIZATIONS.md`, \"Training under contention\"."
+        "running the whole time: what another job on a shared machine does. torchvision's steps run with torch's "
+        "thread count; ours with the count our trainer gives it (`cpu_threads=0`: no more threads than the cores "
+        "other processes leave free, `detectron_res/engine/threads.py`; `--fixed-threads` turns that off). "
+        "Threads per call of ours / of torchvision_trainer_threads: " + "; ".join(
+            f"{r['model']}: {r.get('ours_threads', {}).get('ours', '-')} / "
+            f"{r.get('ours_threads', {}).get('torchvision_trainer_threads', '-')}" for r in loaded)
+        + ". Why: `benchmarks/OPTIMIZATIONS.md`, \"Training under contention\"."
     )
     lines.append("")
     return lines
@@ -1021,7 +1086,12 @@ def write_markdown(results: Dict[str, Any], path: Path, png_name: Optional[str])
         lines.append("")
         lines.append(
             "Each detector samples its own RPN anchors and RoIs (random), so the two do the same amount of work but "
-            "not the same arithmetic. Memory: peak of the first iteration above what was in use before it (CUDA: "
+            "not the same arithmetic. Ours' steps run with the thread count our trainer gives them on the CPU (no "
+            "more threads than the cores other processes leave free; on a quiet machine torch's count), "
+            "torchvision's with torch's count; threads of ours per call: " + "; ".join(
+                f"{r['model']} batch {r['batch_size']}: {r['ours_threads']['ours']}" for r in train
+                if not r.get("contention") and r.get("ours_threads", {}).get("ours")) + ". "
+            "Memory: peak of the first iteration above what was in use before it (CUDA: "
             "allocated tensors; CPU: resident set, which the allocator's reuse of freed memory makes approximate)."
         )
         lines.append("")
@@ -1182,7 +1252,8 @@ def evaluate_targets(results: Dict[str, Any]) -> List[Dict[str, str]]:
             targets.append({
                 "target": f"{r['model']} batch {r['batch_size']} training with {r['contention']} busy process(es) "
                           f"beside <= {TARGET_CONTENTION_TRAIN_RATIO}x torchvision",
-                "measured": f"{ratio:.2f}x (CPU time {_fmt_cpu_ratio(r, 'ours')}x)",
+                "measured": f"{ratio:.2f}x (CPU time {_fmt_cpu_ratio(r, 'ours')}x); ours with torch's threads: "
+                            f"{_fmt_pair(r, 'ours_torch_threads', 'torchvision')}x",
                 "status": _met(ratio <= TARGET_CONTENTION_TRAIN_RATIO),
             })
         elif cuda:
@@ -1237,7 +1308,7 @@ def _plan(args, ablation: bool) -> List[Dict[str, Any]]:
         # The first depth's first batch size; slower by the load (one core of two taken: ~1.5x).
         depth, batch_size = args.depths[0], args.train_batch_sizes[0]
         parts.append({"kind": "contention", "depth": depth, "batch_size": batch_size, "ablation": False,
-                      "cost": _COST_UNITS["training"] * _DEPTH_COST.get(depth, 1.0) * 2 * batch_size / 2 * 1.5,
+                      "cost": _COST_UNITS["training"] * _DEPTH_COST.get(depth, 1.0) * 4 * batch_size / 2 * 1.5,
                       "turns": 2})
     if "profile" not in args.skip:
         parts.append({"kind": "profile", "cost": _COST_UNITS["profile"], "turns": 1})

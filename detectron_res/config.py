@@ -242,6 +242,10 @@ class Config:
     output_dir: str = "output/default"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # torch compute threads on the CPU: 0 = torch's count (one per core), lowered in
+    # training while other processes keep cores busy (detectron_res/engine/threads.py);
+    # N = exactly N threads throughout.
+    cpu_threads: int = 0
     log_period: int = 20
 
 
@@ -392,6 +396,8 @@ def _check_choices(cfg: DictConfig) -> None:
             raise ConfigError(f"config key 'data.datasets.{name}.format' must be one of coco, voc, yolo; got {spec.format!r}")
     if cfg.data.max_pixels < 1:
         raise ConfigError(f"config key 'data.max_pixels' must be >= 1 (a pixel count); got {cfg.data.max_pixels}")
+    if cfg.cpu_threads < 0:
+        raise ConfigError(f"config key 'cpu_threads' must be >= 0 (0 = by the machine's load); got {cfg.cpu_threads}")
     if cfg.solver.ims_per_batch < 1:
         raise ConfigError(f"config key 'solver.ims_per_batch' must be >= 1; got {cfg.solver.ims_per_batch}")
     if list(cfg.solver.steps) != sorted(cfg.solver.steps):

@@ -45,6 +45,7 @@ from .distributed import DistInfo
 from .hooks import EvalHook, PreemptionHandler, default_hooks
 from .signals import StoppableLoader, stop_signals_recorded
 from .solver import WarmupMultiStepLR, build_optimizer
+from .threads import ComputeThreads
 from .trainer import Trainer
 
 logger = logging.getLogger("detectron_res")
@@ -349,7 +350,10 @@ def summarize(cfg, *, config_source: str, output_dir: Path, dist_info: DistInfo,
     lines = [
         f"config: {config_source} -> resolved copy {output_dir / 'config.yaml'}",
         f"output: {output_dir}",
-        f"processes: {dist_info.world_size} ({dist_info.backend or 'single process'}), device {device}",
+        f"processes: {dist_info.world_size} ({dist_info.backend or 'single process'}), device {device}"
+        + (f", {torch.get_num_threads()} compute threads"
+           + (" (cpu_threads)" if int(cfg.cpu_threads) > 0 else ", fewer while other processes keep cores busy")
+           if device.type == "cpu" else ""),
         f"model: Faster R-CNN C4, {backbone}; {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trained), "
         f"{cfg.model.roi_heads.num_classes} classes, {cfg.model.roi_heads.pooler_type} "
         f"{cfg.model.roi_heads.pooler_resolution}x{cfg.model.roi_heads.pooler_resolution}",
@@ -459,6 +463,8 @@ def eval_precision(cfg, device: torch.device) -> Precision:
 
 
 def _init_process(cfg, device_name: str | None) -> tuple[DistInfo, torch.device]:
+    if int(cfg.cpu_threads) > 0:
+        torch.set_num_threads(int(cfg.cpu_threads))
     local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
     device = resolve_device(device_name or str(cfg.device), local_rank)
     dist_info = comm.init_distributed(device_type=device.type, backend=str(cfg.dist.backend),
@@ -610,6 +616,9 @@ def _train(cfg, *, output_dir: Path, resume: bool, weights: str | None, dist_inf
         last_eval = result
         return result.get("scalars", {})
 
+    if device.type == "cpu" and int(cfg.cpu_threads) == 0:
+        # Fewer compute threads while other processes keep cores busy (engine/threads.py).
+        trainer.register_hooks([ComputeThreads(max_threads=torch.get_num_threads())])
     trainer.register_hooks(default_hooks(
         checkpointer=checkpointer,
         optimizer=optimizer,
