@@ -155,9 +155,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--fixed-threads", action="store_true",
                         help="train ours with torch's thread count throughout, not the trainer's (fewer threads while "
                         "other processes keep cores busy)")
-    parser.add_argument("--contention", type=int, default=1,
+    parser.add_argument("--contention", type=int, default=None,
                         help="busy processes competing with the training comparison of the contention part (default "
-                        "1; 0 leaves the part out)")
+                        "1 on the CPU, 0 = no such part on CUDA)")
     parser.add_argument("--depths", default=None, help="ResNet depths, comma-separated (default 50,101; --quick: 50)")
     parser.add_argument("--train-batch-sizes", default="2", help="training batch sizes, comma-separated (default 2)")
     parser.add_argument("--budget-s", type=float, default=None, help="wall-time budget of the whole run in seconds (default 540; --quick 60)")
@@ -187,6 +187,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"--skip: unknown parts {sorted(unknown)}; expected some of train, ablation, scaling, profile, "
                      "contention")
+    if args.contention is None:
+        args.contention = 1 if args.device.type == "cpu" else 0
     if args.contention < 0:
         parser.error(f"--contention must be >= 0, got {args.contention}")
     if args.bf16 == "auto":
