@@ -700,11 +700,12 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> Dict[str, Opt
 
 
 def default_matmul_size(device: torch.device, dtype: torch.dtype) -> int:
-    """8192 on CUDA; 2048 on the CPU, 512 for bf16 there (CPUs without bf16
-    instructions emulate it at well under 1 GFLOP/s: a 2048^3 product takes a minute)."""
+    """8192 on CUDA; 2048 on the CPU, but 512 for bf16 on a CPU without native bf16
+    (AVX512-BF16 / AMX), which emulates it at well under 1 GFLOP/s: a 2048^3
+    product would take a minute."""
     if device.type == "cuda":
         return 8192
-    return 512 if dtype == torch.bfloat16 else 2048
+    return 512 if dtype == torch.bfloat16 and cpu_native_bf16() is None else 2048
 
 
 def matmul_flops(device: torch.device, *, dtype: torch.dtype = torch.float32, size: Optional[int] = None, repeats: int = 5) -> Dict[str, float]:
