@@ -5,6 +5,7 @@
     python tools/infer.py images/ "more/*.png" clip.mp4 --weights output/voc_r101/model_final.pth
     python tools/infer.py photo.jpg --score-thresh 0.3 --device cpu --output results/
     python tools/infer.py photo.jpg --config configs/voc_r101.yaml --weights W.pth input.min_size_test=800
+    python tools/infer.py photo.jpg --precision fp32       # default auto: bf16 where the CPU (or a GPU) has it
 
 For every input it writes, under ``--output`` (default ``output/infer``):
 
