@@ -9,6 +9,7 @@ import logging
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,7 +101,7 @@ class FakeMeter:
         self.readings = list(readings)
 
     def sample(self):
-        return self.readings.pop(0) if self.readings else 0.0
+        return self.readings.pop(0) if self.readings else 0.0  # None: no reading
 
 
 def test_hook_lowers_and_restores_threads_in_training(caplog):
@@ -145,3 +146,31 @@ def test_config_key():
     assert load_config(None, []).cpu_threads == 0
     with pytest.raises(ConfigError, match=r"config key 'cpu_threads' must be >= 0 .*got -1"):
         load_config(None, ["cpu_threads=-1"])
+
+
+def test_benchmark_trains_ours_with_the_trainers_policy():
+    """benchmarks/run.py's TrainerThreads takes the hook's decision before each step
+    of ours and gives torch's count back afterwards; BusyLoad starts and ends its load."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from common import BusyLoad
+    from run import TrainerThreads, uses_trainer_threads
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        step = TrainerThreads(lambda: seen.append(torch.get_num_threads()))
+        step.meter, step.cores = FakeMeter([1.0, 0.2, None]), 2
+        for _ in range(3):
+            step()
+            assert torch.get_num_threads() == 2  # restored for torchvision's turn
+        assert seen == step.threads == [1, 2, 2]  # busy core -> 1; quiet -> 2; no reading -> torch's count
+    finally:
+        torch.set_num_threads(previous)
+    assert uses_trainer_threads("ours") and uses_trainer_threads("ours_bf16")
+    assert uses_trainer_threads("torchvision_trainer_threads")
+    assert not uses_trainer_threads("torchvision") and not uses_trainer_threads("ours_torch_threads")
+    with BusyLoad(1) as load:
+        (child,) = load._children
+        assert child.poll() is None  # spinning
+    assert child.poll() is not None  # killed on exit
