@@ -14,7 +14,7 @@
 # Usage:   bash benchmarks/gpu.sh                 (writes under $OUT, else benchmarks/out/gpu/)
 # Every stage has its own time limit and runs even if an earlier one failed; a stage's
 # output goes to <stage>.log next to the results. Needs no network and installs nothing.
-# The dry run below took 1221 s on the shared 2-core CPU at load ~8 (2026-12-07), every stage ok.
+# The dry run below took 1267 s on the shared 2-core CPU at load ~8 (2026-12-07), every stage ok.
 # Environment knobs: OUT, PYTHON (default python), DEMO_ITERS (default 1500, the demo
 # config's schedule), STAGE_SCALE (multiplies every time limit; default 1), DEVICE
 # (default cuda) and BENCH_ARGS (added to both benchmark calls). A dry run of every
