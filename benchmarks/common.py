@@ -39,9 +39,10 @@ import copy
 import math
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections import OrderedDict
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -55,6 +56,8 @@ from torchvision.ops import MultiScaleRoIAlign, box_iou
 from torchvision.ops.misc import FrozenBatchNorm2d as TorchvisionFrozenBN
 
 from detectron_res.config import load_config
+from detectron_res.precision import autocast as precision_autocast
+from detectron_res.precision import cpu_flags, cpu_native_bf16
 from detectron_res.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 from detectron_res.modeling.build import build_model
 from detectron_res.modeling.faster_rcnn import FasterRCNN
@@ -85,6 +88,8 @@ __all__ = [
     "matmul_flops",
     "default_matmul_size",
     "autocast_context",
+    "BusyLoad",
+    "cpu_isa",
 ]
 
 # torchvision's ImageNet normalization on the 0..255 scale (its weights expect RGB).
@@ -540,14 +545,46 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def autocast_context(device: torch.device, amp: str):
-    """``torch.autocast`` for ``amp`` in {"none", "bf16", "fp16"} on ``device``."""
-    if amp == "none":
-        return nullcontext()
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    if amp not in dtypes:
-        raise ValueError(f"--amp must be one of none, bf16, fp16; got {amp!r}")
-    return torch.autocast(device_type=device.type, dtype=dtypes[amp])
+def autocast_context(device: torch.device, precision: str):
+    """The network under ``precision`` ("fp32" or "bf16" autocast) on ``device``:
+    the library's own switch (:func:`detectron_res.precision.autocast`), which
+    ``Predictor`` and evaluation use."""
+    return precision_autocast(precision, device)
+
+
+class BusyLoad:
+    """A competing load: ``processes`` child processes spinning on the CPU.
+
+    Each is a plain Python busy loop (``while True: pass``), one runnable thread,
+    like another engineer's single-threaded job; with ``processes=1`` on a 2-core
+    machine it takes one core's worth of time from whoever runs beside it. A context
+    manager: started on entry, killed (by process id) on exit.
+    """
+
+    def __init__(self, processes: int):
+        self.processes = int(processes)
+        self._children: List[subprocess.Popen] = []
+
+    def __enter__(self) -> "BusyLoad":
+        for _ in range(self.processes):
+            self._children.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
+        time.sleep(0.2 if self.processes else 0.0)  # let the scheduler see them
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for child in self._children:
+            child.kill()
+        for child in self._children:
+            child.wait()
+        self._children = []
+
+
+def cpu_isa() -> Dict[str, object]:
+    """The CPU's vector ISA as it matters here: AVX2 / AVX-512, VNNI and native bf16
+    (AVX512-BF16, AMX); from ``/proc/cpuinfo`` (else torch's own CPU report)."""
+    flags = cpu_flags()
+    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16") if f in flags]
+    return {"flags": shown, "native_bf16": cpu_native_bf16(flags)}
 
 
 class Timer:
@@ -663,11 +700,12 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> Dict[str, Opt
 
 
 def default_matmul_size(device: torch.device, dtype: torch.dtype) -> int:
-    """8192 on CUDA; 2048 on the CPU, 512 for bf16 there (CPUs without bf16
-    instructions emulate it at well under 1 GFLOP/s: a 2048^3 product takes a minute)."""
+    """8192 on CUDA; 2048 on the CPU, but 512 for bf16 on a CPU without native bf16
+    (AVX512-BF16 / AMX), which emulates it at well under 1 GFLOP/s: a 2048^3
+    product would take a minute."""
     if device.type == "cuda":
         return 8192
-    return 512 if dtype == torch.bfloat16 else 2048
+    return 512 if dtype == torch.bfloat16 and cpu_native_bf16() is None else 2048
 
 
 def matmul_flops(device: torch.device, *, dtype: torch.dtype = torch.float32, size: Optional[int] = None, repeats: int = 5) -> Dict[str, float]:
@@ -724,6 +762,7 @@ def machine_info(device: torch.device) -> Dict[str, object]:
         info["cudnn_tf32"] = bool(torch.backends.cudnn.allow_tf32)
     else:
         info["mkldnn"] = torch.backends.mkldnn.is_available()
+    info["cpu_isa"] = cpu_isa()
     return info
 
 

@@ -3,16 +3,18 @@
 #
 #   1. the machine: nvidia-smi, Python / torch / torchvision versions;
 #   2. the CUDA tests (pytest -m cuda: tests/test_cuda.py and every other test marked cuda);
-#   3. the side-by-side benchmark (benchmarks/run.py) on the GPU, fp32 then bf16 autocast:
-#      inference of R-50-C4 and R-101-C4 against torchvision's C4 Faster R-CNN with the same
-#      weights, and training throughput with batch 2 and 8 at 600/1000;
-#   4. a short training of the demo detector on the synthetic shapes dataset (tools/train_net.py),
-#      its time and mAP;
+#   3. the side-by-side benchmark (benchmarks/run.py) on the GPU: inference of R-50-C4 and R-101-C4
+#      against torchvision's C4 Faster R-CNN with the same weights and training throughput with batch
+#      2 and 8 at 600/1000, each detector in fp32 and in bf16 autocast in the same turns; then the
+#      speed options and channels-last weights in training, one left out at a time (R-50, batch 8);
+#   4. a short training of the demo detector on the synthetic shapes dataset (tools/train_net.py)
+#      in bf16 autocast (solver.amp), its time and mAP;
 #   5. RESULTS_GPU.md: everything above in one Markdown file.
 #
 # Usage:   bash benchmarks/gpu.sh                 (writes under $OUT, else benchmarks/out/gpu/)
 # Every stage has its own time limit and runs even if an earlier one failed; a stage's
 # output goes to <stage>.log next to the results. Needs no network and installs nothing.
+# The dry run below took 1267 s on the shared 2-core CPU at load ~8 (2026-12-07), every stage ok.
 # Environment knobs: OUT, PYTHON (default python), DEMO_ITERS (default 1500, the demo
 # config's schedule), STAGE_SCALE (multiplies every time limit; default 1), DEVICE
 # (default cuda) and BENCH_ARGS (added to both benchmark calls). A dry run of every
@@ -86,24 +88,25 @@ EOF
 cat "$OUT/machine.log"
 
 # ------------------------------------------------------------- 2. CUDA tests
-run_stage cuda_tests 100 "$PYTHON" -m pytest -m cuda -q -rs -p no:cacheprovider tests/
+run_stage cuda_tests 80 "$PYTHON" -m pytest -m cuda -q -rs -p no:cacheprovider tests/
 
 # ------------------------------------------------------------ 3. benchmarks
 # --budget-s bounds the timed repeats; building the models (on the CPU) comes on top.
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
-run_stage bench_fp32 130 "$PYTHON" benchmarks/run.py --device "$DEVICE" --amp none --depths 50,101 \
-    --train-batch-sizes 2,8 --budget-s 70 --min-repeats 3 --out "$OUT/fp32" $BENCH_ARGS
+run_stage bench 190 "$PYTHON" benchmarks/run.py --device "$DEVICE" --depths 50,101 \
+    --train-batch-sizes 2,8 --budget-s 120 --min-repeats 3 --out "$OUT/bench" $BENCH_ARGS
 # shellcheck disable=SC2086
-run_stage bench_bf16 110 "$PYTHON" benchmarks/run.py --device "$DEVICE" --amp bf16 --depths 50,101 \
-    --train-batch-sizes 2,8 --budget-s 60 --min-repeats 3 --skip scaling --out "$OUT/bf16" $BENCH_ARGS
+run_stage bench_ablation 80 "$PYTHON" benchmarks/run.py --device "$DEVICE" --depths 50 --train-batch-sizes 8 \
+    --train-ablation --bf16 off --skip scaling,profile,contention --budget-s 45 --min-repeats 2 --out "$OUT/ablation" $BENCH_ARGS
 
 # ------------------------------------------------------------- 4. demo training
 export DETECTRON_RES_DATASETS="$OUT/datasets"
-run_stage demo_data 30 "$PYTHON" -m detectron_res.data.shapes --out "$DETECTRON_RES_DATASETS/shapes"
+run_stage demo_data 20 "$PYTHON" -m detectron_res.data.shapes --out "$DETECTRON_RES_DATASETS/shapes"
 DEMO_T0=$(date +%s)
 run_stage demo_train 110 "$PYTHON" tools/train_net.py \
     --config demo_shapes.yaml --device "$DEVICE" --output-dir "$OUT/demo" --overwrite \
-    solver.max_iter="$DEMO_ITERS" test.eval_period=500 data.num_workers=6 solver.checkpoint_period=100000
+    solver.max_iter="$DEMO_ITERS" test.eval_period=500 data.num_workers=6 solver.checkpoint_period=100000 \
+    solver.amp.enabled=true solver.amp.dtype=bf16
 DEMO_SECONDS=$(( $(date +%s) - DEMO_T0 ))
 
 # ------------------------------------------------------------- 5. summary
@@ -123,10 +126,10 @@ tests = out / "cuda_tests.log"
 if tests.exists():
     lines = [l for l in tests.read_text().splitlines() if l.strip()]
     print("\n## CUDA tests\n\n```\n" + "\n".join(lines[-12:]) + "\n```")
-for name in ("fp32", "bf16"):
+for name, log in (("bench", "bench"), ("ablation", "bench_ablation")):
     md = sorted((out / name).glob("RESULTS*.md")) if (out / name).is_dir() else []
     if not md:
-        print(f"\n## Benchmark, {name}\n\n(no results: see bench_{name}.log)")
+        print(f"\n## Benchmark, {name}\n\n(no results: see {log}.log)")
         continue
     # One level down: the run's title becomes a section, its sections subsections.
     for line in md[0].read_text().splitlines():
@@ -135,7 +138,7 @@ for name in ("fp32", "bf16"):
         elif line.startswith("#"):
             line = "#" + line
         print(line.replace("](scaling_", f"]({name}/scaling_"))
-print("\n## Demo training (configs/demo_shapes.yaml on the GPU)\n")
+print("\n## Demo training (configs/demo_shapes.yaml on the GPU, bf16 autocast)\n")
 metrics = out / "demo" / "metrics.json"
 evals = []
 if metrics.exists():

@@ -205,7 +205,7 @@ class DataConfig:
 
 @dataclass
 class AMPConfig:
-    enabled: bool = False  # CUDA only
+    enabled: bool = False  # training under autocast: bf16 on CUDA or on the CPU, fp16 on CUDA only
     dtype: str = "bf16"  # bf16 | fp16 (fp16 uses a grad scaler)
 
 
@@ -248,6 +248,9 @@ class TestConfig:
     # proposals come from the paper's 600.
     proposal_scale: int = 0
     hflip: bool = False  # also detect on the mirrored image; merged by NMS and box voting
+    # Evaluation (hook and --eval-only) precision: fp32, bf16 (autocast), or auto =
+    # bf16 on CUDA and on CPUs with native bf16 (detectron_res.precision).
+    precision: str = "auto"
 
 
 @dataclass
@@ -267,6 +270,10 @@ class Config:
     output_dir: str = "output/default"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # torch compute threads on the CPU: 0 = torch's count (one per core), lowered in
+    # training while other processes keep cores busy (detectron_res/engine/threads.py);
+    # N = exactly N threads throughout.
+    cpu_threads: int = 0
     log_period: int = 20
 
 
@@ -281,6 +288,7 @@ CHOICES: Dict[str, Sequence[str]] = {
     "solver.amp.dtype": ("bf16", "fp16"),
     "test.voc_protocol": ("devkit", "py-faster-rcnn"),
     "model.anchor.style": ("exact_area", "py-faster-rcnn"),
+    "test.precision": ("auto", "fp32", "bf16"),
 }
 
 
@@ -435,6 +443,7 @@ SOLVER_RANGES: Dict[str, str] = {
     "dist.timeout_s": ">= 1",
     "seed": "[0, 4294967295]",  # numpy's seed range
     "log_period": ">= 1",
+    "cpu_threads": ">= 0",  # 0 = as many as the machine's load leaves free
 }
 
 RANGES: Dict[str, str] = {
@@ -593,7 +602,6 @@ def _check_choices(cfg: DictConfig) -> None:
     check_solver(cfg)
     if not cfg.input.min_size_train:
         raise ConfigError("config key 'input.min_size_train' must list at least one size; got []")
-    r, h = cfg.model.rpn, cfg.model.roi_heads
     for low_key, high_key in (
         ("model.rpn.negative_iou", "model.rpn.positive_iou"),
         ("model.roi_heads.bg_iou_thresh_lo", "model.roi_heads.bg_iou_thresh_hi"),

@@ -28,6 +28,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from .precision import autocast, resolve_precision
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -235,6 +237,10 @@ class Predictor:
             config's ``model.roi_heads.score_thresh_test``, it also lowers that one
             so that the low-scoring boxes are produced at all.
         batch_size: images per forward pass when called on a list.
+        precision: ``"fp32"``, ``"bf16"`` (the network under bf16 autocast; box
+            decoding, NMS and the score threshold stay float32) or ``"auto"``: bf16
+            on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), fp32 elsewhere
+            (:func:`detectron_res.precision.resolve_precision`). The choice is logged.
 
     Attributes:
         cfg: the resolved config the model was built from.
@@ -242,6 +248,7 @@ class Predictor:
         class_names: ``class_names[i]`` is the name of label ``i + 1``.
         input_format: channel order the model expects (``"BGR"`` or ``"RGB"``).
         checkpoint_path: the checkpoint file the weights came from.
+        precision: the resolved precision (``precision.name`` is ``"fp32"`` or ``"bf16"``).
     """
 
     def __init__(
@@ -253,6 +260,7 @@ class Predictor:
         device: Union[str, torch.device] = "auto",
         score_thresh: float = 0.5,
         batch_size: int = 1,
+        precision: str = "auto",
     ) -> None:
         from detectron_res.config import config_from_dict, load_config
         from detectron_res.engine.checkpoint import find_last_checkpoint, load_checkpoint, load_model_weights
@@ -266,6 +274,8 @@ class Predictor:
         self.score_thresh = float(score_thresh)
         self.batch_size = int(batch_size)
         self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        logger.info("inference precision: %s", self.precision)
 
         if weights is None:
             found = find_latest_checkpoint()
@@ -374,7 +384,8 @@ class Predictor:
             torch.from_numpy(np.require(a, requirements=["C", "W"])).to(self.device).permute(2, 0, 1).float()
             for a in arrays
         ]
-        outputs = self.model(tensors)
+        with autocast(self.precision.name, self.device):
+            outputs = self.model(tensors)
         return [self._to_detections(out, a.shape[:2]) for out, a in zip(outputs, arrays)]
 
     def _to_detections(self, output: Dict[str, torch.Tensor], image_size: Tuple[int, int]) -> Detections:

@@ -137,7 +137,7 @@ def test_bf16_autocast_inference_stays_close_to_fp32():
     assert stats["max_score_diff"] < 0.1, stats
 
 
-@pytest.mark.parametrize("amp", ["none", "bf16"])
+@pytest.mark.parametrize("amp", ["fp32", "bf16"])
 def test_training_steps_run_on_the_device(amp):
     images = _images(DEVICE)
     targets = make_targets(images, 5, boxes_per_image=3, seed=5)
@@ -180,4 +180,11 @@ def test_quick_benchmark_runs_on_the_device(tmp_path):
     assert status == 0, results["errors"]
     assert results["inference"][0]["agreement"]["ours"]["agreement"] == 1.0
     assert results["training"] and results["profile"]["top"] and results["scaling"]["rows"]
+    # fp32 and bf16 of both detectors side by side where the device has bf16 (CUDA, AVX512-BF16, AMX).
+    if results["bf16"]:
+        assert {"ours_bf16", "torchvision_bf16"} <= set(results["inference"][0]["summary"])
+        assert "ours bf16 / ours fp32" in results["inference"][0]["bf16_ratios"]
+    if DEVICE.type == "cpu":  # the contention part: 4 variants with a busy process beside
+        loaded = [r for r in results["training"] if r["contention"]]
+        assert loaded and {"ours", "torchvision", "ours_torch_threads"} <= set(loaded[0]["summary"])
     assert (tmp_path / ("RESULTS_GPU.md" if DEVICE.type == "cuda" else "RESULTS.md")).is_file()

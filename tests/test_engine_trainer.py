@@ -240,7 +240,10 @@ def test_gradient_clipping_bounds_the_step(tmp_path):
     assert t.storage.history("grad_norm")[0][1] > 0.5
 
 
-def test_amp_needs_cuda():
-    with pytest.raises(ValueError, match="solver.amp.enabled=true needs a CUDA device"):
+def test_fp16_amp_needs_cuda_bf16_runs_on_the_cpu():
+    with pytest.raises(ValueError, match="solver.amp.dtype=torch.float16 needs a CUDA device"):
         Trainer(model=ToyDetector(), optimizer=torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1),
+                data_loader=ToyLoader(), max_iter=1, amp_dtype=torch.float16)
+    t = Trainer(model=ToyDetector(), optimizer=torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1),
                 data_loader=ToyLoader(), max_iter=1, amp_dtype=torch.bfloat16)
+    assert t.amp_dtype == torch.bfloat16 and t.grad_scaler is None  # bf16 needs no loss scaling

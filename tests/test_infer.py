@@ -115,7 +115,11 @@ def inputs(tmp_path_factory):
 
 
 def _run(argv, capsys):
-    code = infer.main([str(a) for a in argv])
+    # The tests compare with the fp32 model (``model``); bf16 has its own test.
+    argv = [str(a) for a in argv]
+    if "--precision" not in argv:
+        argv += ["--precision", "fp32"]
+    code = infer.main(argv)
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -250,6 +254,22 @@ def test_batch_size_gives_same_detections_for_same_size_images(inputs, checkpoin
     for a, b in zip(results[1], results[2]):
         assert [d["label"] for d in a["detections"]] == [d["label"] for d in b["detections"]]
         np.testing.assert_allclose([d["box"] for d in a["detections"]], [d["box"] for d in b["detections"]], atol=1e-2)
+
+
+def test_precision_option(inputs, checkpoint, tmp_path, capsys):
+    """--precision bf16 runs (and says so, in stdout and predictions.json); a bad value is a usage error."""
+    folder, _ = inputs
+    photo = folder / "photo.jpg"
+    code, stdout, stderr = _run([photo, "--weights", checkpoint, "--output", tmp_path / "bf16", "--precision", "bf16",
+                                 "--score-thresh", "0.05"], capsys)
+    assert code == 0, stderr
+    assert "precision: bf16 (precision=bf16)" in stdout
+    summary = json.loads((tmp_path / "bf16" / "predictions.json").read_text())
+    assert summary["precision"] == "bf16" and summary["images"][0]["detections"]
+    with pytest.raises(SystemExit) as exit_info:
+        infer.main([str(photo), "--precision", "fp16"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err
 
 
 def test_name_collisions_get_unique_outputs(checkpoint, tmp_path, capsys):

@@ -101,7 +101,7 @@ def tiny_checkpoint(tmp_path_factory):
 def predictor(tiny_checkpoint):
     from detectron_res.predictor import Predictor
 
-    return Predictor(tiny_checkpoint, device="cpu", score_thresh=0.1)
+    return Predictor(tiny_checkpoint, device="cpu", precision="fp32", score_thresh=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_batch_equals_single(predictor):
 def test_batch_size_groups_forward_passes(tiny_checkpoint):
     from detectron_res.predictor import Predictor
 
-    pred = Predictor(tiny_checkpoint, device="cpu", score_thresh=0.1, batch_size=2)
+    pred = Predictor(tiny_checkpoint, device="cpu", precision="fp32", score_thresh=0.1, batch_size=2)
     calls = []
     original = pred.model.forward
     pred.model.forward = lambda images, *a, **k: calls.append(len(images)) or original(images, *a, **k)
@@ -165,9 +165,9 @@ def test_score_threshold(tiny_checkpoint, reference_model):
     from detectron_res.predictor import Predictor
 
     image = synthetic_image(80, 120, seed=2)
-    high = Predictor(tiny_checkpoint, device="cpu", score_thresh=0.5)(image)
+    high = Predictor(tiny_checkpoint, device="cpu", precision="fp32", score_thresh=0.5)(image)
     # Below the config's score_thresh_test (0.05), the model threshold is lowered too.
-    low = Predictor(tiny_checkpoint, device="cpu", score_thresh=0.01)(image)
+    low = Predictor(tiny_checkpoint, device="cpu", precision="fp32", score_thresh=0.01)(image)
     assert np.all(high.scores >= 0.5) and np.all(low.scores >= 0.01)
     assert len(low) > len(high)
     assert np.any(low.scores < 0.05)
@@ -208,7 +208,7 @@ def test_rgb_model_reads_files_in_rgb(tmp_path):
     ckpt = make_tiny_checkpoint(
         tmp_path / "rgb.pth", ["model.input_format=RGB", "model.pixel_mean=[123.675,116.28,103.53]"]
     )
-    pred = Predictor(ckpt, device="cpu", score_thresh=0.1)
+    pred = Predictor(ckpt, device="cpu", precision="fp32", score_thresh=0.1)
     assert pred.input_format == "RGB"
     image = synthetic_image(70, 90, seed=5)
     cv2.imwrite(str(tmp_path / "x.png"), image)
@@ -297,8 +297,8 @@ def test_cuda_matches_cpu(tiny_checkpoint):
     from detectron_res.predictor import Predictor
 
     images = [synthetic_image(90, 130, seed=1), synthetic_image(300, 200, seed=2)]
-    cpu = Predictor(tiny_checkpoint, device="cpu", score_thresh=0.1)(images)
-    gpu_predictor = Predictor(tiny_checkpoint, device="auto", score_thresh=0.1)
+    cpu = Predictor(tiny_checkpoint, device="cpu", precision="fp32", score_thresh=0.1)(images)
+    gpu_predictor = Predictor(tiny_checkpoint, device="auto", precision="fp32", score_thresh=0.1)
     assert gpu_predictor.device.type == "cuda"
     gpu = gpu_predictor(images)
     for a, b in zip(cpu, gpu):

@@ -131,7 +131,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # score_thresh=1.0 keeps the config's own test threshold (the Predictor
         # lowers it only for smaller values); the exported graph applies it.
         predictor = Predictor(
-            args.weights, config=args.config, overrides=args.overrides, device="cpu", score_thresh=1.0
+            args.weights, config=args.config, overrides=args.overrides, device="cpu", score_thresh=1.0,
+            precision="fp32",  # the exported graph is float32
         )
     except (NoCheckpointError, ConfigError, CheckpointError, FileNotFoundError, ValueError, TypeError) as e:
         return _usage(_one_line(e))

@@ -5,6 +5,7 @@
     python tools/infer.py images/ "more/*.png" clip.mp4 --weights output/voc_r101/model_final.pth
     python tools/infer.py photo.jpg --score-thresh 0.3 --device cpu --output results/
     python tools/infer.py photo.jpg --config configs/voc_r101.yaml --weights W.pth input.min_size_test=800
+    python tools/infer.py photo.jpg --precision fp32       # default auto: bf16 where the CPU (or a GPU) has it
 
 For every input ``<name>.<ext>`` it writes, under ``--output`` (default ``output/infer``),
 two files named ``<name>_<ext>`` (the extension is kept, so ``coffee.png`` and
@@ -597,6 +598,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-r", "--recursive", action="store_true",
                         help="search the given folders' sub-folders too (default: only the folder itself; "
                         "skipped sub-folders are counted in the output)")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="network precision: bf16 autocast, fp32, or auto (default) = bf16 on CUDA and on CPUs with native "
+        "bf16 (AVX512-BF16, AMX), fp32 elsewhere; box decoding and NMS run in fp32 either way",
+    )
     parser.add_argument("--output", default=None, help="output folder (default output/infer)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the outputs of an earlier run in --output (its other outputs listed in its "
@@ -659,6 +667,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             device=args.device,
             score_thresh=args.score_thresh,
             batch_size=args.batch_size,
+            precision=args.precision,
         )
     except NoCheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -674,7 +683,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config_source = args.config or "stored in the checkpoint"
     print(
         f"model: {predictor.checkpoint_path} ({source}); config: {config_source}; "
-        f"{len(predictor.class_names)} classes; device: {predictor.device}; score threshold: {predictor.score_thresh}"
+        f"{len(predictor.class_names)} classes; device: {predictor.device}; precision: {predictor.precision}; score threshold: {predictor.score_thresh}"
     )
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -705,6 +714,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     summary = {
         "model": str(predictor.checkpoint_path),
         "score_thresh": predictor.score_thresh,
+        "precision": predictor.precision.name,
         "class_names": predictor.class_names,
         "box_format": BOX_FORMAT,
         "images": runner.records,

@@ -7,6 +7,7 @@
 * :mod:`.signals`: SIGTERM / SIGUSR1 stop requests (training and evaluation);
 * :mod:`.solver`: SGD parameter groups and the warmup + multi-step LR schedule;
 * :mod:`.distributed`: torchrun / DDP process groups (NCCL or gloo);
+* :mod:`.threads`: CPU compute threads by the load of the other processes (``cpu_threads``);
 * :mod:`.launch`: config -> datasets, model, loaders, trainer (what ``tools/train_net.py`` runs).
 """
 

@@ -32,6 +32,7 @@ from torch import nn
 
 from ..config import config_to_dict, save_config
 from ..outputs import check_output_dir, check_run_dir, remove_previous_run
+from ..precision import Precision, resolve_precision
 from . import distributed as comm
 from .checkpoint import (
     Checkpointer,
@@ -45,6 +46,7 @@ from .distributed import DistInfo
 from .hooks import EvalHook, PreemptionHandler, default_hooks
 from .signals import StoppableLoader, stop_signals_recorded
 from .solver import WarmupMultiStepLR, build_optimizer
+from .threads import ComputeThreads
 from .trainer import Trainer
 
 logger = logging.getLogger("detectron_res")
@@ -369,7 +371,10 @@ def summarize(cfg, *, config_source: str, output_dir: Path, dist_info: DistInfo,
     lines = [
         f"config: {config_source} -> resolved copy {output_dir / 'config.yaml'}",
         f"output: {output_dir}",
-        f"processes: {dist_info.world_size} ({dist_info.backend or 'single process'}), device {device}",
+        f"processes: {dist_info.world_size} ({dist_info.backend or 'single process'}), device {device}"
+        + (f", {torch.get_num_threads()} compute threads"
+           + (" (cpu_threads)" if int(cfg.cpu_threads) > 0 else ", fewer while other processes keep cores busy")
+           if device.type == "cpu" else ""),
         f"model: Faster R-CNN C4, {backbone}; {total / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trained), "
         f"{cfg.model.roi_heads.num_classes} classes, {cfg.model.roi_heads.pooler_type} "
         f"{cfg.model.roi_heads.pooler_resolution}x{cfg.model.roi_heads.pooler_resolution}",
@@ -459,16 +464,28 @@ def make_train_loader(cfg, dataset, *, rank: int = 0, world_size: int = 1, start
 # the two entry points
 # ---------------------------------------------------------------------------
 def _amp_dtype(cfg, device: torch.device) -> torch.dtype | None:
+    """Training's autocast dtype (``solver.amp``): bf16 on CUDA or the CPU, fp16 on CUDA only."""
     if not cfg.solver.amp.enabled:
         return None
-    if device.type != "cuda":
+    dtype = str(cfg.solver.amp.dtype)
+    if device.type != "cuda" and dtype != "bf16":
         raise ValueError(
-            f"solver.amp.enabled=true needs a CUDA device, got device {device}; set solver.amp.enabled=false"
+            f"solver.amp.dtype={dtype} with solver.amp.enabled=true needs a CUDA device, got device {device}; "
+            "use solver.amp.dtype=bf16 on the CPU or set solver.amp.enabled=false"
         )
-    return _AMP_DTYPES[str(cfg.solver.amp.dtype)]
+    return _AMP_DTYPES[dtype]
+
+
+def eval_precision(cfg, device: torch.device) -> Precision:
+    """The evaluation's precision from config key ``test.precision`` (auto, fp32, bf16), logged once."""
+    precision = resolve_precision(str(cfg.test.precision), device, what="test.precision")
+    logger.info("Evaluation precision: %s", precision)
+    return precision
 
 
 def _init_process(cfg, device_name: str | None) -> tuple[DistInfo, torch.device]:
+    if int(cfg.cpu_threads) > 0:
+        torch.set_num_threads(int(cfg.cpu_threads))
     local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
     device = resolve_device(device_name or str(cfg.device), local_rank)
     dist_info = comm.init_distributed(device_type=device.type, backend=str(cfg.dist.backend),
@@ -620,14 +637,18 @@ def _train(cfg, *, output_dir: Path, resume: bool, weights: str | None, dist_inf
         },
     )
     last_eval: dict[str, Any] = {}
+    eval_dtype = eval_precision(cfg, device).dtype if test_datasets else None
 
     def eval_fn():
         nonlocal last_eval
         result = evaluate(cfg, model, test_datasets, device=device, output_dir=output_dir / "inference",
-                          amp_dtype=amp_dtype, progress=False)
+                          amp_dtype=eval_dtype, progress=False)
         last_eval = result
         return result.get("scalars", {})
 
+    if device.type == "cpu" and int(cfg.cpu_threads) == 0:
+        # Fewer compute threads while other processes keep cores busy (engine/threads.py).
+        trainer.register_hooks([ComputeThreads(max_threads=torch.get_num_threads())])
     trainer.register_hooks(default_hooks(
         checkpointer=checkpointer,
         optimizer=optimizer,
@@ -767,8 +788,7 @@ def evaluate_checkpoint(
         # SIGTERM / SIGUSR1 stop inference before the next batch: EvaluationInterrupted.
         with stop_signals_recorded():
             results = evaluate(cfg, model, test_datasets, device=dev, output_dir=output_dir / "inference",
-                               amp_dtype=_AMP_DTYPES[str(cfg.solver.amp.dtype)] if cfg.solver.amp.enabled and
-                               dev.type == "cuda" else None)
+                               amp_dtype=eval_precision(cfg, dev).dtype)
         if dist_info.is_main:
             # metrics.json is the run's JSON-lines log (training writes it too): append
             # one line rather than overwrite, so a training run's history survives.

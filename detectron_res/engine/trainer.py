@@ -85,8 +85,9 @@ class Trainer:
         device: device the model lives on.
         scheduler: LR scheduler stepped after every iteration (may be None).
         start_iter: first iteration to run (0, or checkpoint iteration + 1).
-        amp_dtype: ``torch.bfloat16`` / ``torch.float16`` to run the forward pass
-            under autocast (CUDA only), or None for float32.
+        amp_dtype: ``torch.bfloat16`` (CUDA or CPU) / ``torch.float16`` (CUDA only)
+            to run the forward pass under autocast, or None for float32. The losses
+            are computed in float32 either way (the heads cast their outputs).
         clip_grad_norm: clip the global gradient norm to this value (0 = no clipping).
         extra_state: constant entries added to every checkpoint (config, class
             names, category ids, input format).
@@ -119,9 +120,10 @@ class Trainer:
         self.clip_grad_norm = float(clip_grad_norm)
         self.extra_state = dict(extra_state or {})
         self.sampler_seed = int(sampler_seed)
-        if amp_dtype is not None and self.device.type != "cuda":
+        if amp_dtype not in (None, torch.bfloat16) and self.device.type != "cuda":
             raise ValueError(
-                f"solver.amp.enabled=true needs a CUDA device, got device {self.device}; set solver.amp.enabled=false"
+                f"solver.amp.dtype={amp_dtype} needs a CUDA device, got device {self.device}; use "
+                "solver.amp.dtype=bf16 on the CPU or set solver.amp.enabled=false"
             )
         self.amp_dtype = amp_dtype
         # fp16 gradients underflow without loss scaling; bf16 has float32's exponent range.
