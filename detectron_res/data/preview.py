@@ -51,7 +51,7 @@ def write_previews(
         seed: the training seed (config key ``seed``).
         use_difficult: whether difficult boxes are training targets (label text only).
     """
-    from ..visualize import MIN_DRAWN_SIDE, draw_detections  # drawing style shared with inference output
+    from ..visualize import draw_detections  # drawing style shared with inference output
 
     if num < 1:
         raise ValueError(f"--num={num}: expected at least 1 image")
@@ -76,7 +76,7 @@ def write_previews(
         labels[difficult] += k
         labels[r.iscrowd[kept]] = r.labels[kept][r.iscrowd[kept]] + 2 * k
         bgr = np.ascontiguousarray(image[:, :, ::-1])
-        canvas = draw_detections(bgr, boxes, labels, class_names=names, min_side=MIN_DRAWN_SIDE)
+        canvas = draw_detections(bgr, boxes, labels, class_names=names)
         path = os.path.join(out_dir, f"{n:03d}_{_safe(r.image_id)}.png")
         if not cv2.imwrite(path, canvas):
             raise OSError(f"could not write {path}")
