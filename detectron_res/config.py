@@ -557,7 +557,6 @@ def _check_choices(cfg: DictConfig) -> None:
     check_solver(cfg)
     if not cfg.input.min_size_train:
         raise ConfigError("config key 'input.min_size_train' must list at least one size; got []")
-    r, h = cfg.model.rpn, cfg.model.roi_heads
     for low_key, high_key in (
         ("model.rpn.negative_iou", "model.rpn.positive_iou"),
         ("model.roi_heads.bg_iou_thresh_lo", "model.roi_heads.bg_iou_thresh_hi"),
