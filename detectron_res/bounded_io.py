@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
@@ -105,8 +106,14 @@ def read_bytes(path: str | os.PathLike, limits: Limits, source: str | None = Non
         OSError: the file cannot be opened or read (callers word it their way).
     """
     source = source or str(path)
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+    # O_NONBLOCK: opening a FIFO nobody writes to would otherwise wait forever.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if stat.S_ISFIFO(info.st_mode) or stat.S_ISSOCK(info.st_mode) or stat.S_ISDIR(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a pipe or socket"
+            raise BoundedInputError(f"{source}: is {kind}, expected a {limits.what[:-1]} file")
+        size = info.st_size
         if size > limits.max_bytes:
             raise BoundedInputError(
                 f"{source}: {_size_text(size)}, larger than the {_size_text(limits.max_bytes)} "

@@ -443,11 +443,11 @@ SOLVER_RANGES: Dict[str, str] = {
     "dist.timeout_s": ">= 1",
     "seed": "[0, 4294967295]",  # numpy's seed range
     "log_period": ">= 1",
-    "cpu_threads": ">= 0",  # 0 = as many as the machine's load leaves free
 }
 
 RANGES: Dict[str, str] = {
     **SOLVER_RANGES,
+    "cpu_threads": ">= 0",  # 0 = as many as the machine's load leaves free
     "model.backbone.freeze_at": "[0, 5]",
     "model.backbone.base_channels": ">= 1",
     "model.anchor.sizes": "> 0",

@@ -105,7 +105,7 @@ def draw_detections(
             by the smallest integer factor that reaches it (nearest neighbour: its
             pixels stay visible as such), so that labels of a readable size (about
             10 pixels tall at least) do not cover a thumbnail. 0 (default) never
-            enlarges; tools/infer.py and tools/visualize_data.py pass
+            enlarges; tools/infer.py passes
             :data:`MIN_DRAWN_SIDE`. Enlarging always draws on a copy.
     Returns:
         The annotated ``np.uint8`` image: ``[H, W, 3]``, or ``[k H, k W, 3]`` when

@@ -33,6 +33,9 @@ from detectron_res.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = ROOT / "tests" / "fixtures" / "bad"
+# Every refusal here takes milliseconds to ~0.2 s on a quiet machine (README); the
+# bound leaves room for a loaded test machine and still fails on any real expansion.
+FAST = 1.5
 
 
 def _laughs(levels: int = 9, width: int = 9, key: str = "model:\n  pixel_mean") -> str:
@@ -217,3 +220,12 @@ def test_checkpoint_config_sharing_one_list_is_bounded(tmp_path):
     data = read_checkpoint_file(path)["config"]
     with pytest.raises(ConfigError, match=r"checkpoint: (expands to more than 100000 values|nested more than)"):
         config_from_dict(data)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+@pytest.mark.timeout(60)  # waiting for a writer would hang here
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
+    fifo = tmp_path / "annotations.json"
+    os.mkfifo(fifo)
+    with pytest.raises(BoundedInputError, match=r"annotations\.json: is a pipe or socket, expected a results file"):
+        load_json_file(fifo, Limits(1024, 4, 0, "results files"))

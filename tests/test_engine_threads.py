@@ -144,7 +144,7 @@ def test_hook_is_inert_with_one_thread():
 
 def test_config_key():
     assert load_config(None, []).cpu_threads == 0
-    with pytest.raises(ConfigError, match=r"config key 'cpu_threads' must be >= 0 .*got -1"):
+    with pytest.raises(ConfigError, match=r"config key 'cpu_threads' must be >= 0; got -1"):
         load_config(None, ["cpu_threads=-1"])
 
 

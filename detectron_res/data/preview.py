@@ -59,7 +59,7 @@ def write_previews(
         extra_files: other names the caller writes into ``out_dir`` afterwards
             (checked with the previews).
     """
-    from ..visualize import MIN_DRAWN_SIDE, draw_detections  # drawing style shared with inference output
+    from ..visualize import draw_detections  # drawing style shared with inference output
 
     if num < 1:
         raise ValueError(f"--num={num}: expected at least 1 image")
@@ -87,7 +87,7 @@ def write_previews(
         labels[difficult] += k
         labels[r.iscrowd[kept]] = r.labels[kept][r.iscrowd[kept]] + 2 * k
         bgr = np.ascontiguousarray(image[:, :, ::-1])
-        canvas = draw_detections(bgr, boxes, labels, class_names=names, min_side=MIN_DRAWN_SIDE)
+        canvas = draw_detections(bgr, boxes, labels, class_names=names)
         path = os.path.join(out_dir, file_name)
         ok, png = cv2.imencode(".png", canvas)
         if not ok:
