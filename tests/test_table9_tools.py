@@ -124,7 +124,7 @@ def test_predictor_and_infer_take_the_options_as_overrides(tmp_path, capsys):
     code = infer.main([str(tmp_path / "photo.png"), "--weights", str(checkpoint), "--output", str(tmp_path / "out"),
                        "--score-thresh", "0.05", "--device", "cpu", *overrides])
     assert code == 0, capsys.readouterr().err[-2000:]
-    record = json.loads((tmp_path / "out" / "photo.json").read_text())
+    record = json.loads((tmp_path / "out" / "photo_png.json").read_text())
     assert len(record["detections"]) == len(got)
     np.testing.assert_allclose([d["box"] for d in record["detections"]], got.boxes, atol=2e-3)
     np.testing.assert_allclose([d["score"] for d in record["detections"]], got.scores, atol=2e-6)
