@@ -1,6 +1,21 @@
-"""Settings shared by every test."""
+"""Settings shared by every test (shared helper functions are in ``helpers.py``)."""
 import pytest
 import torch
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_cpu_thread():
+    """One intra-op thread for every test module, its module-scoped fixtures included.
+
+    On the 2 shared CPU cores, OpenMP threads waiting for each other make the small
+    forward passes of the tests up to 10x slower; one thread also makes in-process
+    runs reduce floats in the same order as the tools' subprocesses, which the tests
+    start with ``OMP_NUM_THREADS=1`` (bitwise comparisons rely on it).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(autouse=True)

@@ -133,16 +133,6 @@ def test_detectron2_c4_recipe():
     assert model.rpn.anchor_generator.num_anchors == 15
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small convolutions on a loaded 2-core machine run many times faster on one
-    # thread than on two (no OpenMP threads waiting for each other).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("datasets")

@@ -8,7 +8,6 @@
 * fine-tuning a checkpoint on a dataset with another number of classes reports
   the re-initialized layers; --eval-only; SIGTERM; user errors.
 """
-import importlib.util
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ import torch
 from detectron_res.data.shapes import generate_shapes_dataset
 from detectron_res.engine.checkpoint import find_last_checkpoint, load_checkpoint
 from two_ranks import start_two_ranks, stop_ranks, wait_until_training
+from helpers import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_NET = str(ROOT / "tools" / "train_net.py")
@@ -34,24 +34,14 @@ TRAIN_NET = str(ROOT / "tools" / "train_net.py")
 TINY_CONFIG = "tiny_shapes.yaml"
 
 
-def _load_train_net():
-    spec = importlib.util.spec_from_file_location("train_net", TRAIN_NET)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_net = _load_train_net()
+train_net = load_tool("train_net")
 
 
 @pytest.fixture(autouse=True)
-def _one_thread_and_close_log_files():
-    # Subprocesses run with OMP_NUM_THREADS=1; in-process runs must reduce floats in
-    # the same order for bitwise comparisons, so they use one thread as well.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _close_log_files():
+    # (Subprocesses run with OMP_NUM_THREADS=1; in-process runs reduce floats in the
+    # same order for bitwise comparisons because conftest.py gives them one thread.)
     yield
-    torch.set_num_threads(threads)
     root = logging.getLogger("detectron_res")
     for h in list(root.handlers):
         if getattr(h, "_detectron_res", False):

@@ -4,7 +4,6 @@ The references are torchvision's own models (same logits after conversion), a
 Detectron-format pickle written here with Caffe2 blob names, and hand-made
 malicious files that must be refused.
 """
-import importlib.util
 import os
 import pickle
 import urllib.error
@@ -27,16 +26,7 @@ from detectron_res.weights import (
     load_imagenet_weights,
     load_into,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    """One intra-op thread: on the 2 shared CPU cores, OpenMP threads waiting for
-    each other make the forward passes here up to 10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from helpers import load_tool
 
 
 def randomize_torchvision_bn(model, seed=0):
@@ -395,11 +385,7 @@ def test_saved_weights_round_trip_with_their_settings(tmp_path, r50_blobs):
 
 
 def test_convert_weights_tool(tmp_path, capsys):
-    path = Path(__file__).resolve().parent.parent / "tools" / "convert_weights.py"
-    spec = importlib.util.spec_from_file_location("_tool_convert_weights", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    main = tool.main
+    main = load_tool("convert_weights").main
 
     src = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), src)
@@ -485,11 +471,7 @@ def to_detectron2_detector(state_dict):
 
 
 def _convert_tool():
-    path = Path(__file__).resolve().parent.parent / "tools" / "convert_weights.py"
-    spec = importlib.util.spec_from_file_location("_tool_convert_weights_d2", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool.main
+    return load_tool("convert_weights").main
 
 
 @pytest.mark.parametrize("container", ["pkl", "pth"])
