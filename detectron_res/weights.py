@@ -76,6 +76,7 @@ __all__ = [
     "load_imagenet_weights",
     "load_into",
     "key_table",
+    "torchvision_resnet_key",
     "resolve_weights_uri",
     "infer_arch",
     "is_detectron2_detector",
@@ -229,6 +230,23 @@ def _torchvision_conv_names(conv: str) -> Tuple[str, str]:
         return f"{prefix}.downsample.0.weight", f"{prefix}.downsample.1"
     index = layer[len("conv"):]
     return f"{prefix}.conv{index}.weight", f"{prefix}.bn{index}"
+
+
+def torchvision_resnet_key(key: str) -> str:
+    """A ResNet tensor's canonical name -> torchvision's name for it.
+
+    ``stem.conv1.weight`` -> ``conv1.weight``, ``res3.1.conv2.norm.running_var`` ->
+    ``layer2.1.bn2.running_var``, ``res4.0.shortcut.norm.bias`` ->
+    ``layer3.0.downsample.1.bias`` (the same table :func:`key_table` reads files by;
+    the speed benchmark copies a detector's trunk and res5 into torchvision's with it).
+    """
+    conv, norm, leaf = key.partition(".norm.")
+    if not norm:
+        conv, _, leaf = key.rpartition(".")
+        if leaf not in ("weight", "bias"):  # a bias where a frozen BN was folded into the conv
+            raise KeyError(f"no torchvision name for {key!r}: expected <conv>.weight|bias or <conv>.norm.<tensor>")
+    weight, bn = _torchvision_conv_names(conv)
+    return f"{bn}.{leaf}" if norm else f"{weight[: -len('weight')]}{leaf}"
 
 
 def _msra_conv_names(conv: str) -> Tuple[str, str]:
