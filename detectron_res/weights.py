@@ -65,6 +65,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .engine.checkpoint import LoadReport
 from .modeling.backbone.resnet import BottleneckBlock
 from .outputs import atomic_write
 
@@ -1056,42 +1057,6 @@ def detectron2_detector_checkpoint(
 # ----------------------------------------------------------------------------
 # Loading into a model
 # ----------------------------------------------------------------------------
-@dataclass
-class LoadReport:
-    """What :func:`load_into` did with every key.
-
-    Attributes:
-        loaded: model keys that received a tensor.
-        missing: model keys (under the prefix map's targets) the weights did not fill.
-        unexpected: weights keys that were not loaded (no prefix matched, or no
-            such key in the model).
-        shape_mismatch: ``(weights key, model key, weights shape, model shape)``
-            for tensors that were not loaded because the shapes differ.
-        ignored: model BN ``num_batches_tracked`` counters, which weights never fill.
-    """
-
-    loaded: List[str] = field(default_factory=list)
-    missing: List[str] = field(default_factory=list)
-    unexpected: List[str] = field(default_factory=list)
-    shape_mismatch: List[Tuple[str, str, tuple, tuple]] = field(default_factory=list)
-    ignored: List[str] = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        """True when nothing is missing, unexpected or mismatched."""
-        return not (self.missing or self.unexpected or self.shape_mismatch)
-
-    def summary(self) -> str:
-        lines = [f"loaded {len(self.loaded)} tensors"]
-        if self.missing:
-            lines.append(f"  missing in weights ({len(self.missing)}): {', '.join(self.missing)}")
-        if self.unexpected:
-            lines.append(f"  not loaded from weights ({len(self.unexpected)}): {', '.join(self.unexpected)}")
-        for wk, mk, ws, ms in self.shape_mismatch:
-            lines.append(f"  shape mismatch: {wk} {tuple(ws)} vs model {mk} {tuple(ms)}")
-        return "\n".join(lines)
-
-
 def _map_key(key: str, prefix_map: Optional[Mapping[str, str]]) -> Optional[str]:
     if prefix_map is None:
         return key
