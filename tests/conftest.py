@@ -44,7 +44,9 @@ def restore_package_logger():
 
     ``launch.setup_logging`` gives the logger its own handlers and stops propagation
     (so a training run does not print every line twice); left in place, that hides
-    later tests' records from pytest's ``caplog``.
+    later tests' records from pytest's ``caplog``, and its console handler writes to a
+    test's captured stream. Its handlers (marked ``_detectron_res``) go even when a
+    module-scoped fixture's run added them before the test; they hold log files open.
     """
     import logging
 
@@ -55,7 +57,7 @@ def restore_package_logger():
         yield
     finally:
         for handler in logger.handlers[:]:
-            if handler not in saved[0]:
+            if handler not in saved[0] or getattr(handler, "_detectron_res", False):
                 logger.removeHandler(handler)
                 handler.close()
         logger.propagate, logger.level = saved[1], saved[2]

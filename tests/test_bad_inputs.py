@@ -14,7 +14,6 @@ of the corpus, completed by ``make_bad.py`` (the bomb image, checkpoints, weight
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shutil
@@ -61,20 +60,6 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tools():
     return {name: _load_tool(name) for name in TOOLS}
-
-
-@pytest.fixture(autouse=True)
-def _no_stale_log_handlers():
-    root = logging.getLogger("detectron_res")
-    propagate, level = root.propagate, root.level
-    yield
-    # train_net's console handler writes to the stream captured for this case, and
-    # setup_logging stops propagation (which would hide later tests' records from caplog).
-    for h in list(root.handlers):
-        if getattr(h, "_detectron_res", False):
-            root.removeHandler(h)
-            h.close()
-    root.propagate, root.level = propagate, level
 
 
 def _argv(case: dict, out: Path) -> list:

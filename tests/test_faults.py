@@ -7,7 +7,6 @@ Exit statuses of tools/train_net.py checked here: 5 = stopped by SIGTERM/SIGUSR1
 """
 import errno
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -41,16 +40,6 @@ FAULT_INJECT = ROOT / "tools" / "fault_inject.py"
 
 train_net = load_tool("train_net", "train_net_for_faults")
 fault_inject = load_tool("fault_inject", "fault_inject")
-
-
-@pytest.fixture(autouse=True)
-def _close_log_files():
-    yield
-    root = logging.getLogger("detectron_res")
-    for h in list(root.handlers):
-        if getattr(h, "_detectron_res", False):
-            root.removeHandler(h)
-            h.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@
   the re-initialized layers; --eval-only; SIGTERM; user errors.
 """
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -35,18 +34,6 @@ TINY_CONFIG = "tiny_shapes.yaml"
 
 
 train_net = load_tool("train_net")
-
-
-@pytest.fixture(autouse=True)
-def _close_log_files():
-    # (Subprocesses run with OMP_NUM_THREADS=1; in-process runs reduce floats in the
-    # same order for bitwise comparisons because conftest.py gives them one thread.)
-    yield
-    root = logging.getLogger("detectron_res")
-    for h in list(root.handlers):
-        if getattr(h, "_detectron_res", False):
-            root.removeHandler(h)
-            h.close()
 
 
 def main_in_process(args, data_root, monkeypatch, capsys):

@@ -68,17 +68,6 @@ from helpers import make_tiny_checkpoint
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def _close_log_files():
-    yield
-    # train_net / train_classifier attach file handlers to the package logger.
-    root = logging.getLogger("detectron_res")
-    for h in list(root.handlers):
-        if getattr(h, "_detectron_res", False):
-            root.removeHandler(h)
-            h.close()
-
-
 # ----------------------------------------------------------------------------- payloads
 class RunsCode:
     """Unpickling this object runs ``touch MARKER`` (``__reduce__`` -> ``os.system``)."""
