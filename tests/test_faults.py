@@ -30,7 +30,7 @@ from detectron_res.engine.checkpoint import (
 )
 from signal_helpers import SignalBeforeIteration, signal_test_loaders
 from detectron_res.exit_status import EXIT_OUTPUT_ERROR, EXIT_STOPPED_BY_SIGNAL
-from two_ranks import start_two_ranks, stop_ranks, wait_until_training
+from two_ranks import signal_rank_one_and_wait, start_two_ranks
 from helpers import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -535,14 +535,7 @@ def test_hung_rank_makes_the_other_exit_within_the_timeout(tmp_path, data_root):
     out = tmp_path / "hung"
     procs = start_two_ranks(TRAIN_NET, tiny_args(out, "solver.max_iter=100000", f"dist.timeout_s={timeout_s}"),
                             data_root=data_root, cwd=ROOT)
-    try:
-        wait_until_training(out, procs)
-        procs[1].send_signal(signal.SIGSTOP)
-        start = time.time()
-        _, err = procs[0].communicate(timeout=120)
-        waited = time.time() - start
-    finally:
-        stop_ranks(procs)
+    err, waited = signal_rank_one_and_wait(procs, out, signal.SIGSTOP)
     assert procs[0].returncode == 4, err[-2000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: rank 0/2:") and "another rank probably died or hung" in last, last

@@ -23,7 +23,7 @@ import torch
 
 from detectron_res.data.shapes import generate_shapes_dataset
 from detectron_res.engine.checkpoint import find_last_checkpoint, load_checkpoint
-from two_ranks import start_two_ranks, stop_ranks, wait_until_training
+from two_ranks import signal_rank_one_and_wait, start_two_ranks
 from helpers import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -291,14 +291,7 @@ def test_dead_rank_makes_the_other_exit_with_clear_error(tmp_path, data_root):
     out = tmp_path / "dead"
     procs = start_two_ranks(TRAIN_NET, shapes_args(out, "solver.max_iter=100000", "solver.ims_per_batch=2",
                                                    "dist.timeout_s=30"), data_root=data_root, cwd=ROOT)
-    try:
-        wait_until_training(out, procs)
-        procs[1].send_signal(signal.SIGKILL)
-        start = time.time()
-        _, err = procs[0].communicate(timeout=120)
-        waited = time.time() - start
-    finally:
-        stop_ranks(procs)
+    err, waited = signal_rank_one_and_wait(procs, out, signal.SIGKILL)
     assert procs[0].returncode == 4, err[-2000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: rank 0/2:") and "another rank probably died or hung" in last, last
