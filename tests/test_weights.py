@@ -23,6 +23,7 @@ from detectron_res.weights import (
     WeightsFormatError,
     WeightsMismatchError,
     key_table,
+    torchvision_resnet_key,
     load_imagenet_weights,
     load_into,
 )
@@ -580,3 +581,21 @@ def test_arch_inference_vgg_msra_and_failure(tmp_path):
     assert infer_arch(blobs, "msra") == ("resnet101", "bottleneck blocks per stage 3, 4, 23, 3")
     with pytest.raises(WeightsFormatError, match="pass --arch"):
         infer_arch({"layer1.0.conv1.weight": 0}, "torchvision")
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_torchvision_resnet_key_names_every_tensor_as_torchvision_does(depth):
+    """The reference is torchvision's own model: our ResNet's conv and norm tensors map
+    one to one onto its state_dict keys (fc and BN counters aside), shapes equal."""
+    with torch.device("meta"):
+        ours = ResNet(depth, stride_in_1x1=False, norm="BN", num_classes=1000).state_dict()
+        theirs = getattr(torchvision.models, f"resnet{depth}")().state_dict()
+    mapped = {torchvision_resnet_key(k): k for k in ours if not k.startswith("fc.") and "num_batches" not in k}
+    expected = {k for k in theirs if not k.startswith("fc.") and "num_batches" not in k}
+    assert set(mapped) == expected and len(mapped) == len(expected)
+    assert all(theirs[tv].shape == ours[k].shape for tv, k in mapped.items())
+    assert torchvision_resnet_key("res3.1.conv2.norm.running_var") == "layer2.1.bn2.running_var"
+    assert torchvision_resnet_key("res4.0.shortcut.weight") == "layer3.0.downsample.0.weight"
+    with pytest.raises(KeyError, match="res2.0.conv1.running_mean"):
+        torchvision_resnet_key("res2.0.conv1.running_mean")
+
