@@ -61,6 +61,7 @@ from detectron_res.precision import cpu_flags, cpu_native_bf16
 from detectron_res.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 from detectron_res.modeling.build import build_model
 from detectron_res.modeling.faster_rcnn import FasterRCNN
+from detectron_res.weights import torchvision_resnet_key
 
 __all__ = [
     "DetectorSpec",
@@ -95,8 +96,6 @@ __all__ = [
 # torchvision's ImageNet normalization on the 0..255 scale (its weights expect RGB).
 TORCHVISION_PIXEL_MEAN = (123.675, 116.28, 103.53)
 TORCHVISION_PIXEL_STD = (58.395, 57.12, 57.375)
-# torchvision's resnet stage names for ours: res2..res5 = layer1..layer4.
-_TV_LAYER = {"res2": "layer1", "res3": "layer2", "res4": "layer3", "res5": "layer4"}
 _TV_RESNETS = {
     18: torchvision.models.resnet18,
     34: torchvision.models.resnet34,
@@ -382,19 +381,13 @@ def build_torchvision_c4(spec: DetectorSpec, ours: Optional[FasterRCNN] = None) 
 
 def _torchvision_key(our_key: str) -> str:
     """Our parameter / buffer name -> torchvision's (see the module doc for the layout)."""
-    parts = our_key.split(".")
-    if parts[0] == "backbone" and parts[1] == "stem":
-        # backbone.stem.conv1.weight -> backbone.conv1.weight; stem.conv1.norm.X -> backbone.bn1.X
-        return "backbone.bn1." + parts[-1] if parts[3] == "norm" else "backbone.conv1." + parts[-1]
-    if (parts[0] == "backbone" and parts[1] in _TV_LAYER) or parts[:2] == ["roi_heads", "res5"]:
-        stage = parts[1]
-        prefix = f"backbone.{_TV_LAYER[stage]}" if parts[0] == "backbone" else "roi_heads.box_head.layer4"
-        block, conv = parts[2], parts[3]
-        is_norm = len(parts) > 5 and parts[4] == "norm"
-        if conv == "shortcut":
-            return f"{prefix}.{block}.downsample.{'1' if is_norm else '0'}.{parts[-1]}"
-        index = conv[len("conv"):]
-        return f"{prefix}.{block}.{'bn' if is_norm else 'conv'}{index}.{parts[-1]}"
+    # The trunk and res5 are ResNet layers under the library's canonical names:
+    # backbone.res3.1.conv2.weight -> backbone.layer2.1.conv2.weight, and res5 is
+    # torchvision's layer4 inside its box head.
+    if our_key.startswith(("backbone.stem.", "backbone.res")):
+        return "backbone." + torchvision_resnet_key(our_key[len("backbone."):])
+    if our_key.startswith("roi_heads.res5."):
+        return "roi_heads.box_head." + torchvision_resnet_key(our_key[len("roi_heads."):])
     rpn_head = {
         "rpn.head.conv": "rpn.head.conv.0.0",
         "rpn.head.objectness_logits": "rpn.head.cls_logits",
@@ -402,9 +395,9 @@ def _torchvision_key(our_key: str) -> str:
         "roi_heads.predictor.cls_score": "roi_heads.box_predictor.cls_score",
         "roi_heads.predictor.bbox_pred": "roi_heads.box_predictor.bbox_pred",
     }
-    module = ".".join(parts[:-1])
+    module, _, leaf = our_key.rpartition(".")
     if module in rpn_head:
-        return f"{rpn_head[module]}.{parts[-1]}"
+        return f"{rpn_head[module]}.{leaf}"
     raise KeyError(f"no torchvision name for our tensor {our_key!r}")
 
 

@@ -69,8 +69,8 @@ sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from detectron_res.analysis import count_c4_detector_macs as count_macs  # noqa: E402
 from detectron_res.engine.threads import CpuLoadMeter, available_cores, threads_for_load  # noqa: E402
 from detectron_res.precision import resolve_precision  # noqa: E402
 
@@ -262,47 +262,6 @@ class Budget:
 
 
 # --------------------------------------------------------------------------- helpers
-def count_macs(model: nn.Module, padded_hw: Tuple[int, int], num_rois: int) -> Dict[str, int]:
-    """Multiply-adds of one inference of our C4 detector on one image, by part.
-
-    Counted with ``FlopCounterMode`` on a copy of the model on the meta device
-    (nothing is computed): the trunk at the padded input size, the RPN head on
-    its output, and res5 + predictor on ``num_rois`` pooled RoIs. RoIAlign, NMS
-    and elementwise work are not counted (the ResNet paper's FLOPs are the
-    multiply-adds of convolutions and fully connected layers). Where the model
-    runs res5's first conv or its shortcut on the feature map before pooling
-    (``model.speed.res5_*_before_pool``, proposals on the map), ``res5`` counts
-    them on the map; ``before_pool_saving`` is what that saves.
-    """
-    meta = copy.deepcopy(model).to("meta")
-    heads = meta.roi_heads
-    counts: Dict[str, int] = {}
-
-    def measure(fn: Callable[[], Any]) -> Tuple[int, Any]:
-        counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:
-            out = fn()
-        return counter.get_total_flops() // 2, out
-
-    image = torch.empty(1, 3, *padded_hw, device="meta")
-    counts["trunk"], features = measure(lambda: meta.backbone(image)[meta.backbone_feature])
-    counts["rpn"], _ = measure(lambda: meta.rpn.head(features))
-    size = heads.pooler.output_size
-    pooled = torch.empty(num_rois, features.shape[1], size, size, device="meta")
-    counts["res5"], region = measure(lambda: heads.res5(pooled).mean(dim=(2, 3)))
-    counts["predictor"], _ = measure(lambda: heads.predictor(region))
-    saving = 0
-    for name in heads.convs_moved_before_pool:
-        # A 1x1 conv on the Hf x Wf map instead of on num_rois x S' x S' pooled positions (S' = bins it keeps).
-        conv = getattr(heads.res5[0], name)
-        kept = len(range(0, size, conv.stride[0]))
-        saving += conv.in_channels * conv.out_channels * (num_rois * kept * kept - features.shape[2] * features.shape[3])
-    counts["res5"] -= saving
-    counts["total"] = sum(counts.values())
-    counts["before_pool_saving"] = saving
-    return counts
-
-
 def padded_size(height: int, width: int, divisibility: int = 32) -> Tuple[int, int]:
     return (math.ceil(height / divisibility) * divisibility, math.ceil(width / divisibility) * divisibility)
 

@@ -21,13 +21,14 @@ whose post-processing (NMS) needs real tensors.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+import copy
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_parameters", "count_macs", "default_stages"]
+__all__ = ["count_parameters", "count_macs", "count_c4_detector_macs", "default_stages"]
 
 
 def default_stages(model: nn.Module) -> List[str]:
@@ -133,3 +134,45 @@ def count_macs(
         macs["other"] = other // 2
     macs["total"] = total // 2
     return macs
+
+
+def count_c4_detector_macs(model: nn.Module, padded_hw: Tuple[int, int], num_rois: int) -> Dict[str, int]:
+    """Multiply-adds of one inference of a C4 ``FasterRCNN`` on one image, by part.
+
+    :func:`count_macs` needs a real forward pass of a detector (its NMS needs real
+    tensors), where the number of RoIs is whatever the RPN kept. This counts each
+    part on a copy of the model on the meta device instead (nothing is computed),
+    for a chosen number of RoIs: the trunk at the padded input size
+    ``padded_hw = (H, W)``, the RPN head on its ``[1, C, H/16, W/16]`` output, and
+    res5 + predictor on ``num_rois`` pooled ``[C, S, S]`` RoIs. Where the model runs
+    res5's first conv or its shortcut on the feature map before pooling
+    (``model.speed.res5_*_before_pool``, ``roi_heads.convs_moved_before_pool``),
+    ``res5`` counts them on the map; ``before_pool_saving`` is what that saves.
+
+    Returns:
+        ``{"trunk", "rpn", "res5", "predictor", "total", "before_pool_saving"}``.
+    """
+    meta = copy.deepcopy(model).to("meta")
+    heads = meta.roi_heads
+    image = torch.empty(1, 3, *padded_hw, device="meta")
+    size = heads.pooler.output_size
+    with torch.no_grad():  # the parts' inputs: shapes only
+        features = meta.backbone(image)[meta.backbone_feature]
+        pooled = torch.empty(num_rois, features.shape[1], size, size, device="meta")
+        region = heads.res5(pooled).mean(dim=(2, 3))
+    counts = {
+        "trunk": count_macs(meta.backbone, image, stages=())["total"],
+        "rpn": count_macs(meta.rpn.head, features, stages=())["total"],
+        "res5": count_macs(heads.res5, pooled, stages=())["total"],
+        "predictor": count_macs(heads.predictor, region, stages=())["total"],
+    }
+    saving = 0
+    for name in heads.convs_moved_before_pool:
+        # A 1x1 conv on the Hf x Wf map instead of on num_rois x S' x S' pooled positions (S' = bins it keeps).
+        conv = getattr(heads.res5[0], name)
+        kept = len(range(0, size, conv.stride[0]))
+        saving += conv.in_channels * conv.out_channels * (num_rois * kept * kept - features.shape[2] * features.shape[3])
+    counts["res5"] -= saving
+    counts["total"] = sum(counts.values())
+    counts["before_pool_saving"] = saving
+    return counts

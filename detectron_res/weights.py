@@ -65,6 +65,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .engine.checkpoint import LoadReport
 from .modeling.backbone.resnet import BottleneckBlock
 from .outputs import atomic_write
 
@@ -76,6 +77,7 @@ __all__ = [
     "load_imagenet_weights",
     "load_into",
     "key_table",
+    "torchvision_resnet_key",
     "resolve_weights_uri",
     "infer_arch",
     "is_detectron2_detector",
@@ -229,6 +231,23 @@ def _torchvision_conv_names(conv: str) -> Tuple[str, str]:
         return f"{prefix}.downsample.0.weight", f"{prefix}.downsample.1"
     index = layer[len("conv"):]
     return f"{prefix}.conv{index}.weight", f"{prefix}.bn{index}"
+
+
+def torchvision_resnet_key(key: str) -> str:
+    """A ResNet tensor's canonical name -> torchvision's name for it.
+
+    ``stem.conv1.weight`` -> ``conv1.weight``, ``res3.1.conv2.norm.running_var`` ->
+    ``layer2.1.bn2.running_var``, ``res4.0.shortcut.norm.bias`` ->
+    ``layer3.0.downsample.1.bias`` (the same table :func:`key_table` reads files by;
+    the speed benchmark copies a detector's trunk and res5 into torchvision's with it).
+    """
+    conv, norm, leaf = key.partition(".norm.")
+    if not norm:
+        conv, _, leaf = key.rpartition(".")
+        if leaf not in ("weight", "bias"):  # a bias where a frozen BN was folded into the conv
+            raise KeyError(f"no torchvision name for {key!r}: expected <conv>.weight|bias or <conv>.norm.<tensor>")
+    weight, bn = _torchvision_conv_names(conv)
+    return f"{bn}.{leaf}" if norm else f"{weight[: -len('weight')]}{leaf}"
 
 
 def _msra_conv_names(conv: str) -> Tuple[str, str]:
@@ -1094,42 +1113,6 @@ def detectron2_detector_checkpoint(
 # ----------------------------------------------------------------------------
 # Loading into a model
 # ----------------------------------------------------------------------------
-@dataclass
-class LoadReport:
-    """What :func:`load_into` did with every key.
-
-    Attributes:
-        loaded: model keys that received a tensor.
-        missing: model keys (under the prefix map's targets) the weights did not fill.
-        unexpected: weights keys that were not loaded (no prefix matched, or no
-            such key in the model).
-        shape_mismatch: ``(weights key, model key, weights shape, model shape)``
-            for tensors that were not loaded because the shapes differ.
-        ignored: model BN ``num_batches_tracked`` counters, which weights never fill.
-    """
-
-    loaded: List[str] = field(default_factory=list)
-    missing: List[str] = field(default_factory=list)
-    unexpected: List[str] = field(default_factory=list)
-    shape_mismatch: List[Tuple[str, str, tuple, tuple]] = field(default_factory=list)
-    ignored: List[str] = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        """True when nothing is missing, unexpected or mismatched."""
-        return not (self.missing or self.unexpected or self.shape_mismatch)
-
-    def summary(self) -> str:
-        lines = [f"loaded {len(self.loaded)} tensors"]
-        if self.missing:
-            lines.append(f"  missing in weights ({len(self.missing)}): {', '.join(self.missing)}")
-        if self.unexpected:
-            lines.append(f"  not loaded from weights ({len(self.unexpected)}): {', '.join(self.unexpected)}")
-        for wk, mk, ws, ms in self.shape_mismatch:
-            lines.append(f"  shape mismatch: {wk} {tuple(ws)} vs model {mk} {tuple(ms)}")
-        return "\n".join(lines)
-
-
 def _map_key(key: str, prefix_map: Optional[Mapping[str, str]]) -> Optional[str]:
     if prefix_map is None:
         return key

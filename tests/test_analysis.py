@@ -4,7 +4,6 @@ References: Table 1 of the ResNet paper (multiply-adds at 224x224), PAPER_FACTS'
 torchvision v1.5 figure (4.1e9 for ResNet-50) and VGG-16 (15.3e9), hand-computed
 convolution costs, and torchvision's parameter counts.
 """
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,26 +15,9 @@ from torch import nn
 
 from detectron_res.analysis import count_macs, count_parameters, default_stages
 from detectron_res.modeling.backbone import VGG16, ResNet
+from helpers import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_tool(name):
-    """Import tools/<name>.py by path (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    """One intra-op thread: on the 2 shared CPU cores, OpenMP threads waiting for
-    each other make the forward passes here up to 10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def meta_classifier(depth, stride_in_1x1=True):

@@ -26,16 +26,6 @@ from detectron_res.modeling.backbone import (
 from detectron_res.modeling.backbone.resnet import ZeroPadShortcut
 
 # PAPER_FACTS: torchvision parameter counts (stride placement does not change them).
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    """One intra-op thread: on the 2 shared CPU cores, OpenMP threads waiting for
-    each other make the forward passes here up to 10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 TORCHVISION_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
 
 

@@ -14,8 +14,6 @@ of the corpus, completed by ``make_bad.py`` (the bomb image, checkpoints, weight
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 import os
 import re
 import shutil
@@ -25,8 +23,9 @@ import traceback
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
+from helpers import load_module
+from helpers import load_tool as _load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "fixtures" / "bad"
@@ -48,22 +47,12 @@ OUTPUT_ARGS = {
 _PROGRESS_BAR = re.compile(r"\d+%\|")
 
 
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses in the tool look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """A writable copy of the corpus plus its generated part."""
     root = tmp_path_factory.mktemp("bad") / "bad"
     shutil.copytree(CORPUS, root, ignore=shutil.ignore_patterns("generated", "__pycache__"))
-    spec = importlib.util.spec_from_file_location("make_bad", CORPUS / "make_bad.py")
-    make_bad = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_bad)
+    make_bad = load_module(CORPUS / "make_bad.py", "make_bad")
     make_bad.write_large(root, root)
     return root
 
@@ -71,23 +60,6 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tools():
     return {name: _load_tool(name) for name in TOOLS}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread_and_no_stale_log_handlers():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = logging.getLogger("detectron_res")
-    propagate, level = root.propagate, root.level
-    yield
-    torch.set_num_threads(threads)
-    # train_net's console handler writes to the stream captured for this case, and
-    # setup_logging stops propagation (which would hide later tests' records from caplog).
-    for h in list(root.handlers):
-        if getattr(h, "_detectron_res", False):
-            root.removeHandler(h)
-            h.close()
-    root.propagate, root.level = propagate, level
 
 
 def _argv(case: dict, out: Path) -> list:

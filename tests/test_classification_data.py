@@ -32,8 +32,6 @@ from detectron_res.classification.transforms import (
 from detectron_res.modeling.backbone import CifarResNet
 from detectron_res.weights import UnsafeWeightsError
 
-torch.set_num_threads(1)
-
 
 # ---------------------------------------------------------------------------
 # CIFAR-10, official python pickles

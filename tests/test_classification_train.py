@@ -7,7 +7,6 @@ Everything runs on tiny generated data: an ImageNet-layout folder of 3 classes
 official pickle format.
 """
 import copy
-import importlib.util
 import json
 import os
 import signal
@@ -44,16 +43,9 @@ from detectron_res.engine.launch import initialize_weights
 from detectron_res.modeling.build import build_model
 from detectron_res.weights import load_imagenet_weights
 from signal_helpers import SignalBeforeIteration
+from helpers import load_tool as _load_tool
 
-torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # A ResNet-18 at 1/8 width on 32x32 crops: a few CPU iterations per second.

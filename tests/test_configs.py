@@ -155,16 +155,6 @@ def test_table9_configs_turn_on_their_rows_options():
     assert list(load_config("coco_r101_table9.yaml").test.scales) == [200, 400, 600, 800, 1000]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small convolutions on a loaded 2-core machine run many times faster on one
-    # thread than on two (no OpenMP threads waiting for each other).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("datasets")

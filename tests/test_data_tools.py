@@ -1,6 +1,5 @@
 """tools/visualize_data.py and tools/make_shapes.py, on a tiny generated dataset."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,15 +11,9 @@ import pytest
 from detectron_res.data.catalog import get_dataset
 from detectron_res.data.image_io import read_image
 from detectron_res.data.transforms import get_resize_shape
+from helpers import load_tool as _load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture

@@ -134,6 +134,7 @@ def test_load_model_weights_reports_skipped_class_layers():
     assert torch.equal(dst.body.weight, src.body.weight)
     assert torch.equal(dst.cls_score.weight, fresh_cls)  # re-initialized, not copied
     skipped = {k for k, _, _ in report.skipped_shape}
+    assert [(k, a, b) for k, _, a, b in report.shape_mismatch] == report.skipped_shape
     assert skipped == {"cls_score.weight", "cls_score.bias", "bbox_pred.weight", "bbox_pred.bias"}
     assert report.unexpected == ["extra"] and report.missing == []
     text = report.summary()

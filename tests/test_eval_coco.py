@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import math
@@ -23,6 +22,7 @@ from detectron_res.evaluation.coco import (
     load_coco_gt,
     predictions_to_coco_results,
 )
+from helpers import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 CATEGORY_IDS = [3, 7, 11, 42]  # original ids, not contiguous
@@ -155,9 +155,7 @@ def test_identical_to_pycocotools_on_random_data(tmp_path, seed):
     # 3. the same dataset without an annotation file: ground truth built in memory
     assert_same_as_pycocotools(COCOEvaluator(make_dataset(records)).evaluate_predictions(preds), ev)
     # 4. tools/eval_coco.py
-    spec = importlib.util.spec_from_file_location("eval_coco", ROOT / "tools" / "eval_coco.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("eval_coco")
     with contextlib.redirect_stdout(io.StringIO()) as out:
         assert tool.main(["--gt", str(gt_path), "--results", str(res_path), "--json", str(tmp_path / "m.json")]) == 0
     assert "Average Precision" in out.getvalue() and "bee" in out.getvalue()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import re
@@ -14,6 +13,7 @@ import yaml
 
 from detectron_res.evaluation.paper_tables import PAPER_TABLE7, PAPER_TABLE8, collect_runs, format_tables
 from detectron_res.evaluation.report import write_metrics
+from helpers import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,9 +35,7 @@ def make_run(root: Path, name: str, *, backbone: str, depth: int = 101, test, tr
 
 
 def run_tool(argv):
-    spec = importlib.util.spec_from_file_location("reproduce_tables", ROOT / "tools" / "reproduce_tables.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("reproduce_tables")
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = tool.main(argv)

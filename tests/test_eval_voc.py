@@ -3,7 +3,6 @@ protocol text, comp4 round trips, the devkit tree and tools/eval_voc.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import tarfile
@@ -33,6 +32,7 @@ from detectron_res.evaluation.voc import (
     voc_eval_class_thresholds,
     write_comp4,
 )
+from helpers import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -675,13 +675,6 @@ def write_devkit_tree(tmp_path, image_ids, objects):
     for image_id in image_ids:
         write_xml(year_dir / "Annotations" / f"{image_id}.xml", objects.get(image_id, []))
     return tmp_path / "VOCdevkit"
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_devkit_tree_and_eval_voc_tool(tmp_path, capsys):

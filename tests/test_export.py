@@ -2,9 +2,7 @@
 the detections of the PyTorch model: same count, same labels, scores within 1e-4,
 boxes within 1e-3 relative (to the image size), on images of several sizes."""
 
-import importlib.util
 import json
-import sys
 import warnings
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_predictor import CLASS_NAMES, make_tiny_checkpoint, synthetic_image
+from helpers import CLASS_NAMES, load_tool, make_tiny_checkpoint, synthetic_image
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -22,14 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # (H, W): landscape, very wide (the longer side limit decides), a single pixel,
 # portrait, square, and a large photo-sized image resized down.
 SIZES = [(90, 120), (33, 200), (1, 1), (500, 300), (64, 64), (1200, 900)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _predictor(path, overrides=()):
@@ -124,16 +114,8 @@ def test_torchscript_matches_pytorch(tmp_path):
         _assert_same_detections(got, _reference(predictor.model, image), size, f"torchscript {size}")
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("export_tool", ROOT / "tools" / "export.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_export_command_line(tmp_path, capsys):
-    tool = _load_tool()
+    tool = load_tool("export")
     weights = make_tiny_checkpoint(tmp_path / "model_final.pth")
     images = tmp_path / "images"
     images.mkdir()
@@ -183,9 +165,7 @@ def trained_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("export_data")
     generate_shapes_dataset(str(root / "shapes"), num_train=8, num_val=6, image_size=(64, 96), seed=5)
-    spec = importlib.util.spec_from_file_location("train_net_for_export", ROOT / "tools" / "train_net.py")
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+    train_net = load_tool("train_net")
     out = tmp_path_factory.mktemp("export_run")
     mp = pytest.MonkeyPatch()
     mp.setenv("DETECTRON_RES_DATASETS", str(root))
@@ -245,7 +225,7 @@ def test_export_check_compares_real_detections_and_catches_a_changed_weight(trai
                                                                             capsys):
     run, data_root = trained_run
     monkeypatch.setenv("DETECTRON_RES_DATASETS", str(data_root))
-    tool = _load_tool()
+    tool = load_tool("export")
     exported = tmp_path / ("model.onnx" if fmt == "onnx" else "model.pt")
     code = tool.main(["--weights", str(run / "model_final.pth"), "--format", fmt, "--output", str(exported)])
     out, err = capsys.readouterr()
@@ -281,7 +261,7 @@ def test_export_check_without_detections_is_not_verified(trained_run, tmp_path, 
     blank = tmp_path / "blank"
     blank.mkdir()
     cv2.imwrite(str(blank / "black.png"), np.zeros((64, 96, 3), np.uint8))
-    tool = _load_tool()
+    tool = load_tool("export")
     # The score threshold at 0.999: nothing passes it on a black image.
     args = ["model.roi_heads.score_thresh_test=0.999", "--weights", str(run / "model_final.pth"), "--format",
             "torchscript", "--check-images", str(blank)]
@@ -303,7 +283,7 @@ def test_export_check_without_detections_is_not_verified(trained_run, tmp_path, 
 def test_export_refuses_to_overwrite(tmp_path, capsys):
     """--output equal to --weights (or a link to it) is refused, the checkpoint intact;
     an existing export is replaced only with --overwrite."""
-    tool = _load_tool()
+    tool = load_tool("export")
     weights = make_tiny_checkpoint(tmp_path / "model_final.pth")
     original = weights.read_bytes()
     (tmp_path / "link.onnx").symlink_to(weights)

@@ -6,9 +6,7 @@ Exit statuses of tools/train_net.py checked here: 5 = stopped by SIGTERM/SIGUSR1
 6 = an output could not be written, 4 = another rank died or hung.
 """
 import errno
-import importlib.util
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -32,36 +30,16 @@ from detectron_res.engine.checkpoint import (
 )
 from signal_helpers import SignalBeforeIteration, signal_test_loaders
 from detectron_res.exit_status import EXIT_OUTPUT_ERROR, EXIT_STOPPED_BY_SIGNAL
-from two_ranks import start_two_ranks, stop_ranks, wait_until_training
+from two_ranks import signal_rank_one_and_wait, start_two_ranks
+from helpers import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_NET = ROOT / "tools" / "train_net.py"
 FAULT_INJECT = ROOT / "tools" / "fault_inject.py"
 
 
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-train_net = _load("train_net_for_faults", TRAIN_NET)
-fault_inject = _load("fault_inject", FAULT_INJECT)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread_and_close_log_files():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    root = logging.getLogger("detectron_res")
-    for h in list(root.handlers):
-        if getattr(h, "_detectron_res", False):
-            root.removeHandler(h)
-            h.close()
+train_net = load_tool("train_net", "train_net_for_faults")
+fault_inject = load_tool("fault_inject", "fault_inject")
 
 
 @pytest.fixture(scope="module")
@@ -557,14 +535,7 @@ def test_hung_rank_makes_the_other_exit_within_the_timeout(tmp_path, data_root):
     out = tmp_path / "hung"
     procs = start_two_ranks(TRAIN_NET, tiny_args(out, "solver.max_iter=100000", f"dist.timeout_s={timeout_s}"),
                             data_root=data_root, cwd=ROOT)
-    try:
-        wait_until_training(out, procs)
-        procs[1].send_signal(signal.SIGSTOP)
-        start = time.time()
-        _, err = procs[0].communicate(timeout=120)
-        waited = time.time() - start
-    finally:
-        stop_ranks(procs)
+    err, waited = signal_rank_one_and_wait(procs, out, signal.SIGSTOP)
     assert procs[0].returncode == 4, err[-2000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: rank 0/2:") and "another rank probably died or hung" in last, last

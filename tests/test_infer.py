@@ -1,11 +1,10 @@
 """Command-line tests of tools/infer.py: every input kind, broken files, model discovery.
 
 Inputs are generated in a temporary folder; the model is the tiny random
-detector of test_predictor.py. References: the model called directly on pixels
+detector of helpers.py. References: the model called directly on pixels
 decoded independently (OpenCV / Pillow), and the files' known sizes.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,29 +18,13 @@ import torch
 from PIL import Image
 
 from detectron_res.visualize import MIN_DRAWN_SIDE
-from test_predictor import CLASS_NAMES, make_tiny_checkpoint, reference_detections, synthetic_image
+from helpers import CLASS_NAMES, load_tool, make_tiny_checkpoint, reference_detections, synthetic_image
 
 ROOT = Path(__file__).resolve().parent.parent
 INFER = ROOT / "tools" / "infer.py"
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("infer_tool", INFER)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-infer = _load_tool()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+infer = load_tool("infer")
 
 
 @pytest.fixture(scope="module")

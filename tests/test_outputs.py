@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -32,24 +31,9 @@ from detectron_res.outputs import (
     check_run_dir,
     previous_run_files,
 )
+from helpers import load_tool as _load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"outputs_tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

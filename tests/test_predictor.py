@@ -14,83 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from detectron_res.config import config_to_dict, load_config
-from detectron_res.engine.checkpoint import save_checkpoint
 from detectron_res.modeling.build import build_model
-
-# Tiny model: ResNet-18 at 1/8 width, test images resized to 64..96 pixels.
-TINY_OVERRIDES = [
-    "model.backbone.depth=18",
-    "model.backbone.base_channels=8",
-    "model.roi_heads.num_classes=3",
-    "input.min_size_test=64",
-    "input.max_size_test=96",
-    "model.rpn.pre_nms_topk_test=300",
-    "model.rpn.post_nms_topk_test=50",
-]
-CLASS_NAMES = ["cat", "dog", "car"]
-
-
-def make_tiny_checkpoint(path, overrides=(), class_names=CLASS_NAMES, seed=0):
-    """Save a randomly initialized tiny detector in the engine's checkpoint format.
-
-    The classifier gets a random bias and slightly larger weights than its
-    initialization so that scores are spread out (no exact ties, which would make
-    orderings implementation-defined) and some exceed 0.5.
-    """
-    cfg = load_config(None, TINY_OVERRIDES + list(overrides))
-    torch.manual_seed(seed)
-    model = build_model(cfg)
-    with torch.no_grad():
-        torch.nn.init.normal_(model.roi_heads.predictor.cls_score.weight, std=0.001)
-        torch.nn.init.normal_(model.roi_heads.predictor.cls_score.bias, std=0.3)
-    state = {
-        "model": model.state_dict(),
-        "config": config_to_dict(cfg),
-        "class_names": list(class_names),
-        "category_ids": list(range(1, len(class_names) + 1)),
-        "input": {
-            "format": cfg.model.input_format,
-            "pixel_mean": list(cfg.model.pixel_mean),
-            "pixel_std": list(cfg.model.pixel_std),
-        },
-        "iteration": 0,
-    }
-    save_checkpoint(state, path)
-    return Path(path)
-
-
-def synthetic_image(height, width, seed=0):
-    """A smooth gradient with a few filled rectangles: image-like, deterministic, BGR uint8."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    image = np.stack([60 + 120 * xx / max(width, 1), 80 + 100 * yy / max(height, 1), np.full_like(xx, 140.0)], axis=2)
-    for _ in range(3):
-        x1, y1 = rng.integers(0, max(width - 1, 1)), rng.integers(0, max(height - 1, 1))
-        x2 = min(width, x1 + rng.integers(max(width // 6, 1), max(width // 2, 2)))
-        y2 = min(height, y1 + rng.integers(max(height // 6, 1), max(height // 2, 2)))
-        image[y1:y2, x1:x2] = rng.integers(0, 255, 3)
-    image += rng.normal(0, 6, image.shape)
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
-def reference_detections(model, image_in_model_order, score_thresh):
-    """The model called directly: boxes, scores, labels with score >= score_thresh."""
-    with torch.no_grad():
-        out = model([torch.from_numpy(np.ascontiguousarray(image_in_model_order)).permute(2, 0, 1).float()])[0]
-    keep = out["scores"] >= score_thresh
-    return out["boxes"][keep].numpy(), out["scores"][keep].numpy(), out["labels"][keep].numpy()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tiny model is dominated by per-op overhead: one thread is as fast and
-    # does not fight the other test processes for the machine's two cores.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
+from helpers import CLASS_NAMES, make_tiny_checkpoint, reference_detections, synthetic_image
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):

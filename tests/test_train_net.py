@@ -8,9 +8,7 @@
 * fine-tuning a checkpoint on a dataset with another number of classes reports
   the re-initialized layers; --eval-only; SIGTERM; user errors.
 """
-import importlib.util
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -25,7 +23,8 @@ import torch
 
 from detectron_res.data.shapes import generate_shapes_dataset
 from detectron_res.engine.checkpoint import find_last_checkpoint, load_checkpoint
-from two_ranks import start_two_ranks, stop_ranks, wait_until_training
+from two_ranks import signal_rank_one_and_wait, start_two_ranks
+from helpers import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_NET = str(ROOT / "tools" / "train_net.py")
@@ -34,29 +33,7 @@ TRAIN_NET = str(ROOT / "tools" / "train_net.py")
 TINY_CONFIG = "tiny_shapes.yaml"
 
 
-def _load_train_net():
-    spec = importlib.util.spec_from_file_location("train_net", TRAIN_NET)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_net = _load_train_net()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread_and_close_log_files():
-    # Subprocesses run with OMP_NUM_THREADS=1; in-process runs must reduce floats in
-    # the same order for bitwise comparisons, so they use one thread as well.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    root = logging.getLogger("detectron_res")
-    for h in list(root.handlers):
-        if getattr(h, "_detectron_res", False):
-            root.removeHandler(h)
-            h.close()
+train_net = load_tool("train_net")
 
 
 def main_in_process(args, data_root, monkeypatch, capsys):
@@ -314,14 +291,7 @@ def test_dead_rank_makes_the_other_exit_with_clear_error(tmp_path, data_root):
     out = tmp_path / "dead"
     procs = start_two_ranks(TRAIN_NET, shapes_args(out, "solver.max_iter=100000", "solver.ims_per_batch=2",
                                                    "dist.timeout_s=30"), data_root=data_root, cwd=ROOT)
-    try:
-        wait_until_training(out, procs)
-        procs[1].send_signal(signal.SIGKILL)
-        start = time.time()
-        _, err = procs[0].communicate(timeout=120)
-        waited = time.time() - start
-    finally:
-        stop_ranks(procs)
+    err, waited = signal_rank_one_and_wait(procs, out, signal.SIGKILL)
     assert procs[0].returncode == 4, err[-2000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: rank 0/2:") and "another rank probably died or hung" in last, last

@@ -39,14 +39,12 @@ names percent-encoded into one path component (``../x`` -> ``..%2Fx``);
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import logging
 import os
 import pickle
 import re
 import shlex
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -64,30 +62,10 @@ from detectron_res.classification.datasets import read_cifar10_batch
 from detectron_res.engine.checkpoint import CheckpointError, Checkpointer, is_detector_checkpoint, load_checkpoint
 from detectron_res.engine.hooks import BestCheckpointer
 from detectron_res.weights import RestrictedUnpickler, UnsafeWeightsError, load_imagenet_weights
+from helpers import load_tool as _load_tool
+from helpers import make_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"untrusted_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(autouse=True)
-def _one_thread_and_close_log_files():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    # train_net / train_classifier attach file handlers to the package logger.
-    root = logging.getLogger("detectron_res")
-    for h in list(root.handlers):
-        if getattr(h, "_detectron_res", False):
-            root.removeHandler(h)
-            h.close()
 
 
 # ----------------------------------------------------------------------------- payloads
@@ -540,8 +518,6 @@ def _files_under(root: Path) -> set:
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    from test_predictor import make_tiny_checkpoint
-
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "model_final.pth")
 
 

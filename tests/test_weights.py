@@ -4,7 +4,6 @@ The references are torchvision's own models (same logits after conversion), a
 Detectron-format pickle written here with Caffe2 blob names, and hand-made
 malicious files that must be refused.
 """
-import importlib.util
 import os
 import pickle
 import urllib.error
@@ -24,19 +23,11 @@ from detectron_res.weights import (
     WeightsFormatError,
     WeightsMismatchError,
     key_table,
+    torchvision_resnet_key,
     load_imagenet_weights,
     load_into,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    """One intra-op thread: on the 2 shared CPU cores, OpenMP threads waiting for
-    each other make the forward passes here up to 10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from helpers import load_tool
 
 
 def randomize_torchvision_bn(model, seed=0):
@@ -395,11 +386,7 @@ def test_saved_weights_round_trip_with_their_settings(tmp_path, r50_blobs):
 
 
 def test_convert_weights_tool(tmp_path, capsys):
-    path = Path(__file__).resolve().parent.parent / "tools" / "convert_weights.py"
-    spec = importlib.util.spec_from_file_location("_tool_convert_weights", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    main = tool.main
+    main = load_tool("convert_weights").main
 
     src = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), src)
@@ -485,11 +472,7 @@ def to_detectron2_detector(state_dict):
 
 
 def _convert_tool():
-    path = Path(__file__).resolve().parent.parent / "tools" / "convert_weights.py"
-    spec = importlib.util.spec_from_file_location("_tool_convert_weights_d2", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool.main
+    return load_tool("convert_weights").main
 
 
 @pytest.mark.parametrize("container", ["pkl", "pth"])
@@ -598,3 +581,21 @@ def test_arch_inference_vgg_msra_and_failure(tmp_path):
     assert infer_arch(blobs, "msra") == ("resnet101", "bottleneck blocks per stage 3, 4, 23, 3")
     with pytest.raises(WeightsFormatError, match="pass --arch"):
         infer_arch({"layer1.0.conv1.weight": 0}, "torchvision")
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_torchvision_resnet_key_names_every_tensor_as_torchvision_does(depth):
+    """The reference is torchvision's own model: our ResNet's conv and norm tensors map
+    one to one onto its state_dict keys (fc and BN counters aside), shapes equal."""
+    with torch.device("meta"):
+        ours = ResNet(depth, stride_in_1x1=False, norm="BN", num_classes=1000).state_dict()
+        theirs = getattr(torchvision.models, f"resnet{depth}")().state_dict()
+    mapped = {torchvision_resnet_key(k): k for k in ours if not k.startswith("fc.") and "num_batches" not in k}
+    expected = {k for k in theirs if not k.startswith("fc.") and "num_batches" not in k}
+    assert set(mapped) == expected and len(mapped) == len(expected)
+    assert all(theirs[tv].shape == ours[k].shape for tv, k in mapped.items())
+    assert torchvision_resnet_key("res3.1.conv2.norm.running_var") == "layer2.1.bn2.running_var"
+    assert torchvision_resnet_key("res4.0.shortcut.weight") == "layer3.0.downsample.0.weight"
+    with pytest.raises(KeyError, match="res2.0.conv1.running_mean"):
+        torchvision_resnet_key("res2.0.conv1.running_mean")
+

@@ -49,3 +49,20 @@ def stop_ranks(procs):
             p.send_signal(signal.SIGCONT)
             p.kill()
             p.wait()
+
+
+def signal_rank_one_and_wait(procs, out, sig, timeout_s=120):
+    """Once training runs on both ranks, send ``sig`` to rank 1 and wait for rank 0 to exit.
+
+    Returns rank 0's stderr and the seconds from the signal to its exit; both
+    processes are gone afterwards (rank 0's exit status is ``procs[0].returncode``).
+    """
+    try:
+        wait_until_training(out, procs)
+        procs[1].send_signal(sig)
+        start = time.time()
+        _, err = procs[0].communicate(timeout=timeout_s)
+        waited = time.time() - start
+    finally:
+        stop_ranks(procs)
+    return err, waited

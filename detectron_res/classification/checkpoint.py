@@ -170,7 +170,7 @@ def initialize_classifier(model: ImageClassifier, source: str, cfg, *, strict: b
                 f"({len(missing)} weights missing, e.g. {missing[:1]}; {len(report.unexpected)} "
                 f"unexpected, e.g. {report.unexpected[:1]})"
             )
-        for key, ckpt_shape, model_shape in report.skipped_shape:
+        for _, key, ckpt_shape, model_shape in report.shape_mismatch:
             logger.info("%s: %s has shape %s in the checkpoint, %s here: re-initialized", path, key,
                         list(ckpt_shape), list(model_shape))
         return f"classifier checkpoint {path} (iteration {state.get('iteration')}, {len(report.loaded)} tensors)"

@@ -395,31 +395,48 @@ class Checkpointer:
 # ---------------------------------------------------------------------------
 @dataclass
 class LoadReport:
-    """What :func:`load_model_weights` did.
+    """What a weight loader did with every key: :func:`load_model_weights` (a
+    checkpoint's own names) and ``detectron_res.weights.load_into`` (ImageNet
+    weights, renamed by a prefix map) both return one.
 
     Attributes:
-        loaded: keys copied into the model.
-        skipped_shape: ``(key, checkpoint shape, model shape)`` for keys present in both
-            but with different shapes (the class-specific layers when the number of
-            classes differs); these keep their fresh initialization.
-        missing: model keys absent from the checkpoint (keep their initialization).
-        unexpected: checkpoint keys the model does not have (ignored).
+        loaded: model keys that received a tensor.
+        missing: model keys the checkpoint did not fill (they keep their initialization).
+        unexpected: checkpoint keys that were not loaded (no such key in the model,
+            or no prefix of ``load_into``'s map matched).
+        shape_mismatch: ``(checkpoint key, model key, checkpoint shape, model shape)``
+            for tensors present on both sides with different shapes (the
+            class-specific layers when the number of classes differs); the model's
+            keep their initialization.
+        ignored: model BN ``num_batches_tracked`` counters, which ImageNet weights never fill.
     """
 
     loaded: list[str] = field(default_factory=list)
-    skipped_shape: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    shape_mismatch: list[tuple[str, str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def skipped_shape(self) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+        """``(model key, checkpoint shape, model shape)`` of each :attr:`shape_mismatch`."""
+        return [(model_key, a, b) for _, model_key, a, b in self.shape_mismatch]
+
+    @property
+    def complete(self) -> bool:
+        """True when nothing is missing, unexpected or mismatched."""
+        return not (self.missing or self.unexpected or self.shape_mismatch)
 
     def summary(self) -> str:
         lines = [f"loaded {len(self.loaded)} tensors"]
-        if self.skipped_shape:
-            lines.append(f"skipped {len(self.skipped_shape)} with a different shape (re-initialized):")
-            lines += [f"  {k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in self.skipped_shape]
+        if self.shape_mismatch:
+            lines.append(f"skipped {len(self.shape_mismatch)} with a different shape (re-initialized):")
+            lines += [f"  {k}: checkpoint {list(a)} vs model {list(b)}" + (f" (model key {m})" if m != k else "")
+                      for k, m, a, b in self.shape_mismatch]
         if self.missing:
             lines.append(f"{len(self.missing)} model keys not in the checkpoint (initialized): " + ", ".join(self.missing))
         if self.unexpected:
-            lines.append(f"{len(self.unexpected)} checkpoint keys not in the model (ignored): " + ", ".join(self.unexpected))
+            lines.append(f"{len(self.unexpected)} checkpoint keys not loaded (ignored): " + ", ".join(self.unexpected))
         return "\n".join(lines)
 
 
@@ -462,7 +479,7 @@ def load_model_weights(
                 raise ValueError(
                     f"weight {key!r}: checkpoint shape {list(value.shape)} does not match model shape {list(own[key].shape)}"
                 )
-            report.skipped_shape.append((key, tuple(value.shape), tuple(own[key].shape)))
+            report.shape_mismatch.append((key, key, tuple(value.shape), tuple(own[key].shape)))
             continue
         to_load[key] = value
         report.loaded.append(key)

@@ -1,0 +1,109 @@
+"""Pieces several test files share: load a tool by its path, a tiny detector checkpoint.
+
+``tests/`` is on ``sys.path`` when pytest runs (rootdir-relative test modules), so
+test files write ``from helpers import load_tool, make_tiny_checkpoint``. The
+one-thread setting every test runs under is an autouse fixture in ``conftest.py``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+
+from detectron_res.config import config_to_dict, load_config
+from detectron_res.engine.checkpoint import save_checkpoint
+from detectron_res.modeling.build import build_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_module(path: str | Path, name: str) -> ModuleType:
+    """Execute the Python file ``path`` as a fresh module called ``name``.
+
+    The module is registered in ``sys.modules`` under ``name`` before it runs:
+    ``dataclasses`` look a class's module up there while creating the class.
+    """
+    spec = importlib.util.spec_from_file_location(name, Path(path))
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path} as a module: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_tool(name: str, module_name: str | None = None) -> ModuleType:
+    """Import ``tools/<name>.py`` by path (``tools/`` is not a package), as a fresh module.
+
+    ``module_name`` defaults to ``_tool_<name>``; give another one where two copies
+    of the same tool must coexist in ``sys.modules``.
+    """
+    return load_module(ROOT / "tools" / f"{name}.py", module_name or f"_tool_{name}")
+
+
+# Tiny model: ResNet-18 at 1/8 width, test images resized to 64..96 pixels.
+TINY_OVERRIDES = [
+    "model.backbone.depth=18",
+    "model.backbone.base_channels=8",
+    "model.roi_heads.num_classes=3",
+    "input.min_size_test=64",
+    "input.max_size_test=96",
+    "model.rpn.pre_nms_topk_test=300",
+    "model.rpn.post_nms_topk_test=50",
+]
+CLASS_NAMES = ["cat", "dog", "car"]
+
+
+def make_tiny_checkpoint(path, overrides=(), class_names=CLASS_NAMES, seed=0):
+    """Save a randomly initialized tiny detector in the engine's checkpoint format.
+
+    The classifier gets a random bias and slightly larger weights than its
+    initialization so that scores are spread out (no exact ties, which would make
+    orderings implementation-defined) and some exceed 0.5.
+    """
+    cfg = load_config(None, TINY_OVERRIDES + list(overrides))
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.roi_heads.predictor.cls_score.weight, std=0.001)
+        torch.nn.init.normal_(model.roi_heads.predictor.cls_score.bias, std=0.3)
+    state = {
+        "model": model.state_dict(),
+        "config": config_to_dict(cfg),
+        "class_names": list(class_names),
+        "category_ids": list(range(1, len(class_names) + 1)),
+        "input": {
+            "format": cfg.model.input_format,
+            "pixel_mean": list(cfg.model.pixel_mean),
+            "pixel_std": list(cfg.model.pixel_std),
+        },
+        "iteration": 0,
+    }
+    save_checkpoint(state, path)
+    return Path(path)
+
+
+def synthetic_image(height, width, seed=0):
+    """A smooth gradient with a few filled rectangles: image-like, deterministic, BGR uint8."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.stack([60 + 120 * xx / max(width, 1), 80 + 100 * yy / max(height, 1), np.full_like(xx, 140.0)], axis=2)
+    for _ in range(3):
+        x1, y1 = rng.integers(0, max(width - 1, 1)), rng.integers(0, max(height - 1, 1))
+        x2 = min(width, x1 + rng.integers(max(width // 6, 1), max(width // 2, 2)))
+        y2 = min(height, y1 + rng.integers(max(height // 6, 1), max(height // 2, 2)))
+        image[y1:y2, x1:x2] = rng.integers(0, 255, 3)
+    image += rng.normal(0, 6, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def reference_detections(model, image_in_model_order, score_thresh):
+    """The model called directly: boxes, scores, labels with score >= score_thresh."""
+    with torch.no_grad():
+        out = model([torch.from_numpy(np.ascontiguousarray(image_in_model_order)).permute(2, 0, 1).float()])[0]
+    keep = out["scores"] >= score_thresh
+    return out["boxes"][keep].numpy(), out["scores"][keep].numpy(), out["labels"][keep].numpy()
