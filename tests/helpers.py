@@ -13,6 +13,7 @@ from types import ModuleType
 
 import numpy as np
 import torch
+from torch import nn
 
 from detectron_res.config import config_to_dict, load_config
 from detectron_res.engine.checkpoint import save_checkpoint
@@ -107,3 +108,45 @@ def reference_detections(model, image_in_model_order, score_thresh):
         out = model([torch.from_numpy(np.ascontiguousarray(image_in_model_order)).permute(2, 0, 1).float()])[0]
     keep = out["scores"] >= score_thresh
     return out["boxes"][keep].numpy(), out["scores"][keep].numpy(), out["labels"][keep].numpy()
+
+
+# ---------------------------------------------------------------- a toy model for the training loop
+# The toy "detector" draws a random subset of its inputs every step (like RoI
+# sampling), so exact resume is only possible when the RNG state, the data position,
+# the optimizer momentum and the LR schedule are all restored.
+W_TRUE = torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+
+
+class ToyDetector(nn.Module):
+    def __init__(self, nan_at: int | None = None):
+        super().__init__()
+        self.lin = nn.Linear(4, 1)
+        self.norm = nn.BatchNorm1d(4)
+        self.nan_at = nan_at
+        self.calls = 0
+
+    def forward(self, batch):
+        x, y = batch
+        idx = torch.randperm(len(x))[:6]  # random sampling, as RoI heads do
+        pred = self.lin(self.norm(x[idx]))
+        loss_a = ((pred - y[idx]) ** 2).mean()
+        loss_b = 0.1 * self.lin.weight.abs().sum()
+        if self.nan_at is not None and self.calls == self.nan_at:
+            loss_a = loss_a * float("nan")
+        self.calls += 1
+        return {"loss_a": loss_a, "loss_b": loss_b}
+
+
+class ToyLoader:
+    """Infinite, resumable: batch ``i`` depends only on ``i``."""
+
+    def __init__(self, start_iter: int = 0):
+        self.start_iter = start_iter
+
+    def __iter__(self):
+        i = self.start_iter
+        while True:
+            g = torch.Generator().manual_seed(1000 + i)
+            x = torch.randn(8, 4, generator=g)
+            yield x, x @ W_TRUE + 0.01 * torch.randn(8, 1, generator=g)
+            i += 1

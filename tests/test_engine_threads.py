@@ -19,7 +19,7 @@ from detectron_res.config import ConfigError, load_config
 from detectron_res.engine.threads import ComputeThreads, CpuLoadMeter, threads_for_load
 from detectron_res.engine.trainer import Trainer
 
-from test_engine_trainer import ToyDetector, ToyLoader
+from helpers import ToyDetector, ToyLoader
 
 
 @pytest.mark.parametrize(

@@ -16,45 +16,8 @@ from detectron_res.engine.checkpoint import Checkpointer, find_last_checkpoint, 
 from detectron_res.engine.hooks import HookBase, default_hooks
 from detectron_res.engine.solver import WarmupMultiStepLR, build_optimizer
 from detectron_res.engine.trainer import NonFiniteLossError, Trainer
+from helpers import ToyDetector, ToyLoader
 from signal_helpers import SignalBeforeIteration
-
-W_TRUE = torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
-
-
-class ToyDetector(nn.Module):
-    def __init__(self, nan_at: int | None = None):
-        super().__init__()
-        self.lin = nn.Linear(4, 1)
-        self.norm = nn.BatchNorm1d(4)
-        self.nan_at = nan_at
-        self.calls = 0
-
-    def forward(self, batch):
-        x, y = batch
-        idx = torch.randperm(len(x))[:6]  # random sampling, as RoI heads do
-        pred = self.lin(self.norm(x[idx]))
-        loss_a = ((pred - y[idx]) ** 2).mean()
-        loss_b = 0.1 * self.lin.weight.abs().sum()
-        if self.nan_at is not None and self.calls == self.nan_at:
-            loss_a = loss_a * float("nan")
-        self.calls += 1
-        return {"loss_a": loss_a, "loss_b": loss_b}
-
-
-class ToyLoader:
-    """Infinite, resumable: batch ``i`` depends only on ``i``."""
-
-    def __init__(self, start_iter: int = 0):
-        self.start_iter = start_iter
-
-    def __iter__(self):
-        i = self.start_iter
-        while True:
-            g = torch.Generator().manual_seed(1000 + i)
-            x = torch.randn(8, 4, generator=g)
-            yield x, x @ W_TRUE + 0.01 * torch.randn(8, 1, generator=g)
-            i += 1
-
 
 def make_trainer(out, *, max_iter=10, resume=False, nan_at=None, period=3, extra_hooks=(), eval_fn=None,
                  best_metric="", clip=0.0, base_lr=0.05):

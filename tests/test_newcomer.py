@@ -11,10 +11,8 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
-import sys
 from pathlib import Path
 
 import cv2
@@ -23,17 +21,14 @@ import pytest
 from PIL import Image
 
 from detectron_res.visualize import MIN_DRAWN_SIDE, draw_detections
-from test_predictor import make_tiny_checkpoint, synthetic_image
+from helpers import make_tiny_checkpoint, synthetic_image
+from helpers import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"newcomer_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool(name, f"newcomer_{name}")
 
 
 # ----------------------------------------------------------------------------- infer --recursive

@@ -17,15 +17,7 @@ from detectron_res.config import ConfigError, load_config
 from detectron_res.modeling.build import build_model
 from detectron_res.precision import autocast, cpu_flags, cpu_native_bf16, resolve_precision
 
-from test_predictor import make_tiny_checkpoint, synthetic_image
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from helpers import make_tiny_checkpoint, synthetic_image
 
 
 # ---------------------------------------------------------------- auto-detection

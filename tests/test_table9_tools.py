@@ -1,6 +1,5 @@
 """Appendix B's options (Table 9) and flip testing through the tools: --eval-only (one
 process and two), the Predictor and tools/infer.py, all from config overrides."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,10 +9,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from detectron_res.data.shapes import generate_shapes_dataset
-from test_predictor import make_tiny_checkpoint, synthetic_image
+from helpers import load_module, load_tool, make_tiny_checkpoint, synthetic_image
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_NET = str(ROOT / "tools" / "train_net.py")
@@ -22,24 +20,8 @@ OPTIONS = ["model.roi_heads.box_refinement=true", "test.scales=[64,96,128]", "te
            "test.hflip=true"]
 
 
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-train_net = _load("train_net_table9", TRAIN_NET)
-infer = _load("infer_table9", ROOT / "tools" / "infer.py")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+train_net = load_tool("train_net", "train_net_table9")
+infer = load_tool("infer", "infer_table9")
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +113,7 @@ def test_predictor_and_infer_take_the_options_as_overrides(tmp_path, capsys):
 
 
 def test_cost_benchmark_runs_every_variant(trained, tmp_path, capsys):
-    bench = _load("table9_cost", ROOT / "benchmarks" / "table9_cost.py")
+    bench = load_module(ROOT / "benchmarks" / "table9_cost.py", "table9_cost")
     weights = str(trained / "train" / "model_final.pth")
     assert bench.main(["--weights", weights, "--scales", "64,96,128", "--target-size", "48", "--repeats", "1",
                        "--context-weights", weights, "--context-baseline", weights,

@@ -8,7 +8,6 @@ cover: ``--resume``, ``tools/export.py``, the Predictor, and the classifier's re
 """
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -19,17 +18,14 @@ import torch
 from detectron_res.data.shapes import SHAPES_CLASS_NAMES
 from detectron_res.engine.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_file, save_checkpoint
 from detectron_res.weights import WeightsFormatError, load_imagenet_weights
-from test_predictor import make_tiny_checkpoint
+from helpers import make_tiny_checkpoint
+from helpers import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"finite_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool(name, f"finite_{name}")
 
 
 @pytest.fixture(scope="module")
