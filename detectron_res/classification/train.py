@@ -181,11 +181,14 @@ def train_classifier(
     if overwrite and not resume and info.rank == 0:
         for p in remove_previous_run(output_dir):
             logger.info("--overwrite: deleted %s of the previous run", p)
+    completed = False
     try:
-        return _train(cfg, output_dir=output_dir, resume=resume, weights=weights, world=info.world_size,
-                      rank=info.rank, device=dev, config_source=config_source)
+        result = _train(cfg, output_dir=output_dir, resume=resume, weights=weights, world=info.world_size,
+                        rank=info.rank, device=dev, config_source=config_source)
+        completed = True
+        return result
     finally:
-        comm.destroy_distributed()
+        comm.destroy_distributed(wait_for_all=completed)
 
 
 def _train(cfg, *, output_dir: Path, resume: bool, weights: Optional[str], world: int, rank: int,
@@ -330,6 +333,7 @@ def evaluate_classifier_checkpoint(
                                   files=[Path("inference") / "evaluation.json"])
     info, dev = _init_process(cfg, device)
     setup_logging(output_dir, info.rank)
+    completed = False
     try:
         source = weights or str(cfg.model.weights)
         if not source:
@@ -360,6 +364,7 @@ def evaluate_classifier_checkpoint(
                        {"weights": source, "dataset": test_set.name, "num_images": len(test_set), "metrics": scalars},
                        indent=2)
             logger.info("Evaluation: %s", ", ".join(f"{k}={v:.2f}" for k, v in sorted(scalars.items())))
+        completed = True
         return {"scalars": scalars}
     finally:
-        comm.destroy_distributed()
+        comm.destroy_distributed(wait_for_all=completed)

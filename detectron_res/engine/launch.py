@@ -530,11 +530,14 @@ def train(
     if overwrite and not resume and dist_info.is_main:
         for p in remove_previous_run(output_dir):
             logger.info("--overwrite: deleted %s of the previous run", p)
+    completed = False
     try:
-        return _train(cfg, output_dir=output_dir, resume=resume, weights=weights, dist_info=dist_info, device=dev,
-                      config_source=config_source)
+        result = _train(cfg, output_dir=output_dir, resume=resume, weights=weights, dist_info=dist_info, device=dev,
+                        config_source=config_source)
+        completed = True
+        return result
     finally:
-        comm.destroy_distributed()
+        comm.destroy_distributed(wait_for_all=completed)
 
 
 def _train(cfg, *, output_dir: Path, resume: bool, weights: str | None, dist_info: DistInfo, device: torch.device,
@@ -749,6 +752,7 @@ def evaluate_checkpoint(
         for name in cfg.data.test])
     dist_info, dev = _init_process(cfg, device)
     setup_logging(output_dir, dist_info.rank)
+    completed = False
     try:
         source = weights or str(cfg.model.weights)
         # An explicit --weights file is evaluated or refused with its own error, never
@@ -797,6 +801,7 @@ def evaluate_checkpoint(
                       **results.get("scalars", {})}
             with open(output_dir / "metrics.json", "a") as f:
                 f.write(json.dumps(record) + "\n")
+        completed = True
         return results
     finally:
-        comm.destroy_distributed()
+        comm.destroy_distributed(wait_for_all=completed)
