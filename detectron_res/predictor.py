@@ -28,6 +28,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from .engine.distributed import resolve_device
 from .precision import autocast, resolve_precision
 
 logger = logging.getLogger(__name__)
@@ -152,32 +153,6 @@ def find_latest_checkpoint(roots: Optional[Sequence[Union[str, os.PathLike]]] = 
     return None
 
 
-def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
-    """``"auto"`` -> the first CUDA GPU if there is one, else the CPU.
-
-    Raises:
-        ValueError: an unknown device name, or CUDA requested where there is none.
-    """
-    text = str(device).strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(text)
-    except RuntimeError:
-        raise ValueError(f"device {device!r} is not valid; expected auto, cpu, cuda or cuda:N") from None
-    if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r} is not supported; expected auto, cpu, cuda or cuda:N")
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device {device!r} requested but no CUDA GPU is available (torch.cuda.is_available() is False); "
-                "use --device cpu or auto"
-            )
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA GPU(s) are visible"
-            )
-    return resolved
 
 
 # ----------------------------------------------------------------------------

@@ -31,7 +31,8 @@ from ..config import config_to_dict, save_config
 from ..engine import distributed as comm
 from ..engine.checkpoint import Checkpointer, find_last_checkpoint
 from ..engine.hooks import MetricsWriter, default_hooks
-from ..engine.launch import resolve_device, seed_everything, setup_logging, stop_report
+from ..engine.distributed import resolve_device
+from ..engine.launch import seed_everything, setup_logging, stop_report
 from ..evaluation.report import write_json
 from ..outputs import check_output_dir, check_run_dir, remove_previous_run
 from ..engine.solver import WarmupMultiStepLR, build_optimizer, warmup_multistep_factor
@@ -109,7 +110,7 @@ def _amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
 
 def _init_process(cfg, device_name: Optional[str]):
     local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
-    device = resolve_device(device_name or str(cfg.device), local_rank)
+    device = resolve_device(device_name or str(cfg.device) or "auto", local_rank)
     info = comm.init_distributed(device_type=device.type, backend=str(cfg.dist.backend),
                                  timeout_s=float(cfg.dist.timeout_s))
     return info, device

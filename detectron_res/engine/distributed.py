@@ -29,6 +29,8 @@ import logging
 import os
 from dataclasses import dataclass
 
+from typing import Optional, Union
+
 import torch
 import torch.distributed as dist
 
@@ -233,3 +235,36 @@ def destroy_distributed(*, wait_for_all: bool = False) -> None:
         if wait_for_all:
             synchronize()
         dist.destroy_process_group()
+
+
+def resolve_device(device: Union[str, torch.device] = "auto", local_rank: Optional[int] = None) -> torch.device:
+    """``"auto"`` -> the first CUDA GPU if there is one, else the CPU; ``"cuda"`` with a
+    ``local_rank`` (a process of a distributed run) -> ``cuda:<local rank>``.
+
+    The one device parser of training, evaluation and ``Predictor``.
+
+    Raises:
+        ValueError: an unknown device name, or CUDA requested where there is none.
+    """
+    text = str(device).strip().lower()
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"device {device!r} is not valid; expected auto, cpu, cuda or cuda:N") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported; expected auto, cpu, cuda or cuda:N")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {device!r} requested but no CUDA GPU is available (torch.cuda.is_available() is False); "
+                "use --device cpu or auto"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA GPU(s) are visible"
+            )
+    if resolved.type == "cuda" and resolved.index is None and local_rank is not None:
+        resolved = torch.device("cuda", local_rank)
+    return resolved

@@ -42,7 +42,7 @@ from .checkpoint import (
     load_checkpoint,
     load_model_weights,
 )
-from .distributed import DistInfo
+from .distributed import DistInfo, resolve_device
 from .hooks import EvalHook, PreemptionHandler, default_hooks
 from .signals import StoppableLoader, stop_signals_recorded
 from .solver import WarmupMultiStepLR, build_optimizer
@@ -86,20 +86,6 @@ def setup_logging(output_dir: str | os.PathLike | None, rank: int = 0) -> None:
         fh.setFormatter(fmt)
         fh._detectron_res = True  # type: ignore[attr-defined]
         root.addHandler(fh)
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` -> ``cuda:<local rank>``."""
-    name = str(name or "auto")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={name!r} but CUDA is not available here; use device=cpu (or --device cpu)")
-        return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
-    if name != "cpu":
-        raise ValueError(f"device={name!r}: expected auto, cpu, cuda or cuda:N")
-    return torch.device("cpu")
 
 
 def seed_everything(seed: int) -> None:
@@ -487,7 +473,7 @@ def _init_process(cfg, device_name: str | None) -> tuple[DistInfo, torch.device]
     if int(cfg.cpu_threads) > 0:
         torch.set_num_threads(int(cfg.cpu_threads))
     local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
-    device = resolve_device(device_name or str(cfg.device), local_rank)
+    device = resolve_device(device_name or str(cfg.device) or "auto", local_rank)
     dist_info = comm.init_distributed(device_type=device.type, backend=str(cfg.dist.backend),
                                       timeout_s=float(cfg.dist.timeout_s))
     return dist_info, device
