@@ -249,7 +249,7 @@ class TestConfig:
     proposal_scale: int = 0
     hflip: bool = False  # also detect on the mirrored image; merged by NMS and box voting
     # Evaluation (hook and --eval-only) precision: fp32, bf16 (autocast), or auto =
-    # bf16 on CUDA and on CPUs with native bf16 (detectron_res.precision).
+    # bf16 on CUDA GPUs with native bf16 (Ampere or later) and on CPUs with native bf16 (detectron_res.precision).
     precision: str = "auto"
 
 

@@ -126,11 +126,22 @@ def resolve_precision(
     if text != "auto":
         return Precision(text, f"{what}={text}")
     if device.type == "cuda":
-        return Precision("bf16", "auto: CUDA")
+        # Ampere and later compute bf16 natively; older GPUs (V100, T4) emulate it, slower than fp32.
+        if _cuda_bf16_supported(device):
+            return Precision("bf16", "auto: CUDA with native bf16")
+        return Precision("fp32", "auto: this CUDA GPU has no native bf16 (before Ampere)")
     flag = cpu_native_bf16(flags)
     if flag is not None:
         return Precision("bf16", f"auto: the CPU has {flag}")
     return Precision("fp32", f"auto: the CPU has no native bf16 ({' or '.join(NATIVE_BF16_FLAGS)})")
+
+
+def _cuda_bf16_supported(device: torch.device) -> bool:
+    """Whether the GPU computes bf16 natively (compute capability 8.0 or later)."""
+    if not torch.cuda.is_available():
+        return True  # nothing to run on anyway; resolve_device reports the missing GPU
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.cuda.get_device_capability(index) >= (8, 0)
 
 
 def autocast(name: str, device: Union[str, torch.device]) -> ContextManager:

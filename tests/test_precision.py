@@ -52,6 +52,15 @@ def test_auto_on_cuda_is_bf16_and_explicit_choices_are_kept():
         resolve_precision("fp16", "cpu", what="--precision")
 
 
+@pytest.mark.parametrize("capability,expected", [((7, 0), "fp32"), ((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_on_cuda_follows_the_gpus_native_bf16(monkeypatch, capability, expected):
+    """V100 (7.0) and T4 (7.5) emulate bf16, slower than fp32; A100 (8.0) and H100 (9.0) do not."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    chosen = resolve_precision("auto", torch.device("cuda", 0), flags=ZEN3)
+    assert chosen.name == expected
+
+
 def test_cpu_flags_reads_cpuinfo(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: Fake\nflags\t\t: fpu AVX2 avx512f avx512_bf16\n\n"

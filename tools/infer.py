@@ -602,8 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         default="auto",
         choices=("auto", "fp32", "bf16"),
-        help="network precision: bf16 autocast, fp32, or auto (default) = bf16 on CUDA and on CPUs with native "
-        "bf16 (AVX512-BF16, AMX), fp32 elsewhere; box decoding and NMS run in fp32 either way",
+        help="network precision: bf16 autocast, fp32, or auto (default) = bf16 on CUDA GPUs with native bf16 "
+        "(Ampere or later) and on CPUs with native bf16 (AVX512-BF16, AMX), fp32 elsewhere; box decoding and NMS "
+        "run in fp32 either way",
     )
     parser.add_argument("--output", default=None, help="output folder (default output/infer)")
     parser.add_argument("--overwrite", action="store_true",
