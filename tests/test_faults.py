@@ -115,6 +115,19 @@ def test_fault_injection_plan_is_seeded_and_hits_checkpoint_writes():
         fault_inject.make_plan(random.Random(0), 30, 24, 0.3)
 
 
+def test_step_kill_never_waits_past_two_iterations_or_into_the_last_two():
+    """On a fast machine a random delay alone let the run train to its end before the
+    kill (CI failure of 2026-12-07): the kill is due two iterations late at most."""
+    point = fault_inject.KillPoint(10, "step", delay=60.0)
+    assert not fault_inject.step_kill_due(point, 10, 30, waited=0.5)
+    assert not fault_inject.step_kill_due(point, 11, 30, waited=0.5)
+    assert fault_inject.step_kill_due(point, 12, 30, waited=0.5)
+    assert fault_inject.step_kill_due(point, 10, 30, waited=60.0)
+    late = fault_inject.KillPoint(27, "step", delay=60.0)
+    assert not fault_inject.step_kill_due(late, 27, 30, waited=0.5)
+    assert fault_inject.step_kill_due(late, 28, 30, waited=0.5)  # two iterations before the end
+
+
 def test_stale_temporaries_of_killed_writes_are_removed(tmp_path):
     stale = tmp_path / ".model_0000005.pth.ab_c9xyz.tmp"
     stale.write_bytes(b"PK\x03\x04partial")

@@ -15,8 +15,9 @@ What it does:
 2. an uninterrupted reference run of the same config runs alongside;
 3. the other run is killed with SIGKILL ``--kills`` times and restarted with
    ``--resume`` after each kill.  The kill points are drawn from ``--seed``: an
-   iteration, and either a random delay (up to ``--max-delay`` seconds) after that
-   iteration's log line, or the moment the next checkpoint's temporary file
+   iteration, and either a random delay (up to ``--max-delay`` seconds, but never
+   more than ``STEP_KILL_SLACK`` further iterations, so that a fast machine cannot
+   train to the end before the kill) after that iteration's log line, or the moment the next checkpoint's temporary file
    appears on disk (at least one kill in three is of this kind);
 4. after every kill: every ``*.pth`` in the run directory loads with
    ``load_checkpoint`` and ``last_checkpoint`` names a readable file; the next
@@ -261,6 +262,19 @@ class KillPoint:
     delay: float = 0.0
 
 
+# A step kill fires after its random delay or once the run has logged this many
+# iterations past its planned point, whichever comes first; and never later than
+# STEP_KILL_SLACK iterations before the end.  An iteration of the tiny model takes
+# a few tens of milliseconds, so a delay alone could let the run finish.
+STEP_KILL_SLACK = 2
+
+
+def step_kill_due(point: KillPoint, progress: int, max_iter: int, waited: float) -> bool:
+    """Whether a "step" kill point has come, ``waited`` seconds after its iteration was logged."""
+    latest = min(point.after_iterations + STEP_KILL_SLACK, max_iter - STEP_KILL_SLACK)
+    return waited >= point.delay or progress >= latest
+
+
 def make_plan(rng: random.Random, kills: int, max_iter: int, max_delay: float) -> list[KillPoint]:
     """``kills`` kill points at increasing iterations; at least one in three (and at
     least one) during a checkpoint write."""
@@ -468,7 +482,7 @@ def run_faults(args: argparse.Namespace) -> Report:
             if attempt.progress >= point.after_iterations:
                 if point.phase == "step":
                     fired_at = fired_at or time.time()
-                    if time.time() - fired_at >= point.delay:
+                    if step_kill_due(point, attempt.progress, args.max_iter, time.time() - fired_at):
                         attempt.kill()
                         break
                 elif checkpoint_temporaries(out, non_empty=True) - stale:
