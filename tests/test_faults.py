@@ -336,7 +336,13 @@ def test_sigterm_to_the_process_group_with_loader_workers(tmp_path, data_root, m
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
             time.sleep(0.1)
         if mode == "waiting_for_data":
-            time.sleep(1.0)  # iteration 11 is waiting for its batch
+            # Iteration 11 waits for its batch once the checkpoint after iteration 10 is
+            # in place: wait for that (a loaded machine may take seconds), then a little.
+            pointer = out / "last_checkpoint"
+            while not (pointer.is_file() and pointer.read_text().strip() == "model_0000010.pth"):
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+                time.sleep(0.1)
+            time.sleep(1.0)
         os.killpg(proc.pid, signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
