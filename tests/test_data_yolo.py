@@ -91,6 +91,14 @@ def test_class_names_file_problems(tmp_path):
         read_class_names_file(str(p))
 
 
+def test_class_names_file_error_names_the_dataset(yolo_copy):
+    with open(os.path.join(yolo_copy, "classes.txt"), "w") as f:
+        f.write("cat\ndog\ncat\n")
+    err = _error(yolo_copy)
+    assert str(err).startswith("dataset 'yolo_"), str(err)
+    assert "classes.txt: class names ['cat'] appear more than once" in str(err)
+
+
 def test_label_file_without_image_is_reported(yolo_copy):
     with open(os.path.join(yolo_copy, "labels", "orphan.txt"), "w") as f:
         f.write("0 0.5 0.5 0.2 0.2\n")

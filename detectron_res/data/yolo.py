@@ -144,7 +144,10 @@ def load_yolo(
                     f"dataset '{name}': no class names: none of {candidates} exists; "
                     "set class_names_file or class_names"
                 )
-        class_names = read_class_names_file(os.fspath(class_names_file))
+        try:
+            class_names = read_class_names_file(os.fspath(class_names_file))
+        except DatasetError as e:  # name the dataset, as every other message of this reader does
+            raise DatasetError(f"dataset '{name}': {e}") from None
     class_names = [str(c) for c in class_names]
     num_classes = len(class_names)
 
