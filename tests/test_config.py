@@ -111,11 +111,13 @@ def test_command_line_error_is_one_line_without_traceback(tmp_path):
     """Tools print 'config error: ...' and exit 2; --print-config prints YAML and exits 0."""
     script = textwrap.dedent(
         """
-        import argparse
-        from detectron_res.config import add_config_arguments, config_from_args
+        import argparse, sys
+        from detectron_res.config import add_config_arguments
+        from detectron_res.exit_status import config_for_tool
         parser = argparse.ArgumentParser()
         add_config_arguments(parser)
-        config_from_args(parser.parse_args())
+        cfg, status = config_for_tool(parser.parse_args())
+        sys.exit(status)
         """
     )
     good = write(tmp_path, "good.yaml", "seed: 3\n")
