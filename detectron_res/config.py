@@ -527,6 +527,19 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     return cfg
 
 
+def typed_config(cfg: DictConfig | Config) -> Config:
+    """``cfg`` as the schema's dataclass instances (``Config``, ``ModelConfig`` ...), for builders.
+
+    Every value has the type the schema declares (``int``, ``float``, ``bool``, plain
+    ``list``), which OmegaConf enforced when the config was loaded. A config not built
+    from the schema (``OmegaConf.create``) is merged onto it first, so a wrong type is
+    a :class:`ConfigError` naming the key.
+    """
+    if isinstance(cfg, Config):
+        return cfg
+    return OmegaConf.to_object(override_config(Config, cfg, ()))
+
+
 def config_to_dict(cfg: DictConfig) -> dict:
     """The resolved config as plain Python containers (for checkpoints, JSON)."""
     return OmegaConf.to_container(cfg, resolve=True)
