@@ -148,7 +148,7 @@ class SpeedConfig:
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     # ImageNet initialization used for training when --weights is not given: a
-    # path, or torchvision://resnet101, msra://R-101, ... (detectron_res/weights.py).
+    # path, or torchvision://resnet101, msra://R-101, ... (detectron_res/weights/).
     weights: str = ""
     # Channel order and normalization the weights expect (MSRA Caffe models: BGR,
     # mean subtracted, std 1). Must agree with the weights; the loader checks.
