@@ -537,7 +537,9 @@ def typed_config(cfg: DictConfig | Config) -> Config:
     """
     if isinstance(cfg, Config):
         return cfg
-    return OmegaConf.to_object(override_config(Config, cfg, ()))
+    if OmegaConf.get_type(cfg) is not Config:
+        cfg = override_config(Config, cfg, ())
+    return OmegaConf.to_object(cfg)
 
 
 def config_to_dict(cfg: DictConfig) -> dict:

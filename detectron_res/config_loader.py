@@ -13,6 +13,7 @@ and merged through the schema, the same way on the command line
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -226,6 +227,8 @@ def override_config(schema: type, cfg: DictConfig, overrides: Sequence[str]) -> 
     """
     if OmegaConf.get_type(cfg) is not schema:
         cfg = _merge(OmegaConf.structured(schema), cfg, "the given config", schema)
+    elif not overrides:
+        return copy.deepcopy(cfg)  # a new config all the same: the caller may change it
     for key, value, text in _parse_overrides(overrides):
         update = OmegaConf.create()
         try:

@@ -158,7 +158,8 @@ def test_apply_overrides_is_the_command_line_on_a_loaded_config(tmp_path):
     # A config from plain containers (a checkpoint's, OmegaConf.create) is typed by the schema first.
     untyped = apply_overrides(OmegaConf.create(config_to_dict(cfg)), ["solver.max_iter=70000"])
     assert OmegaConf.get_type(untyped) is Config and untyped.solver.max_iter == 70000
-    assert apply_overrides(cfg, []).solver.base_lr == 0.01
+    same = apply_overrides(cfg, [])
+    assert same is not cfg and config_to_dict(same) == config_to_dict(cfg)
 
 
 @pytest.mark.parametrize(

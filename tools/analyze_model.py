@@ -187,6 +187,7 @@ def main(argv=None) -> int:
         parser.error(f"config overrides {args.overrides} need --config, not --arch")
     if args.input_size and min(args.input_size) < 32:
         parser.error(f"--input-size must be at least 32x32, got {args.input_size[0]}x{args.input_size[1]}")
+    cfg = None
     if args.config is not None:
         from detectron_res.exit_status import config_for_tool
 
