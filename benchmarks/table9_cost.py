@@ -37,19 +37,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from detectron_res.config import config_from_dict  # noqa: E402
+from detectron_res.config import apply_overrides, config_from_dict  # noqa: E402
 from detectron_res.engine.checkpoint import load_checkpoint, load_model_weights  # noqa: E402
 from detectron_res.engine.launch import build_evaluators, load_test_datasets  # noqa: E402
 from detectron_res.evaluation import inference_on_dataset  # noqa: E402
 from detectron_res.modeling.build import build_model  # noqa: E402
-from detectron_res.predictor import _apply_overrides  # noqa: E402
 
 
 def load_model(checkpoint_path: str, overrides):
     state = load_checkpoint(checkpoint_path)
     cfg = config_from_dict(state["config"], source=f"{checkpoint_path} (stored config)")
     if overrides:
-        cfg = _apply_overrides(cfg, overrides)
+        cfg = apply_overrides(cfg, overrides)
     model = build_model(cfg)
     report = load_model_weights(model, state["model"], strict_shapes=True)
     if report.missing:

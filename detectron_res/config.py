@@ -12,37 +12,39 @@ Defaults are the values of the paper's Faster R-CNN on PASCAL VOC (ResNet paper,
 Appendix A, and py-faster-rcnn's config.py, see shared/PAPER_FACTS.md); the files
 in ``configs/`` state only what differs.
 
+The same overrides apply to a config already loaded (:func:`apply_overrides`), for
+example one stored in a checkpoint.
+
 Every user mistake (unknown key, wrong type, missing ``_base_`` file, malformed
-YAML, invalid choice) raises :class:`ConfigError` with one line naming the file or
-override, the full dotted key and what was expected. Tools turn it into a
-non-zero exit without a traceback (see :func:`config_from_args`).
+YAML, invalid choice, value out of range) raises :class:`ConfigError` with one line
+naming the file or override, the full dotted key and what was expected. The
+loading itself (YAML, ``_base_``, overrides, the error messages) serves any schema
+and lives in :mod:`detectron_res.config_loader`; this module holds the detector's
+schema and checks. Tools turn a ``ConfigError`` into exit status 2 without a
+traceback (:func:`detectron_res.exit_status.config_for_tool`).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import difflib
 import math
 import os
-import sys
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from .bounded_io import CONFIG_LIMITS, BoundedInputError, check_structure, load_yaml_file, load_yaml_text
+# The loader serves any schema; its names are this module's too (``ConfigError``,
+# ``CONFIG_DIR``, ``compose_config`` ...: the classifier's config imports them from here).
+from .config_loader import (  # noqa: F401
+    CONFIG_DIR,
+    PROJECT_ROOT,
+    ConfigError,
+    compose_config,
+    compose_config_from_dict,
+    override_config,
+    resolve_config_path,
+)
 from .outputs import atomic_write_text
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = PROJECT_ROOT / "configs"
-
-
-class ConfigError(ValueError):
-    """A mistake in a config file or override; the message is one line."""
 
 
 # ----------------------------------------------------------------------------
@@ -146,7 +148,7 @@ class SpeedConfig:
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     # ImageNet initialization used for training when --weights is not given: a
-    # path, or torchvision://resnet101, msra://R-101, ... (detectron_res/weights.py).
+    # path, or torchvision://resnet101, msra://R-101, ... (detectron_res/weights/).
     weights: str = ""
     # Channel order and normalization the weights expect (MSRA Caffe models: BGR,
     # mean subtracted, std 1). Must agree with the weights; the loader checks.
@@ -293,132 +295,6 @@ CHOICES: Dict[str, Sequence[str]] = {
 
 
 # ----------------------------------------------------------------------------
-# Loading
-# ----------------------------------------------------------------------------
-def resolve_config_path(path_or_name: str | os.PathLike) -> Path:
-    """Find a config by path, or by bare name under ``configs/``.
-
-    ``coco_r101.yaml`` and ``coco_r101`` both find ``configs/coco_r101.yaml``.
-    """
-    text = str(path_or_name)
-    candidates = [Path(text)]
-    for root in (Path.cwd() / "configs", CONFIG_DIR):
-        candidates += [root / text, root / f"{text}.yaml"]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.resolve()
-    available = sorted(p.name for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
-    hint = difflib.get_close_matches(Path(text).name, available, n=1)
-    suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
-    raise ConfigError(f"config file '{text}' not found (looked in ./, ./configs/ and {CONFIG_DIR}){suggestion}")
-
-
-def _read_yaml(path: Path) -> dict:
-    """A config file's top-level mapping, read within :data:`bounded_io.CONFIG_LIMITS`
-    (size, UTF-8, nesting depth, YAML alias expansion: a few KB of nested aliases
-    would otherwise keep the merge below busy for hours)."""
-    try:
-        data = load_yaml_file(path, CONFIG_LIMITS)
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
-    except BoundedInputError as e:
-        raise ConfigError(str(e)) from None
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: malformed YAML: {e.problem}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: malformed YAML: {str(e).splitlines()[0]}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config sections at the top level, got {type(data).__name__}")
-    return data
-
-
-def _all_keys(schema_type: type, prefix: str = "") -> List[str]:
-    """Every valid dotted key of a schema dataclass (leaves and sections)."""
-    keys = []
-    hints = typing.get_type_hints(schema_type)
-    for f in dataclasses.fields(schema_type):
-        dotted = f"{prefix}{f.name}"
-        keys.append(dotted)
-        if dataclasses.is_dataclass(hints[f.name]):
-            keys += _all_keys(hints[f.name], dotted + ".")
-    return keys
-
-
-def _annotation_at(schema: type, full_key: str) -> Any:
-    """The schema's type annotation for a dotted key; None where the key is not in it.
-
-    ``Dict[str, X]`` fields (``data.datasets``) accept any name as the next part,
-    with ``X``'s fields below it.
-    """
-    annotation: Any = schema
-    for part in full_key.split("."):
-        if dataclasses.is_dataclass(annotation):
-            hints = typing.get_type_hints(annotation)
-            if part not in hints:
-                return None
-            annotation = hints[part]
-        elif typing.get_origin(annotation) in (dict, Dict):
-            annotation = typing.get_args(annotation)[1]
-        elif typing.get_origin(annotation) in (list, List):
-            annotation = typing.get_args(annotation)[0]
-        else:
-            return None
-    return annotation
-
-
-def _expected_type(schema: type, full_key: str) -> str:
-    """The schema's type for a dotted key, as text ("int", "List[int]")."""
-    annotation = _annotation_at(schema, full_key)
-    if annotation is None:
-        return "?"
-    text = getattr(annotation, "__name__", None) if not typing.get_args(annotation) else None
-    return text or str(annotation).replace("typing.", "")
-
-
-def _suggest(schema: type, full_key: str) -> str:
-    """'; closest valid key: ...' for an unknown dotted key, or '' when nothing is close."""
-    parts = full_key.split(".")
-    # Below a Dict[str, dataclass] field (data.datasets.<any name>.<field>), suggest
-    # among that dataclass's fields, keeping the user's entry name.
-    for i in range(1, len(parts) - 1):
-        annotation = _annotation_at(schema, ".".join(parts[:i]))
-        if typing.get_origin(annotation) in (dict, Dict):
-            value_type = typing.get_args(annotation)[1]
-            if dataclasses.is_dataclass(value_type) and len(parts) > i + 1:
-                close = difflib.get_close_matches(parts[i + 1], _all_keys(value_type), n=1)
-                return f"; closest valid key: '{'.'.join(parts[: i + 1] + close)}'" if close else ""
-    close = difflib.get_close_matches(full_key, _all_keys(schema), n=1, cutoff=0.6)
-    return f"; closest valid key: '{close[0]}'" if close else ""
-
-
-def _merge(
-    base: DictConfig, update: Any, source: str, schema: Optional[type] = None, user_key: Optional[str] = None
-) -> DictConfig:
-    """``OmegaConf.merge`` that turns OmegaConf's errors into one-line ConfigErrors."""
-    schema = schema or Config
-    try:
-        return OmegaConf.merge(base, update)
-    except ConfigKeyError as e:
-        key = getattr(e, "full_key", None) or str(e)
-        if user_key and user_key.startswith(key):
-            key = user_key  # name the whole path the user typed, not just its first unknown part
-        raise ConfigError(f"{source}: unknown config key '{key}'{_suggest(schema, key)}") from None
-    except ValidationError as e:
-        key = getattr(e, "full_key", None) or "?"
-        value = getattr(e, "value", None)
-        if hasattr(value, "_value"):  # an OmegaConf node wrapping the raw value
-            value = value._value()
-        got = f"{value!r} ({type(value).__name__})" if value is not None else str(e).splitlines()[0]
-        raise ConfigError(f"{source}: config key '{key}' expects {_expected_type(schema, key)}, got {got}") from None
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or "?"
-        raise ConfigError(f"{source}: invalid value for config key '{key}': {str(e).splitlines()[0]}") from None
-
-
 # Ranges of the numeric keys, checked at load time so that an impossible value stops
 # the run before anything is built or written (a solver.max_iter of 0 used to write an
 # untrained model_final.pth that tools/infer.py then picked by default). A range is
@@ -618,86 +494,6 @@ def _check_choices(cfg: DictConfig) -> None:
         )
 
 
-def _parse_overrides(overrides: Sequence[str]) -> List[tuple]:
-    """``(dotted key, value, text)`` of each ``key=value``; values parsed as bounded YAML."""
-    parsed = []
-    for item in overrides:
-        if "=" not in item or item.startswith("="):
-            raise ConfigError(f"command-line override '{item}': expected section.key=value")
-        key, text = item.split("=", 1)
-        source = f"command-line override '{_shorten(item)}'"
-        if key.count(".") >= CONFIG_LIMITS.max_depth:
-            raise ConfigError(
-                f"{source}: key has {key.count('.') + 1} parts, more than the {CONFIG_LIMITS.max_depth} "
-                "levels a config has"
-            )
-        try:
-            value = load_yaml_text(text, CONFIG_LIMITS, source) if text.strip() else ""
-        except BoundedInputError as e:
-            raise ConfigError(str(e)) from None
-        except yaml.YAMLError:
-            value = text  # not YAML: keep the raw string, the schema decides
-        parsed.append((key.strip(), value, item))
-    return parsed
-
-
-def _shorten(text: str, limit: int = 80) -> str:
-    """``text`` cut to ``limit`` characters for a one-line message."""
-    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
-
-
-def compose_config(
-    schema: type,
-    path_or_name: str | os.PathLike | None = None,
-    overrides: Sequence[str] = (),
-) -> DictConfig:
-    """Any schema's config: its defaults, then a YAML file (with its ``_base_``), then overrides.
-
-    The detector (:func:`load_config`) and the classifier
-    (``detectron_res.classification.config``) share this loader with their own
-    schema dataclass; each checks its own choices and ranges afterwards.
-    """
-    cfg = OmegaConf.structured(schema)
-    if path_or_name is not None:
-        path = resolve_config_path(path_or_name)
-        data = _read_yaml(path)
-        base_name = data.pop("_base_", None)
-        if base_name is not None:
-            if not isinstance(base_name, str):
-                raise ConfigError(f"{path}: '_base_' must be a file name, got {base_name!r}")
-            base_path = path.parent / base_name
-            if not base_path.is_file():
-                raise ConfigError(f"{path}: _base_ file '{base_name}' not found (looked for {base_path})")
-            base_data = _read_yaml(base_path)
-            if "_base_" in base_data:
-                raise ConfigError(
-                    f"{base_path}: a _base_ file may not have its own _base_ (one level of inheritance only)"
-                )
-            cfg = _merge(cfg, base_data, str(base_path), schema)
-        cfg = _merge(cfg, data, str(path), schema)
-    for key, value, text in _parse_overrides(overrides):
-        update = OmegaConf.create()
-        try:
-            OmegaConf.update(update, key, value, force_add=True)
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"command-line override '{_shorten(text)}': {str(e).splitlines()[0]}") from None
-        cfg = _merge(cfg, update, f"command-line override '{_shorten(text)}'", schema, user_key=key)
-    return cfg
-
-
-def compose_config_from_dict(schema: type, data: dict, source: str = "checkpoint") -> DictConfig:
-    """A typed config of ``schema`` from plain containers (a checkpoint's saved config).
-
-    The containers come from a file (a pickle may share one list many times over, as
-    YAML aliases do): they are bounded like a config file before OmegaConf copies them.
-    """
-    try:
-        check_structure(data, CONFIG_LIMITS, source)
-    except BoundedInputError as e:
-        raise ConfigError(str(e)) from None
-    return _merge(OmegaConf.structured(schema), data, source, schema)
-
-
 def load_config(path_or_name: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> DictConfig:
     """Load the schema defaults, then a YAML file (with its ``_base_``), then overrides.
 
@@ -712,6 +508,38 @@ def load_config(path_or_name: str | os.PathLike | None = None, overrides: Sequen
     cfg = compose_config(Config, path_or_name, overrides)
     _check_choices(cfg)
     return cfg
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """``cfg`` with ``section.key=value`` overrides applied, exactly as on the command line.
+
+    The same parsing (values as bounded YAML: ``input.min_size_train=[480,600]``) and
+    the same checks as :func:`load_config`: keys and types by the schema, then choices,
+    ranges and orderings. Returns a new config; ``cfg`` is left as it is.
+
+    Raises:
+        ConfigError: one line naming the override and the key: an unknown key (with
+            the closest valid one), a value of the wrong type (with the expected
+            type), or a value out of range.
+    """
+    cfg = override_config(Config, cfg, overrides)
+    _check_choices(cfg)
+    return cfg
+
+
+def typed_config(cfg: DictConfig | Config) -> Config:
+    """``cfg`` as the schema's dataclass instances (``Config``, ``ModelConfig`` ...), for builders.
+
+    Every value has the type the schema declares (``int``, ``float``, ``bool``, plain
+    ``list``), which OmegaConf enforced when the config was loaded. A config not built
+    from the schema (``OmegaConf.create``) is merged onto it first, so a wrong type is
+    a :class:`ConfigError` naming the key.
+    """
+    if isinstance(cfg, Config):
+        return cfg
+    if OmegaConf.get_type(cfg) is not Config:
+        cfg = override_config(Config, cfg, ())
+    return OmegaConf.to_object(cfg)
 
 
 def config_to_dict(cfg: DictConfig) -> dict:
@@ -751,16 +579,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, required: bool = Tr
 
 
 def config_from_args(args: argparse.Namespace) -> DictConfig:
-    """Load the config named by parsed arguments; exit with one line on a mistake.
+    """The config named by parsed arguments (:func:`add_config_arguments`): ``--config``
+    with the trailing overrides.
 
-    Handles ``--print-config`` (prints the YAML and exits 0).
+    Raises:
+        ConfigError: a mistake in the file or an override (one line). Tools turn it
+            into exit status 2, and handle ``--print-config``, through
+            :func:`detectron_res.exit_status.config_for_tool`.
     """
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    if getattr(args, "print_config", False):
-        print(OmegaConf.to_yaml(cfg), end="")
-        raise SystemExit(0)
-    return cfg
+    return load_config(args.config, args.overrides)

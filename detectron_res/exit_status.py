@@ -12,7 +12,8 @@ errors, stdout for a clean stop) and the status documented in the README:
     6  an output could not be written (disk full, permissions; nothing is replaced)
 
 Anything else is a bug and keeps its traceback. Importing this module is cheap (no
-torch): the tools import it before they parse the config.
+torch): the tools import it before they parse the config, which they load through
+:func:`config_for_tool` (a config mistake: one line, status 2).
 """
 from __future__ import annotations
 
@@ -30,6 +31,34 @@ EXIT_OUTPUT_ERROR = 6
 
 def _error(message: Any) -> None:
     print(f"error: {message}", file=sys.stderr)
+
+
+def config_for_tool(args: Any, from_args: Optional[Callable[[Any], Any]] = None) -> Tuple[Optional[Any], int]:
+    """A tool's config from its parsed arguments, or the status to exit with.
+
+    Args:
+        args: parsed arguments with ``config``, ``overrides`` and ``print_config``
+            (``detectron_res.config.add_config_arguments``).
+        from_args: loads the config, raising ``ConfigError`` on a mistake; default
+            ``detectron_res.config.config_from_args`` (the detector's schema).
+    Returns:
+        ``(cfg, EXIT_OK)`` to go on; ``(None, EXIT_USER_ERROR)`` after printing
+        ``config error: ...`` (one line, stderr); ``(None, EXIT_OK)`` after printing the
+        resolved config for ``--print-config``.
+    """
+    from omegaconf import OmegaConf
+
+    from .config import ConfigError, config_from_args
+
+    try:
+        cfg = (from_args or config_from_args)(args)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return None, EXIT_USER_ERROR
+    if getattr(args, "print_config", False):
+        print(OmegaConf.to_yaml(cfg), end="")
+        return None, EXIT_OK
+    return cfg, EXIT_OK
 
 
 def run_job(

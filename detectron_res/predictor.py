@@ -23,7 +23,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -237,7 +237,7 @@ class Predictor:
         batch_size: int = 1,
         precision: str = "auto",
     ) -> None:
-        from detectron_res.config import config_from_dict, load_config
+        from detectron_res.config import apply_overrides, config_from_dict, load_config
         from detectron_res.engine.checkpoint import find_last_checkpoint, load_checkpoint, load_model_weights
         from detectron_res.modeling.build import build_model
         from omegaconf import DictConfig
@@ -274,14 +274,13 @@ class Predictor:
                 raise ValueError(f"{path}: the checkpoint stores no config; pass the training config (--config)")
             cfg = config_from_dict(checkpoint["config"], source=f"{path} (stored config)")
             if overrides:
-                # Re-load through load_config's override path so errors name the override.
-                cfg = _apply_overrides(cfg, overrides)
+                cfg = apply_overrides(cfg, overrides)
         elif isinstance(config, DictConfig):
-            cfg = _apply_overrides(config, overrides) if overrides else config
+            cfg = apply_overrides(config, overrides) if overrides else config
         else:
             cfg = load_config(config, overrides)
         if self.score_thresh < cfg.model.roi_heads.score_thresh_test:
-            cfg = _apply_overrides(cfg, [f"model.roi_heads.score_thresh_test={self.score_thresh}"])
+            cfg = apply_overrides(cfg, [f"model.roi_heads.score_thresh_test={self.score_thresh}"])
         self.cfg = cfg
         self.input_format = str(cfg.model.input_format)
 
@@ -380,27 +379,3 @@ class Predictor:
             class_names=names,
             image_size=(int(image_size[0]), int(image_size[1])),
         )
-
-
-def _apply_overrides(cfg: Any, overrides: Iterable[str]) -> Any:
-    """Apply ``section.key=value`` overrides to a loaded config, with the loader's errors.
-
-    ``load_config`` is the one place that parses and validates overrides; it is
-    given the current config as a temporary YAML file, so that error messages name
-    the override exactly as for a config file.
-    """
-    import tempfile
-
-    from detectron_res.config import load_config
-    from omegaconf import OmegaConf
-
-    overrides = list(overrides)
-    if not overrides:
-        return cfg
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        f.write(OmegaConf.to_yaml(cfg))
-        tmp = f.name
-    try:
-        return load_config(tmp, overrides)
-    finally:
-        os.unlink(tmp)

@@ -1,20 +1,29 @@
 """The config system: schema, _base_ inheritance, overrides, and every error message."""
+import argparse
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from detectron_res.config import (
     CONFIG_DIR,
+    Config,
     ConfigError,
+    ModelConfig,
+    add_config_arguments,
+    apply_overrides,
+    config_from_args,
     config_from_dict,
     config_to_dict,
     load_config,
     resolve_config_path,
     save_config,
+    typed_config,
 )
+from detectron_res.exit_status import EXIT_OK, EXIT_USER_ERROR, config_for_tool
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -111,11 +120,13 @@ def test_command_line_error_is_one_line_without_traceback(tmp_path):
     """Tools print 'config error: ...' and exit 2; --print-config prints YAML and exits 0."""
     script = textwrap.dedent(
         """
-        import argparse
-        from detectron_res.config import add_config_arguments, config_from_args
+        import argparse, sys
+        from detectron_res.config import add_config_arguments
+        from detectron_res.exit_status import config_for_tool
         parser = argparse.ArgumentParser()
         add_config_arguments(parser)
-        config_from_args(parser.parse_args())
+        cfg, status = config_for_tool(parser.parse_args())
+        sys.exit(status)
         """
     )
     good = write(tmp_path, "good.yaml", "seed: 3\n")
@@ -131,3 +142,91 @@ def test_command_line_error_is_one_line_without_traceback(tmp_path):
         [sys.executable, "-c", script, "--config", str(good), "--print-config"], capture_output=True, text=True
     )
     assert shown.returncode == 0 and "seed: 3" in shown.stdout
+
+
+# ----------------------------------------------------------------------------- apply_overrides
+def test_apply_overrides_is_the_command_line_on_a_loaded_config(tmp_path):
+    path = write(tmp_path, "run.yaml", "model:\n  backbone:\n    depth: 50\nsolver:\n  base_lr: 0.01\n")
+    cfg = load_config(path)
+    overrides = ["solver.base_lr=0.002", "input.min_size_train=[480, 600]", "model.roi_heads.pooler_type=ROIAlign"]
+    new = apply_overrides(cfg, overrides)
+    assert new.solver.base_lr == 0.002 and list(new.input.min_size_train) == [480, 600]
+    assert new.model.roi_heads.pooler_type == "ROIAlign"
+    assert new.model.backbone.depth == 50  # untouched keys keep the loaded value
+    assert cfg.solver.base_lr == 0.01 and list(cfg.input.min_size_train) == [600]  # the input is left as it is
+    assert config_to_dict(new) == config_to_dict(load_config(path, overrides))
+    # A config from plain containers (a checkpoint's, OmegaConf.create) is typed by the schema first.
+    untyped = apply_overrides(OmegaConf.create(config_to_dict(cfg)), ["solver.max_iter=70000"])
+    assert OmegaConf.get_type(untyped) is Config and untyped.solver.max_iter == 70000
+    same = apply_overrides(cfg, [])
+    assert same is not cfg and config_to_dict(same) == config_to_dict(cfg)
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        # an unknown key: named in full, with the closest valid key
+        ("model.rpn.nms_tresh=0.5", r"^command-line override 'model\.rpn\.nms_tresh=0\.5': unknown config key "
+                                    r"'model\.rpn\.nms_tresh'; closest valid key: 'model\.rpn\.nms_thresh'$"),
+        # a value of the wrong type: the expected type and the value received
+        ("solver.max_iter=many", r"^command-line override 'solver\.max_iter=many': config key 'solver\.max_iter' "
+                                 r"expects int, got 'many' \(str\)$"),
+        ("input.min_size_train=600", r"config key 'input\.min_size_train' expects List\[int\], got 600 \(int\)$"),
+        # the checks after the schema: choices and ranges
+        ("model.backbone.norm=batchnorm", r"'model\.backbone\.norm' must be one of FrozenBN, BN, SyncBN, GN"),
+        ("solver.max_iter=0", r"^config key 'solver\.max_iter' must be >= 1; got 0$"),
+        ("solver.max_iter", r"expected section\.key=value"),
+    ],
+)
+def test_apply_overrides_errors_are_the_command_lines(override, expected):
+    cfg = load_config(None, ["solver.steps=[]"])
+    with pytest.raises(ConfigError, match=expected) as info:
+        apply_overrides(cfg, [override])
+    with pytest.raises(ConfigError) as on_command_line:
+        load_config(None, ["solver.steps=[]", override])
+    assert str(info.value) == str(on_command_line.value)
+
+
+# ----------------------------------------------------------------------------- config_from_args
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_config_from_args_raises_config_error_and_prints_nothing(tmp_path, capsys):
+    good = write(tmp_path, "good.yaml", "seed: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.backbone\.dpth'; closest valid key: "
+                                          r"'model\.backbone\.depth'"):
+        config_from_args(_parse(["--config", str(good), "model.backbone.dpth=5"]))
+    with pytest.raises(ConfigError, match=r"config file 'nowhere\.yaml' not found"):
+        config_from_args(_parse(["--config", "nowhere.yaml"]))
+    cfg = config_from_args(_parse(["--config", str(good), "--print-config", "solver.max_iter=90000"]))
+    assert cfg.seed == 3 and cfg.solver.max_iter == 90000
+    assert capsys.readouterr() == ("", "")  # --print-config is the tool's to act on
+
+
+def test_config_for_tool_maps_config_errors_to_status_2(tmp_path, capsys):
+    good = write(tmp_path, "good.yaml", "seed: 3\n")
+    cfg, status = config_for_tool(_parse(["--config", str(good), "seed=4"]))
+    assert status == EXIT_OK and cfg.seed == 4
+    assert config_for_tool(_parse(["--config", str(good), "sed=4"])) == (None, EXIT_USER_ERROR)
+    out, err = capsys.readouterr()
+    assert out == "" and err == "config error: command-line override 'sed=4': unknown config key 'sed'; closest valid key: 'seed'\n"
+    assert config_for_tool(_parse(["--config", str(good), "--print-config"])) == (None, EXIT_OK)
+    out, err = capsys.readouterr()
+    assert err == "" and config_to_dict(load_config(write(tmp_path, "printed.yaml", out))) == config_to_dict(load_config(good))
+
+
+# ----------------------------------------------------------------------------- typed_config
+def test_typed_config_gives_the_schema_dataclasses_with_their_types():
+    typed = typed_config(load_config(None, ["model.anchor.offset=0", "test.scales=[400, 600]"]))
+    assert isinstance(typed, Config) and isinstance(typed.model, ModelConfig)
+    assert typed.model.anchor.offset == 0.0 and type(typed.model.anchor.offset) is float  # an int in the YAML
+    assert type(typed.test.scales) is list and typed.test.scales == [400, 600]
+    assert type(typed.model.backbone.depth) is int and type(typed.model.speed.channels_last) is bool
+    assert typed_config(typed) is typed
+    bad = config_to_dict(load_config(None))
+    bad["model"]["rpn"]["pre_nms_topk_test"] = "many"
+    with pytest.raises(ConfigError, match=r"config key 'model\.rpn\.pre_nms_topk_test' expects int, got 'many'"):
+        typed_config(OmegaConf.create(bad))

@@ -6,6 +6,8 @@ malicious files that must be refused.
 """
 import os
 import pickle
+import subprocess
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -599,3 +601,37 @@ def test_torchvision_resnet_key_names_every_tensor_as_torchvision_does(depth):
     with pytest.raises(KeyError, match="res2.0.conv1.running_mean"):
         torchvision_resnet_key("res2.0.conv1.running_mean")
 
+
+
+# ----------------------------------------------------------------------------- package layering
+def _weights_like(model, arch, *, stride_in_1x1):
+    return ImageNetWeights(state_dict=model.state_dict(), arch=arch, input_format="BGR",
+                           pixel_mean=(103.53, 116.28, 123.675), pixel_std=(1.0, 1.0, 1.0),
+                           stride_in_1x1=stride_in_1x1, stem_pool="msra", source="w.pth")
+
+
+def test_stride_placement_is_checked_on_bottleneck_blocks_only():
+    """load_into finds bottleneck blocks by their attributes (the weights package does not
+    import modeling): basic blocks have no stride choice, ResNet itself is not a block."""
+    basic = ResNet(18, stride_in_1x1=True, base_channels=8, num_classes=10)
+    report = load_into(ResNet(18, stride_in_1x1=False, base_channels=8, num_classes=10),
+                       _weights_like(basic, "resnet18", stride_in_1x1=True))
+    assert report.missing == [] and report.unexpected == [] and report.shape_mismatch == []
+    msra = ResNet(50, stride_in_1x1=True, base_channels=8, num_classes=10)
+    weights = _weights_like(msra, "resnet50", stride_in_1x1=True)
+    load_into(ResNet(50, stride_in_1x1=True, base_channels=8, num_classes=10), weights)
+    with pytest.raises(WeightsMismatchError, match=r"model's block res2\.0 has stride_in_1x1=False"):
+        load_into(ResNet(50, stride_in_1x1=False, base_channels=8, num_classes=10), weights)
+    # Only the blocks under the target prefixes count: res5 alone, named as in a detector.
+    trunk = torch.nn.ModuleDict({"res5": ResNet(50, stride_in_1x1=False, base_channels=8, num_classes=10).res5})
+    with pytest.raises(WeightsMismatchError, match=r"model's block res5\.0 has"):
+        load_into(trunk, weights, prefix_map={"res5.": "res5."})
+
+
+def test_weights_package_imports_nothing_from_modeling():
+    code = ("import sys, detectron_res.weights; "
+            "print(sorted(m for m in sys.modules if m.startswith(('detectron_res.modeling', 'detectron_res.config'))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -94,12 +94,10 @@ def _calibrate_batchnorm(model: nn.Module, inputs) -> None:
             m.fuse_frozen_bn = True
 
 
-def _analyze_detector(args) -> Dict:
-    # Imported here: the config and detector modules are only needed for this path.
-    from detectron_res.config import config_from_args
+def _analyze_detector(args, cfg) -> Dict:
+    # Imported here: the detector modules are only needed for this path.
     from detectron_res.modeling.build import build_model
 
-    cfg = config_from_args(args)
     if args.input_size:
         height, width = args.input_size
     else:
@@ -189,8 +187,15 @@ def main(argv=None) -> int:
         parser.error(f"config overrides {args.overrides} need --config, not --arch")
     if args.input_size and min(args.input_size) < 32:
         parser.error(f"--input-size must be at least 32x32, got {args.input_size[0]}x{args.input_size[1]}")
+    cfg = None
+    if args.config is not None:
+        from detectron_res.exit_status import config_for_tool
+
+        cfg, status = config_for_tool(args)
+        if cfg is None:  # a config mistake (status 2), or --print-config
+            return status
     try:
-        report = _analyze_backbone(args) if args.arch else _analyze_detector(args)
+        report = _analyze_backbone(args) if args.arch else _analyze_detector(args, cfg)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -31,6 +31,7 @@ import argparse
 import sys
 
 from detectron_res.engine.checkpoint import save_checkpoint
+from detectron_res.modeling.build import build_model
 from detectron_res.outputs import add_overwrite_argument, check_output_file
 from detectron_res.weights import ARCHS, NotADetectorError, detectron2_detector_checkpoint, load_imagenet_weights
 
@@ -66,7 +67,9 @@ def main(argv=None) -> int:
 
     if args.fmt == "detectron2":
         try:
-            checkpoint, converted = detectron2_detector_checkpoint(args.src, config=args.config, arch=args.arch)
+            checkpoint, converted = detectron2_detector_checkpoint(
+                args.src, build_model=build_model, config=args.config, arch=args.arch
+            )
         except NotADetectorError:
             pass  # a backbone: ImageNet weights, below
         except (ValueError, OSError) as e:  # ConfigError is a ValueError

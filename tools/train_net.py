@@ -54,8 +54,8 @@ from pathlib import Path
 # Runnable from a fresh clone without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from detectron_res.config import add_config_arguments, config_from_args  # noqa: E402
-from detectron_res.exit_status import EXIT_OK, run_job  # noqa: E402  (the statuses: detectron_res/exit_status.py)
+from detectron_res.config import add_config_arguments  # noqa: E402
+from detectron_res.exit_status import EXIT_OK, config_for_tool, run_job  # noqa: E402  (the statuses: detectron_res/exit_status.py)
 from detectron_res.outputs import add_overwrite_argument  # noqa: E402
 
 _DEFAULT_OUTPUT_DIR = "output/default"  # the schema's default: replaced by output/<config stem>
@@ -105,7 +105,9 @@ def _print_all_problems(error: Exception) -> None:
 def main(argv=None) -> int:
     # Options may come before, between or after the key=value overrides.
     args = build_parser().parse_intermixed_args(argv)
-    cfg = config_from_args(args)
+    cfg, status = config_for_tool(args)
+    if cfg is None:  # a config mistake (status 2), or --print-config
+        return status
     output_dir = output_dir_for(cfg, args)
     cfg.output_dir = str(output_dir)
 

@@ -16,12 +16,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from detectron_res.config import add_config_arguments, config_from_args  # noqa: E402
+from detectron_res.config import add_config_arguments  # noqa: E402
 from detectron_res.data.catalog import get_datasets  # noqa: E402
 from detectron_res.data.dataset import DatasetError  # noqa: E402
 from detectron_res.data.image_io import ImageReadError  # noqa: E402
 from detectron_res.data.preview import write_previews  # noqa: E402
 from detectron_res.data.transforms import build_transforms  # noqa: E402
+from detectron_res.exit_status import config_for_tool  # noqa: E402
 from detectron_res.outputs import add_overwrite_argument, atomic_write_text, check_output_dir  # noqa: E402
 
 
@@ -33,7 +34,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default: <output_dir>/data_vis/<split>)")
     add_overwrite_argument(parser, what="existing previews of the same names in --out")
     args = parser.parse_args(argv)
-    cfg = config_from_args(args)
+    cfg, status = config_for_tool(args)
+    if cfg is None:  # a config mistake (status 2), or --print-config
+        return status
     is_train = args.split == "train"
     names = list(cfg.data.train if is_train else cfg.data.test)
     if not names:
