@@ -12,6 +12,9 @@ Everything the model needs to run (config, class names, input channel order) is
 stored in the checkpoint written by training (:mod:`detectron_res.engine.checkpoint`);
 a config file can be given to override it.
 
+Files, folders and videos, with annotated copies and JSON written for each (what
+``tools/infer.py`` does): :func:`detectron_res.inference_io.predict_files`.
+
 Conventions: boxes are float32 ``x1, y1, x2, y2`` in absolute, 0-based continuous
 pixel coordinates of the ORIGINAL image (pixel ``i`` spans ``[i, i+1)``); labels
 are contiguous ids ``1..K`` and ``class_names[i]`` names label ``i + 1``.

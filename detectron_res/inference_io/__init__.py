@@ -11,6 +11,7 @@ The route from command-line arguments to written results, one module per step:
 
 From Python::
 
+    from pathlib import Path
     from detectron_res import Predictor
     from detectron_res.inference_io import discover_inputs, plan_outputs, predict_files
 
