@@ -28,7 +28,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_parameters", "count_macs", "count_c4_detector_macs", "default_stages"]
+__all__ = [
+    "count_parameters", "count_macs", "count_c4_detector_macs", "default_stages", "ARCH_CHOICES", "analyze_backbone",
+    "analyze_detector", "model_report",
+]
 
 
 def default_stages(model: nn.Module) -> List[str]:
@@ -176,3 +179,149 @@ def count_c4_detector_macs(model: nn.Module, padded_hw: Tuple[int, int], num_roi
     counts["total"] = sum(counts.values())
     counts["before_pool_saving"] = saving
     return counts
+
+
+# ----------------------------------------------------------------------------
+# Reports of whole models (tools/analyze_model.py)
+# ----------------------------------------------------------------------------
+_RESNET_ARCHS = {f"resnet{d}": d for d in (18, 34, 50, 101, 152)}
+_CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
+#: The bare classifiers :func:`analyze_backbone` builds (Tables 1 and 6 of the ResNet paper, VGG-16).
+ARCH_CHOICES = tuple(_RESNET_ARCHS) + ("vgg16",) + tuple(f"cifar_resnet{d}" for d in _CIFAR_DEPTHS)
+
+
+def model_report(model: nn.Module, inputs: Any, description: str, size: Tuple[int, int],
+                 stages: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Parameters and multiply-adds of ``model`` on ``inputs``, per stage (default
+    :func:`default_stages`), as a JSON-ready dict: ``model`` (``description``),
+    ``input_size`` (``size``), ``params``, ``trainable_params``, ``macs`` and ``stages``
+    ``{name: {params, macs}}`` (``other`` only when something ran outside the stages)."""
+    stage_names = default_stages(model) if stages is None else stages
+    params = count_parameters(model, stages=stage_names)
+    trainable = count_parameters(model, stages=stage_names, trainable_only=True)
+    macs = count_macs(model, inputs, stages=stage_names)
+    rows = {}
+    for name in list(stage_names) + ["other"]:
+        if name == "other" and "other" not in params and "other" not in macs:
+            continue
+        rows[name] = {"params": params.get(name, 0), "macs": macs.get(name, 0)}
+    return {
+        "model": description,
+        "input_size": list(size),
+        "params": params["total"],
+        "trainable_params": trainable["total"],
+        "macs": macs["total"],
+        "stages": rows,
+    }
+
+
+def analyze_backbone(arch: str, *, mode: str = "msra", plain: bool = False,
+                     input_size: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
+    """:func:`model_report` of a bare ImageNet / CIFAR classifier, built on the meta
+    device (nothing is computed).
+
+    Args:
+        arch: one of :data:`ARCH_CHOICES`.
+        mode: ResNet bottleneck layout, ``"msra"`` (stride in the 1x1: Table 1's
+            numbers) or ``"torchvision"`` (stride in the 3x3).
+        plain: the plain (non-residual) network of the same depth.
+        input_size: ``(H, W)``; default 224 x 224 (ImageNet), 32 x 32 (CIFAR).
+    """
+    from .modeling.backbone import VGG16, CifarResNet, ResNet
+
+    if arch not in ARCH_CHOICES:
+        raise ValueError(f"architecture {arch!r} is not known; expected one of {', '.join(ARCH_CHOICES)}")
+    kind = "plain" if plain else "ResNet"
+    with torch.device("meta"):
+        if arch in _RESNET_ARCHS:
+            depth = _RESNET_ARCHS[arch]
+            model = ResNet(depth, stride_in_1x1=mode == "msra", num_classes=1000, residual=not plain)
+            default_size, description = (224, 224), f"{kind}-{depth} ({mode} layout)"
+        elif arch == "vgg16":
+            model, default_size, description = VGG16(num_classes=1000), (224, 224), "VGG-16"
+        else:
+            depth = int(arch[len("cifar_resnet"):])
+            model, default_size, description = CifarResNet(depth, residual=not plain), (32, 32), f"CIFAR {kind}-{depth}"
+        height, width = input_size or default_size
+        images = torch.empty(1, 3, height, width)
+    model.eval()
+    return model_report(model, images, description, (height, width))
+
+
+@torch.no_grad()
+def _calibrate_batchnorm(model: nn.Module, inputs: Any) -> None:
+    """Give every (Frozen)BN the statistics of its input on ``inputs``.
+
+    A randomly initialized detector has BN statistics mean 0 / var 1, so the
+    activations grow through the trunk (to ~1e7 at res4 of ResNet-101), the RPN
+    regresses every anchor out of the image and no region reaches the RoI head,
+    whose cost would then be counted as zero. Normalizing each BN by the
+    statistics of its actual input (computed just before it runs) keeps the
+    activations as in a trained network, so the RPN returns its usual number of
+    proposals. Only the BN statistics change; the counts do not depend on them
+    otherwise.
+    """
+    from .modeling.backbone import FrozenBatchNorm2d
+
+    norms = [m for m in model.modules() if isinstance(m, (FrozenBatchNorm2d, nn.modules.batchnorm._BatchNorm))]
+
+    def set_stats(module, args_):
+        x = args_[0]
+        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        module.running_var.copy_(x.var(dim=(0, 2, 3), unbiased=False))
+
+    handles = [m.register_forward_pre_hook(set_stats) for m in norms if m.running_mean is not None]
+    # A conv with a fused FrozenBN (model.speed.fused_frozen_bn) never calls its norm module,
+    # so the hook would not run: apply the norms separately while calibrating.
+    fused = [m for m in model.modules() if getattr(m, "fuse_frozen_bn", False)]
+    for m in fused:
+        m.fuse_frozen_bn = False
+    try:
+        model(inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        for m in fused:
+            m.fuse_frozen_bn = True
+
+
+def analyze_detector(cfg: Any, *, input_size: Optional[Tuple[int, int]] = None,
+                     name: str = "detector") -> Dict[str, Any]:
+    """:func:`model_report` of the detector ``cfg`` builds (random weights, evaluation
+    mode) on one random image, plus ``rois``: the regions its RoI head ran on.
+
+    Args:
+        cfg: a loaded config (its ``input.*_size_test`` are changed so that the image
+            is not rescaled).
+        input_size: the network's input ``(H, W)``; default
+            ``input.min_size_test`` x ``input.max_size_test``.
+        name: how the report names the model (the config file).
+    """
+    from .modeling.build import build_model
+
+    height, width = input_size or (int(cfg.input.min_size_test), int(cfg.input.max_size_test))
+    # Make the preprocessor keep the image at exactly H x W.
+    cfg.input.min_size_test = min(height, width)
+    cfg.input.max_size_test = max(height, width)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.eval()
+    # One image in 0..255, in the config's channel order (the model normalizes it).
+    images = [torch.rand(3, height, width) * 255]
+    _calibrate_batchnorm(model, images)
+    rois: List[int] = []
+
+    def record_rois(_module, args_, kwargs=None):
+        # ROIHeads.forward(features, proposals, ...): proposals is a list of [R_i, 4].
+        if len(args_) > 1 and isinstance(args_[1], (list, tuple)):
+            rois.append(sum(int(p.shape[0]) for p in args_[1] if isinstance(p, torch.Tensor)))
+
+    handle = model.roi_heads.register_forward_pre_hook(record_rois) if hasattr(model, "roi_heads") else None
+    try:
+        report = model_report(model, (images,), f"{name} ({type(model).__name__})", (height, width))
+    finally:
+        if handle is not None:
+            handle.remove()
+    if rois:
+        report["rois"] = rois[0]
+    return report

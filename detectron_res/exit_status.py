@@ -1,4 +1,4 @@
-"""Exit statuses of the training tools, and the one place that maps failures to them.
+"""Exit statuses of the tools, and the one place that maps training failures to them.
 
 ``tools/train_net.py`` and ``tools/train_classifier.py`` run their job through
 :func:`run_job`, which turns every expected failure into one line (stderr for
@@ -10,6 +10,13 @@ errors, stdout for a clean stop) and the status documented in the README:
     4  another rank died or hung under torchrun
     5  stopped by SIGTERM / SIGUSR1 (continue with --resume)
     6  an output could not be written (disk full, permissions; nothing is replaced)
+
+The tools that run a trained model share 0 and 2 (a usage error: one line on
+stderr) and give 1 and 3 their own meaning:
+
+    tools/infer.py   1  some inputs failed (each named on stderr); the others were processed
+    tools/export.py  1  the exported model disagrees with PyTorch
+                     3  exported but not verified (no image with a detection to compare)
 
 Anything else is a bug and keeps its traceback. Importing this module is cheap (no
 torch): the tools import it before they parse the config, which they load through
@@ -27,6 +34,18 @@ EXIT_NON_FINITE_LOSS = 3
 EXIT_DIST_FAILURE = 4
 EXIT_STOPPED_BY_SIGNAL = 5
 EXIT_OUTPUT_ERROR = 6
+
+# tools/infer.py and tools/export.py (module docstring).
+EXIT_INPUTS_FAILED = 1
+EXIT_EXPORT_MISMATCH = 1
+EXIT_EXPORT_NOT_VERIFIED = 3
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none), for
+    ``error: ...`` lines: a library message may go on with details a tool leaves out."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
 
 def _error(message: Any) -> None:

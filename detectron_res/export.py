@@ -62,12 +62,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, nms
 
-from .outputs import atomic_write
+from .exit_status import one_line
+from .outputs import atomic_write, atomic_write_text
 from .structures import clip_boxes, nonempty_mask
 
 __all__ = [
-    "ExportableDetector", "export_onnx", "export_torchscript", "EXPORT_FORMATS", "OnnxDetector", "load_exported",
-    "ParityReport", "compare_with_pytorch", "MIN_OPSET", "MAX_OPSET",
+    "ExportableDetector", "export_onnx", "export_torchscript", "export_predictor", "EXPORT_FORMATS", "OnnxDetector",
+    "load_exported", "ParityReport", "compare_with_pytorch", "compare_on_files", "dataset_images", "MIN_OPSET",
+    "MAX_OPSET",
 ]
 
 #: Formats of ``tools/export.py --format``.
@@ -332,6 +334,34 @@ def export_torchscript(
         return atomic_write(path, lambda f: torch.jit.save(traced, f))
 
 
+def default_export_path(weights: Union[str, os.PathLike], fmt: str) -> Path:
+    """Next to the weights: ``<name>.onnx`` or ``<name>.torchscript.pt``."""
+    weights = Path(weights)
+    return weights.with_name(weights.stem + (".onnx" if fmt == "onnx" else ".torchscript.pt"))
+
+
+def sidecar_path(output: Union[str, os.PathLike]) -> Path:
+    """The JSON file beside an export holding :func:`export_metadata`: ``<output>.json``."""
+    output = Path(output)
+    return output.with_name(output.name + ".json")
+
+
+def export_predictor(predictor: Any, output: Union[str, os.PathLike], fmt: str, *,
+                     opset: int = DEFAULT_OPSET) -> Dict[str, Any]:
+    """Export a :class:`~detectron_res.predictor.Predictor`'s model to ``output`` in
+    ``fmt`` (:data:`EXPORT_FORMATS`) and write :func:`sidecar_path` beside it, both
+    atomically. Returns the metadata written to the sidecar."""
+    if fmt == "onnx":
+        export_onnx(predictor.model, output, class_names=predictor.class_names, opset=opset)
+    elif fmt == "torchscript":
+        export_torchscript(predictor.model, output)
+    else:
+        raise ValueError(f"format {fmt!r}: expected one of {', '.join(EXPORT_FORMATS)}")
+    metadata = export_metadata(predictor.model, predictor.class_names)
+    atomic_write_text(sidecar_path(output), json.dumps(metadata, indent=1) + "\n")
+    return metadata
+
+
 class OnnxDetector:
     """Run an exported ``.onnx`` detector with onnxruntime (no PyTorch needed).
 
@@ -408,6 +438,7 @@ class ParityReport:
     score_tol: float = 0.0
     score_thresh: float = 0.0
     failures: List[str] = field(default_factory=list)  # one line per image that disagrees (first few)
+    unreadable: List[str] = field(default_factory=list)  # "path (reason)" of images that could not be read
 
     @property
     def verified(self) -> bool:
@@ -519,4 +550,61 @@ def compare_with_pytorch(
                                                                 else ""))
         if stop_after is not None and report.images_with_detections >= stop_after:
             break
+    return report
+
+
+def dataset_images(cfg: Any) -> Tuple[List[Path], str, List[str]]:
+    """Images to check an export on when the user names none: those of the config's
+    test datasets, else of its training datasets.
+
+    Returns:
+        ``(paths, where they come from, why the other sources could not be used)``;
+        ``paths`` is empty when no source could be read.
+    """
+    from .data.catalog import get_datasets
+
+    problems = []
+    for key in ("test", "train"):
+        names = list(getattr(cfg.data, key))
+        if not names:
+            problems.append(f"data.{key} is empty")
+            continue
+        try:
+            dataset = get_datasets(names, custom=cfg.data.datasets, check_images="none",
+                                   max_pixels=int(cfg.data.max_pixels))
+        except Exception as e:  # unreadable for any reason: say which and why, try the next source
+            problems.append(f"data.{key} {names} cannot be read ({one_line(e)})")
+            continue
+        paths = [Path(r.file_name) for r in dataset.records]
+        if paths:
+            return paths, f"data.{key} {names}", problems
+        problems.append(f"data.{key} {names} has no images")
+    return [], "", problems
+
+
+def compare_on_files(
+    predictor: Any,
+    exported: Callable[[np.ndarray], Detections],
+    paths: Sequence[Union[str, os.PathLike]],
+    *,
+    box_tol: float = 0.05,
+    score_tol: float = 1e-3,
+    check_num: int = 20,
+) -> ParityReport:
+    """:func:`compare_with_pytorch` on image files: ``predictor.model`` against
+    ``exported`` on up to ``5 * check_num`` of ``paths`` (read as the predictor reads
+    them), stopping once ``check_num`` had PyTorch detections. A file that cannot be
+    read is listed in ``report.unreadable`` and the others are still compared."""
+    unreadable: List[str] = []
+
+    def images() -> Iterable[Tuple[str, np.ndarray]]:
+        for path in paths[: 5 * check_num]:
+            try:
+                yield str(path), predictor.read_image(path)
+            except Exception as e:  # a broken file is named, the check goes on with the others
+                unreadable.append(f"{path} ({one_line(e)})")
+
+    report = compare_with_pytorch(predictor.model, exported, images(), box_tol=box_tol, score_tol=score_tol,
+                                  stop_after=check_num)
+    report.unreadable = unreadable
     return report

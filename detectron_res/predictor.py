@@ -12,6 +12,9 @@ Everything the model needs to run (config, class names, input channel order) is
 stored in the checkpoint written by training (:mod:`detectron_res.engine.checkpoint`);
 a config file can be given to override it.
 
+Files, folders and videos, with annotated copies and JSON written for each (what
+``tools/infer.py`` does): :func:`detectron_res.inference_io.predict_files`.
+
 Conventions: boxes are float32 ``x1, y1, x2, y2`` in absolute, 0-based continuous
 pixel coordinates of the ORIGINAL image (pixel ``i`` spans ``[i, i+1)``); labels
 are contiguous ids ``1..K`` and ``class_names[i]`` names label ``i + 1``.
@@ -28,6 +31,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from .config import ConfigError
+from .engine.checkpoint import CheckpointError
 from .engine.distributed import resolve_device
 from .precision import autocast, resolve_precision
 
@@ -37,6 +42,7 @@ __all__ = [
     "Detections",
     "Predictor",
     "NoCheckpointError",
+    "USER_ERRORS",
     "find_latest_checkpoint",
     "output_roots",
     "resolve_device",
@@ -52,6 +58,13 @@ ImageLike = Union[str, os.PathLike, np.ndarray]
 
 class NoCheckpointError(FileNotFoundError):
     """No trained model was found where training writes them (one-line message)."""
+
+
+#: What ``Predictor(...)`` raises for a user's mistake: no trained model, a checkpoint
+#: that cannot be read or does not match the config, a bad config key or override, a
+#: bad argument. The message names the file or key; the tools print its first line
+#: and exit with status 2.
+USER_ERRORS = (NoCheckpointError, ConfigError, CheckpointError, FileNotFoundError, ValueError, TypeError)
 
 
 # ----------------------------------------------------------------------------
@@ -334,16 +347,27 @@ class Predictor:
             return self.predict_batch(images, format=format)
         return self.predict_batch([images], format=format)[0]
 
-    def predict_batch(self, images: Sequence[ImageLike], *, format: str = "BGR") -> List[Detections]:
-        """Like ``__call__`` on a list; runs ``batch_size`` images per forward pass."""
+    def read_image(self, path: Union[str, os.PathLike], *, format: Optional[str] = None) -> np.ndarray:
+        """Decode an image file as the predictor does for a path: EXIF orientation
+        applied, grayscale / alpha / 16-bit turned into ``uint8 [H, W, 3]``, images over
+        the config's ``data.max_pixels`` refused (``ImageReadError`` naming the file).
+
+        Args:
+            format: channel order of the result, ``"BGR"`` or ``"RGB"``; default the
+                model's ``input_format`` (what :meth:`predict_arrays` takes).
+        """
         from detectron_res.data.image_io import read_image
 
+        return read_image(path, format=format or self.input_format, max_pixels=int(self.cfg.data.max_pixels))
+
+    def predict_batch(self, images: Sequence[ImageLike], *, format: str = "BGR") -> List[Detections]:
+        """Like ``__call__`` on a list; runs ``batch_size`` images per forward pass."""
         results: List[Detections] = []
         for start in range(0, len(images), self.batch_size):
             arrays = []
             for item in images[start : start + self.batch_size]:
                 if isinstance(item, (str, os.PathLike)):
-                    arrays.append(read_image(item, format=self.input_format))
+                    arrays.append(self.read_image(item))
                 else:
                     arrays.append(prepare_image(item, format=format, model_format=self.input_format))
             results += self.predict_arrays(arrays)

@@ -154,6 +154,16 @@ def test_export_command_line(tmp_path, capsys):
     assert tool.main(["--weights", str(tmp_path / "nope.pth")]) == 2
 
 
+def test_export_tool_checks_options_with_the_library_limits():
+    """tools/export.py repeats the formats and opset range to check them before importing
+    torch: they must be the library's."""
+    from detectron_res import export
+
+    tool = load_tool("export")
+    assert (tool.FORMATS, tool.MIN_OPSET, tool.MAX_OPSET) == (export.EXPORT_FORMATS, export.MIN_OPSET,
+                                                              export.MAX_OPSET)
+
+
 # ----------------------------------------------------------------------------
 # The parity check of tools/export.py on a trained model (issue 20)
 # ----------------------------------------------------------------------------

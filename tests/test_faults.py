@@ -32,14 +32,14 @@ from signal_helpers import SignalBeforeIteration, signal_test_loaders
 from detectron_res.exit_status import EXIT_OUTPUT_ERROR, EXIT_STOPPED_BY_SIGNAL
 from two_ranks import signal_rank_one_and_wait, start_two_ranks
 from helpers import load_tool
+import fault_inject  # tests/fault_inject.py, the SIGKILL harness
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_NET = ROOT / "tools" / "train_net.py"
-FAULT_INJECT = ROOT / "tools" / "fault_inject.py"
+FAULT_INJECT = ROOT / "tests" / "fault_inject.py"
 
 
 train_net = load_tool("train_net", "train_net_for_faults")
-fault_inject = load_tool("fault_inject", "fault_inject")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def assert_same_weights(a, b):
 
 
 # ---------------------------------------------------------------------------
-# SIGKILL at random points: tools/fault_inject.py
+# SIGKILL at random points: tests/fault_inject.py
 # ---------------------------------------------------------------------------
 @pytest.mark.slow
 def test_fault_injection_script_ten_kills(tmp_path):

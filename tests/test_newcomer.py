@@ -62,7 +62,8 @@ def test_infer_recursive_and_skipped_subfolders_reported(tmp_path, capsys):
 
 
 def test_folder_with_only_subfolders_says_recursive(tmp_path):
-    infer = _load_tool("infer")
+    from detectron_res import inference_io as infer  # tools/infer.py's input discovery
+
     (tmp_path / "outer" / "inner").mkdir(parents=True)
     cv2.imwrite(str(tmp_path / "outer" / "inner" / "x.png"), synthetic_image(16, 16))
     inputs, failures, _, skipped = infer.discover_inputs([str(tmp_path / "outer")])

@@ -229,7 +229,8 @@ def test_visualize_data(tmp_path, monkeypatch, capsys):
 
 
 def test_fault_inject_json_and_work_dir(tmp_path, capsys):
-    tool = _load_tool("fault_inject")
+    import fault_inject as tool  # tests/fault_inject.py
+
     report = tmp_path / "report.json"
     report.write_text("mine\n")
     assert tool.main(["--json", str(report), "--kills", "1"]) == 2

@@ -2,8 +2,12 @@
 """Kill a short CPU training run with SIGKILL at random points, resume it after each
 kill, and check that nothing is lost.
 
-    python tools/fault_inject.py                 # 10 kills, seed 0, about a minute on 2 cores
-    python tools/fault_inject.py --kills 20 --seed 3 --keep
+    python tests/fault_inject.py                 # 10 kills, seed 0, about a minute on 2 cores
+    python tests/fault_inject.py --kills 20 --seed 3 --keep
+
+A test harness, kept beside the tests that use it (``tests/test_faults.py`` runs it
+as a script and imports its kill plan; ``tests/test_outputs.py`` checks its output
+rules); run it from a checkout with the command above.
 
 What it does:
 
@@ -40,7 +44,7 @@ result, and the other attempts (killed at random delays) run without it.
 Processes.  By default each attempt is ``os.fork()``-ed from this process after
 it has imported torch and the toolkit (an interpreter start costs about 6 s here;
 a fork, nothing), with one compute thread.  ``--spawn`` starts a fresh interpreter
-per attempt instead (``python tools/fault_inject.py --child ... -- <train_net args>``).
+per attempt instead (``python tests/fault_inject.py --child ... -- <train_net args>``).
 
 Prints the counts (kills, kills during a checkpoint write, resumes, checkpoints
 verified, final weights equal) and exits with status 0 when every check passed,
@@ -50,7 +54,6 @@ verified, final weights equal) and exits with status 0 when every check passed,
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import random
@@ -72,7 +75,6 @@ from detectron_res.outputs import (  # noqa: E402
     OutputError, add_overwrite_argument, atomic_write_text, check_output_dir, check_output_file,
 )
 
-TRAIN_NET = ROOT / "tools" / "train_net.py"
 
 # configs/tiny_shapes.yaml: the demo detector small enough for several CPU iterations per
 # second (the training tests use it too), trained with batch 2.
@@ -90,10 +92,10 @@ _CKPT_TEMPORARY = re.compile(r"^\..+\.pth\.[a-z0-9_]{8}\.tmp$")
 # the training process (child side)
 # ---------------------------------------------------------------------------
 def _load_train_net():
-    spec = importlib.util.spec_from_file_location("train_net", TRAIN_NET)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    # tests/ is on sys.path: this file's folder when run as a script, and under pytest.
+    from helpers import load_tool
+
+    return load_tool("train_net", "train_net")
 
 
 PAUSE_AFTER_BYTES = 256 * 1024
