@@ -22,12 +22,11 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
+# The repository root, for the ``benchmarks`` package (not installed with detectron_res).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import (  # noqa: E402
+from benchmarks.detectors import (  # noqa: E402
     DetectorSpec,
-    autocast_context,
     build_pair,
     make_images,
     make_targets,
@@ -36,6 +35,7 @@ from common import (  # noqa: E402
     randomize_weights,
     speed_overrides,
 )
+from benchmarks.timing import autocast_context  # noqa: E402
 
 from detectron_res.config import load_config  # noqa: E402
 from detectron_res.modeling.build import build_model  # noqa: E402
@@ -172,7 +172,7 @@ def test_torchvision_c4_gives_our_detections_on_the_device():
 
 @pytest.mark.slow
 def test_quick_benchmark_runs_on_the_device(tmp_path):
-    import run
+    from benchmarks import run
 
     status = run.main(["--quick", "--device", str(DEVICE), "--out", str(tmp_path), "--budget-s", "60"])
     suffix = "cuda" if DEVICE.type == "cuda" else "cpu"
