@@ -23,6 +23,7 @@ from torch import nn
 
 from detectron_res.engine.threads import CpuLoadMeter, available_cores, threads_for_load
 
+
 class BusyLoad:
     """A competing load: ``processes`` child processes spinning on the CPU.
 

@@ -26,8 +26,17 @@ from benchmarks.detectors import (
 )
 from benchmarks.machine import fp32_matmul
 from benchmarks.results import BF16_SUFFIX, precision_of, record_times
-from benchmarks.timing import Budget, Timer, autocast_context, first_call_is_timed, first_calls, more_rounds, synchronize
+from benchmarks.timing import (
+    Budget,
+    Timer,
+    autocast_context,
+    first_call_is_timed,
+    first_calls,
+    more_rounds,
+    synchronize,
+)
 from detectron_res.analysis import count_c4_detector_macs
+
 
 def padded_size(height: int, width: int, divisibility: int = 32) -> Tuple[int, int]:
     """``(height, width)`` rounded up to ``divisibility``: the size the trunk sees after padding."""

@@ -19,6 +19,7 @@ import torchvision
 from benchmarks.timing import Timer
 from detectron_res.precision import cpu_flags, cpu_native_bf16
 
+
 def cpu_isa() -> Dict[str, object]:
     """The CPU's vector ISA as it matters here: AVX2 / AVX-512, VNNI and native bf16
     (AVX512-BF16, AMX); from ``/proc/cpuinfo`` (else torch's own CPU report)."""

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional
 
 from benchmarks.results import BF16_PAIRS, STAGES, error_record, paired_ratio
 
+
 def fmt_s(s: Optional[float]) -> str:
     if s is None:
         return "-"
@@ -225,172 +226,177 @@ def _machine_lines(results: Dict[str, Any]) -> List[str]:
 
 def _inference_lines(results: Dict[str, Any]) -> List[str]:
     """Markdown lines: the inference table (fp32) and the inference ablation."""
-    lines: List[str] = []
     inf = results.get("inference", [])
-    if inf:
-        lines.append("## Inference latency (one image)")
-        lines.append("")
+    if not inf:
+        return []
+    lines: List[str] = []
+    lines.append("## Inference latency (one image)")
+    lines.append("")
+    lines.append(
+        "| model | ours | torchvision | ours / torchvision | (CPU time) | ours_plain / tv | GMACs | "
+        "ours GFLOP/s | % of matmul | peak mem ours / tv | detections equal to tv |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in inf:
+        if "error" in r:
+            lines.append(f"| {r.get('model', '?')} | error: {r['error']} |")
+            continue
+        s = r["summary"]
+        ratio = r["ratio_vs_torchvision"]["ours"]
+        plain_ratio = r["ratio_vs_torchvision"].get("ours_plain")
+        macs = r["macs"]["total"]
+        rate = 2 * macs / s["ours"]["median_s"]
+        peak = r["matmul_interleaved"]["best_flops"]
+        agree = r["agreement"]["ours"]
         lines.append(
-            "| model | ours | torchvision | ours / torchvision | (CPU time) | ours_plain / tv | GMACs | "
-            "ours GFLOP/s | % of matmul | peak mem ours / tv | detections equal to tv |"
+            f"| {r['model']} | {_fmt_time_summary(s['ours'])} | {_fmt_time_summary(s['torchvision'])} | "
+            f"**{ratio['median']:.2f}** ({ratio['min']:.2f}-{ratio['max']:.2f}) | {fmt_cpu_ratio(r, 'ours')} | "
+            f"{'%.2f' % plain_ratio['median'] if plain_ratio else '-'} | {macs / 1e9:.1f} | {rate / 1e9:.1f} | "
+            f"{100 * rate / peak:.0f}% | {_fmt_mib(r['peak_memory']['ours'])} / {_fmt_mib(r['peak_memory']['torchvision'])} | "
+            f"{agree['matched']}/{max(agree['num_a'], agree['num_b'])} (max score diff {agree['max_score_diff']:.1e}) |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
-        for r in inf:
-            if "error" in r:
-                lines.append(f"| {r.get('model', '?')} | error: {r['error']} |")
-                continue
-            s = r["summary"]
-            ratio = r["ratio_vs_torchvision"]["ours"]
-            plain_ratio = r["ratio_vs_torchvision"].get("ours_plain")
-            macs = r["macs"]["total"]
-            rate = 2 * macs / s["ours"]["median_s"]
-            peak = r["matmul_interleaved"]["best_flops"]
-            agree = r["agreement"]["ours"]
-            lines.append(
-                f"| {r['model']} | {_fmt_time_summary(s['ours'])} | {_fmt_time_summary(s['torchvision'])} | "
-                f"**{ratio['median']:.2f}** ({ratio['min']:.2f}-{ratio['max']:.2f}) | {fmt_cpu_ratio(r, 'ours')} | "
-                f"{'%.2f' % plain_ratio['median'] if plain_ratio else '-'} | {macs / 1e9:.1f} | {rate / 1e9:.1f} | "
-                f"{100 * rate / peak:.0f}% | {_fmt_mib(r['peak_memory']['ours'])} / {_fmt_mib(r['peak_memory']['torchvision'])} | "
-                f"{agree['matched']}/{max(agree['num_a'], agree['num_b'])} (max score diff {agree['max_score_diff']:.1e}) |"
-            )
-        lines.append("")
-        lines.append(
-            "GMACs: multiply-adds of convolutions and linear layers of ours (trunk at the padded size, RPN head, res5 "
-            "and predictor on the proposals; res5's first conv on the feature map where it runs there), counted by "
-            "`FlopCounterMode`; GFLOP/s = 2 x GMACs / median time; "
-            "% of matmul: of the best rate of a dense fp32 matmul (2048^3 on CPU, 8192^3 on CUDA) timed in the "
-            "same turns as the detectors: the machine's limit in this run (fp32 rows; bf16 is in its own table). "
-            "'Detections equal': detections of ours matched by torchvision's (same label, IoU >= 0.99) over the "
-            "larger count. Ratios are medians of the per-turn ratios (range in brackets); '(CPU time)' is the same "
-            "ratio of the process's CPU seconds, which other jobs on a shared CPU disturb less than wall time."
-        )
-        lines.append("")
-        for r in inf:
-            if "error" not in r and _is_ablation(r):
-                lines += _ablation_table(r, f"Ablation of the speed options, inference ({r['model']})")
+    lines.append("")
+    lines.append(
+        "GMACs: multiply-adds of convolutions and linear layers of ours (trunk at the padded size, RPN head, res5 "
+        "and predictor on the proposals; res5's first conv on the feature map where it runs there), counted by "
+        "`FlopCounterMode`; GFLOP/s = 2 x GMACs / median time; "
+        "% of matmul: of the best rate of a dense fp32 matmul (2048^3 on CPU, 8192^3 on CUDA) timed in the "
+        "same turns as the detectors: the machine's limit in this run (fp32 rows; bf16 is in its own table). "
+        "'Detections equal': detections of ours matched by torchvision's (same label, IoU >= 0.99) over the "
+        "larger count. Ratios are medians of the per-turn ratios (range in brackets); '(CPU time)' is the same "
+        "ratio of the process's CPU seconds, which other jobs on a shared CPU disturb less than wall time."
+    )
+    lines.append("")
+    for r in inf:
+        if "error" not in r and _is_ablation(r):
+            lines += _ablation_table(r, f"Ablation of the speed options, inference ({r['model']})")
     return lines
 
 
 def _training_lines(results: Dict[str, Any]) -> List[str]:
     """Markdown lines: the training table (fp32, no load) and the training ablation."""
-    lines: List[str] = []
     train = results.get("training", [])
-    if train:
-        lines.append("## Training iteration (forward, backward, SGD step)")
-        lines.append("")
+    if not train:
+        return []
+    lines: List[str] = []
+    lines.append("## Training iteration (forward, backward, SGD step)")
+    lines.append("")
+    lines.append(
+        "| model | batch | ours | torchvision | ours / torchvision | (CPU time) | images/s ours / tv | "
+        "ours_plain / tv | peak mem ours / tv |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|")
+    for r in train:
+        if r.get("contention"):
+            continue  # its own table below
+        if "error" in r:
+            lines.append(f"| {r.get('model', '?')} | {r.get('batch_size', '?')} | error: {r['error']} |")
+            continue
+        s = r["summary"]
+        ratio = r["ratio_vs_torchvision"]["ours"]
+        plain_ratio = r["ratio_vs_torchvision"].get("ours_plain")
+        ips = r["images_per_s"]
         lines.append(
-            "| model | batch | ours | torchvision | ours / torchvision | (CPU time) | images/s ours / tv | "
-            "ours_plain / tv | peak mem ours / tv |"
+            f"| {r['model']} | {r['batch_size']} | {_fmt_time_summary(s['ours'])} | {_fmt_time_summary(s['torchvision'])} | "
+            f"**{ratio['median']:.2f}** ({ratio['min']:.2f}-{ratio['max']:.2f}) | {fmt_cpu_ratio(r, 'ours')} | "
+            f"{ips['ours']:.2f} / {ips['torchvision']:.2f} | "
+            f"{'%.2f' % plain_ratio['median'] if plain_ratio else '-'} | "
+            f"{_fmt_mib(r['peak_memory']['ours'])} / {_fmt_mib(r['peak_memory']['torchvision'])} |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|---|")
-        for r in train:
-            if r.get("contention"):
-                continue  # its own table below
-            if "error" in r:
-                lines.append(f"| {r.get('model', '?')} | {r.get('batch_size', '?')} | error: {r['error']} |")
-                continue
-            s = r["summary"]
-            ratio = r["ratio_vs_torchvision"]["ours"]
-            plain_ratio = r["ratio_vs_torchvision"].get("ours_plain")
-            ips = r["images_per_s"]
-            lines.append(
-                f"| {r['model']} | {r['batch_size']} | {_fmt_time_summary(s['ours'])} | {_fmt_time_summary(s['torchvision'])} | "
-                f"**{ratio['median']:.2f}** ({ratio['min']:.2f}-{ratio['max']:.2f}) | {fmt_cpu_ratio(r, 'ours')} | "
-                f"{ips['ours']:.2f} / {ips['torchvision']:.2f} | "
-                f"{'%.2f' % plain_ratio['median'] if plain_ratio else '-'} | "
-                f"{_fmt_mib(r['peak_memory']['ours'])} / {_fmt_mib(r['peak_memory']['torchvision'])} |"
-            )
-        lines.append("")
-        lines.append(
-            "Each detector samples its own RPN anchors and RoIs (random), so the two do the same amount of work but "
-            "not the same arithmetic. Ours' steps run with the thread count our trainer gives them on the CPU (no "
-            "more threads than the cores other processes leave free; on a quiet machine torch's count), "
-            "torchvision's with torch's count; threads of ours per call: " + "; ".join(
-                f"{r['model']} batch {r['batch_size']}: {r['ours_threads']['ours']}" for r in train
-                if not r.get("contention") and r.get("ours_threads", {}).get("ours")) + ". "
-            "Memory: peak of the first iteration above what was in use before it (CUDA: "
-            "allocated tensors; CPU: resident set, which the allocator's reuse of freed memory makes approximate)."
-        )
-        lines.append("")
-        for r in train:
-            if "error" not in r and _is_ablation(r) and not r.get("contention"):
-                lines += _ablation_table(r, f"Ablation of the speed options, training ({r['model']}, batch {r['batch_size']})")
+    lines.append("")
+    lines.append(
+        "Each detector samples its own RPN anchors and RoIs (random), so the two do the same amount of work but "
+        "not the same arithmetic. Ours' steps run with the thread count our trainer gives them on the CPU (no "
+        "more threads than the cores other processes leave free; on a quiet machine torch's count), "
+        "torchvision's with torch's count; threads of ours per call: " + "; ".join(
+            f"{r['model']} batch {r['batch_size']}: {r['ours_threads']['ours']}" for r in train
+            if not r.get("contention") and r.get("ours_threads", {}).get("ours")) + ". "
+        "Memory: peak of the first iteration above what was in use before it (CUDA: "
+        "allocated tensors; CPU: resident set, which the allocator's reuse of freed memory makes approximate)."
+    )
+    lines.append("")
+    for r in train:
+        if "error" not in r and _is_ablation(r) and not r.get("contention"):
+            lines += _ablation_table(r, f"Ablation of the speed options, training ({r['model']}, batch {r['batch_size']})")
     return lines
 
 
 def _scaling_lines(results: Dict[str, Any], png_name: Optional[str]) -> List[str]:
     """Markdown lines: the stage shares of the scaling sweeps (and the plot, if drawn)."""
-    lines: List[str] = []
     scaling = results.get("scaling")
-    if scaling and scaling.get("rows"):
-        lines.append("## Where the time goes: latency of ours by stage")
+    if not scaling or not scaling.get("rows"):
+        return []
+    lines: List[str] = []
+    lines.append("## Where the time goes: latency of ours by stage")
+    lines.append("")
+    if png_name:
+        lines.append(f"![scaling]({png_name})")
         lines.append("")
-        if png_name:
-            lines.append(f"![scaling]({png_name})")
-            lines.append("")
-        stages = STAGES
-        lines.append("| sweep | image | proposals | total | GMACs | " + " | ".join(stages) + " |")
-        lines.append("|---|---|---|---|---|" + "---|" * len(stages))
-        for row in scaling["rows"]:
-            st = row["stages_s"]
-            lines.append(
-                f"| {row['sweep']} | {row['image'][0]}x{row['image'][1]} | {row['rois']} | "
-                f"{fmt_s(st['total'])} | "
-                f"{row['macs'] / 1e9:.1f} | " + " | ".join(f"{100 * st[k] / st['total']:.0f}%" for k in stages) + " |"
-            )
-        lines.append("")
+    lines.append("| sweep | image | proposals | total | GMACs | " + " | ".join(STAGES) + " |")
+    lines.append("|---|---|---|---|---|" + "---|" * len(STAGES))
+    for row in scaling["rows"]:
+        st = row["stages_s"]
         lines.append(
-            "Best of 1-2 calls per point (CPU: the first call counts; CUDA: after a warm-up call), "
-            "R-50-C4 'ours'. trunk = stem..res4; roi_post = box decoding, score threshold, NMS; other = "
-            "normalization, padding, mapping boxes back."
+            f"| {row['sweep']} | {row['image'][0]}x{row['image'][1]} | {row['rois']} | "
+            f"{fmt_s(st['total'])} | "
+            f"{row['macs'] / 1e9:.1f} | " + " | ".join(f"{100 * st[k] / st['total']:.0f}%" for k in STAGES) + " |"
         )
-        lines.append("")
+    lines.append("")
+    lines.append(
+        "Best of 1-2 calls per point (CPU: the first call counts; CUDA: after a warm-up call), "
+        "R-50-C4 'ours'. trunk = stem..res4; roi_post = box decoding, score threshold, NMS; other = "
+        "normalization, padding, mapping boxes back."
+    )
+    lines.append("")
     return lines
 
 
 def _profile_lines(results: Dict[str, Any]) -> List[str]:
     """Markdown lines: the operator profile of ours."""
-    lines: List[str] = []
     profile = results.get("profile")
-    if profile and "top" in profile:
-        lines.append(f"## Operator profile of ours ({results['spec_name']}, {profile['clock']} self time)")
-        lines.append("")
-        lines.append("| operator | self time | share | calls |")
-        lines.append("|---|---|---|---|")
-        for e in profile["top"]:
-            lines.append(f"| `{e['op']}` | {e['self_ms']:.1f} ms | {e['percent']:.1f}% | {e['calls']} |")
-        lines.append("")
+    if not profile or "top" not in profile:
+        return []
+    lines: List[str] = []
+    lines.append(f"## Operator profile of ours ({results['spec_name']}, {profile['clock']} self time)")
+    lines.append("")
+    lines.append("| operator | self time | share | calls |")
+    lines.append("|---|---|---|---|")
+    for e in profile["top"]:
+        lines.append(f"| `{e['op']}` | {e['self_ms']:.1f} ms | {e['percent']:.1f}% | {e['calls']} |")
+    lines.append("")
     return lines
 
 
 def _targets_lines(results: Dict[str, Any]) -> List[str]:
     """Markdown lines: the targets as ``targets.evaluate_targets`` found them."""
-    lines: List[str] = []
     targets = results.get("targets", [])
-    if targets:
-        lines.append("## Targets")
-        lines.append("")
-        lines.append("| target | measured | status |")
-        lines.append("|---|---|---|")
-        for t in targets:
-            lines.append(f"| {t['target']} | {t['measured']} | {t['status']} |")
-        lines.append("")
-        lines.append("What the speed options save, what did not help, and the gaps: `benchmarks/OPTIMIZATIONS.md`.")
-        lines.append("")
+    if not targets:
+        return []
+    lines: List[str] = []
+    lines.append("## Targets")
+    lines.append("")
+    lines.append("| target | measured | status |")
+    lines.append("|---|---|---|")
+    for t in targets:
+        lines.append(f"| {t['target']} | {t['measured']} | {t['status']} |")
+    lines.append("")
+    lines.append("What the speed options save, what did not help, and the gaps: `benchmarks/OPTIMIZATIONS.md`.")
+    lines.append("")
     return lines
 
 
 def _not_measured_lines(results: Dict[str, Any]) -> List[str]:
     """Markdown lines: the parts skipped by the budget and the parts that failed."""
+    if not results.get("errors") and not results.get("skipped"):
+        return []
     lines: List[str] = []
-    if results.get("errors") or results.get("skipped"):
-        lines.append("## Not measured in this run")
-        lines.append("")
-        for item in results.get("skipped", []):
-            lines.append(f"- skipped: {item}")
-        for e in results.get("errors", []):
-            lines.append(f"- {e['part']}: {e['error']}")
-        lines.append("")
+    lines.append("## Not measured in this run")
+    lines.append("")
+    for item in results.get("skipped", []):
+        lines.append(f"- skipped: {item}")
+    for e in results.get("errors", []):
+        lines.append(f"- {e['part']}: {e['error']}")
+    lines.append("")
     return lines
 
 
@@ -448,7 +454,6 @@ def plot_scaling(results: Dict[str, Any], path: Path) -> bool:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return True
-
 
 
 def output_paths(results: Dict[str, Any], out_dir: Path) -> Dict[str, Path]:

@@ -19,6 +19,7 @@ from benchmarks.results import STAGES
 from benchmarks.timing import Budget, Timer, first_call_is_timed, synchronize
 from detectron_res.analysis import count_c4_detector_macs
 
+
 class StageTimer:
     """Wall time spent in the stages of our detector during calls, via forward hooks.
 

@@ -21,6 +21,7 @@ import torch
 
 from detectron_res.precision import autocast as precision_autocast
 
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

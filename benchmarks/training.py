@@ -20,6 +20,7 @@ from benchmarks.detectors import TRAINING_ABLATION, DetectorSpec, ablation_model
 from benchmarks.results import precision_of, record_times
 from benchmarks.timing import Budget, autocast_context, first_calls, more_rounds
 
+
 def training_step_fn(model: nn.Module, images, targets, device: torch.device, precision: str):
     """One SGD iteration (forward, backward, step) of ``model`` in training mode, the
     forward pass in ``precision`` (fp32 or bf16 autocast, as the trainer's ``solver.amp``)."""
