@@ -68,14 +68,35 @@ def _is_ablation(record: Dict[str, Any]) -> bool:
     return any(name.startswith(("ours_plain", "ours-", "ours+")) for name in record.get("summary", {}))
 
 
+def _table_head(header: str) -> List[str]:
+    """A Markdown table's header row and the separator row under it (one ``---`` per column)."""
+    return [header, "|" + "---|" * (header.count(" | ") + 1)]
+
+
+def _versus_torchvision(record: Dict[str, Any]) -> str:
+    """Two cells: ours / torchvision, median **bold** (range), and the same ratio of CPU time."""
+    ratio = record["ratio_vs_torchvision"]["ours"]
+    return f"**{ratio['median']:.2f}** ({ratio['min']:.2f}-{ratio['max']:.2f}) | {fmt_cpu_ratio(record, 'ours')}"
+
+
+def _plain_versus_torchvision(record: Dict[str, Any]) -> str:
+    """One cell: ours with every speed option off / torchvision, or '-' where not measured."""
+    plain = record["ratio_vs_torchvision"].get("ours_plain")
+    return "-" if plain is None else f"{plain['median']:.2f}"
+
+
+def _memory_pair(record: Dict[str, Any]) -> str:
+    """One cell: peak memory of ours / of torchvision."""
+    return f"{_fmt_mib(record['peak_memory']['ours'])} / {_fmt_mib(record['peak_memory']['torchvision'])}"
+
+
 def _ablation_table(record: Dict[str, Any], title: str) -> List[str]:
     """Markdown lines: every variant of one comparison against ours and torchvision."""
     lines = [f"### {title}", ""]
-    lines.append(
+    lines += _table_head(
         "| variant | median (min-max, n) | / ours | (CPU time) | / torchvision | (CPU time) | peak memory | "
         "detections equal to tv |"
     )
-    lines.append("|---|---|---|---|---|---|---|---|")
     for name, s in record["summary"].items():
         vs_ours = record.get("ratio_vs_ours", {}).get(name)
         vs_ours_cpu = record.get("cpu_ratio_vs_ours", {}).get(name)
@@ -107,9 +128,8 @@ def _bf16_table(results: Dict[str, Any]) -> List[str]:
         return []
     labels = list(BF16_PAIRS)
     lines = ["## bf16 autocast beside fp32", ""]
-    lines.append("| part | model | ours fp32 | ours bf16 | torchvision fp32 | torchvision bf16 | "
-                 + " | ".join(labels) + " |")
-    lines.append("|---|---|---|---|---|---|" + "---|" * len(labels))
+    lines += _table_head("| part | model | ours fp32 | ours bf16 | torchvision fp32 | torchvision bf16 | "
+                         + " | ".join(labels) + " |")
     for kind, r in rows:
         s = r["summary"]
         cells = []
@@ -145,18 +165,15 @@ def _contention_table(results: Dict[str, Any]) -> List[str]:
     quiet = {(r["depth"], r["batch_size"]): r for r in results.get("training", [])
              if not r.get("contention") and "error" not in r}
     lines = ["## Training under contention", ""]
-    lines.append("| model | batch | busy processes | ours | torchvision | ours / torchvision | (CPU time) | "
-                 "same without the load (this run) | (CPU time) | ours with torch's threads / tv | "
-                 "ours / tv with our trainer's threads |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    lines += _table_head("| model | batch | busy processes | ours | torchvision | ours / torchvision | (CPU time) | "
+                         "same without the load (this run) | (CPU time) | ours with torch's threads / tv | "
+                         "ours / tv with our trainer's threads |")
     for r in loaded:
-        ratio = r["ratio_vs_torchvision"]["ours"]
         q = quiet.get((r["depth"], r["batch_size"]))
         q_ratio = q["ratio_vs_torchvision"]["ours"]["median"] if q else None
         lines.append(
             f"| {r['model']} | {r['batch_size']} | {r['contention']} | {_fmt_time_summary(r['summary']['ours'])} | "
-            f"{_fmt_time_summary(r['summary']['torchvision'])} | **{ratio['median']:.2f}** "
-            f"({ratio['min']:.2f}-{ratio['max']:.2f}) | {fmt_cpu_ratio(r, 'ours')} | "
+            f"{_fmt_time_summary(r['summary']['torchvision'])} | {_versus_torchvision(r)} | "
             f"{'-' if q_ratio is None else '%.2f' % q_ratio} | {fmt_cpu_ratio(q, 'ours') if q else '-'} | "
             f"{fmt_pair(r, 'ours_torch_threads', 'torchvision')} | {fmt_pair(r, 'ours', 'torchvision_trainer_threads')} |"
         )
@@ -182,8 +199,7 @@ def _machine_lines(results: Dict[str, Any]) -> List[str]:
     lines: List[str] = []
     lines.append("## Machine")
     lines.append("")
-    lines.append("| | |")
-    lines.append("|---|---|")
+    lines += _table_head("| | |")
     rows = [
         ("date", results["date"]),
         ("device", info.get("gpu", info["cpu"]) + (f" (CUDA {info.get('cuda')}, cuDNN {info.get('cudnn')})" if cuda else "")),
@@ -232,27 +248,23 @@ def _inference_lines(results: Dict[str, Any]) -> List[str]:
     lines: List[str] = []
     lines.append("## Inference latency (one image)")
     lines.append("")
-    lines.append(
+    lines += _table_head(
         "| model | ours | torchvision | ours / torchvision | (CPU time) | ours_plain / tv | GMACs | "
         "ours GFLOP/s | % of matmul | peak mem ours / tv | detections equal to tv |"
     )
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in inf:
         if "error" in r:
             lines.append(f"| {r.get('model', '?')} | error: {r['error']} |")
             continue
         s = r["summary"]
-        ratio = r["ratio_vs_torchvision"]["ours"]
-        plain_ratio = r["ratio_vs_torchvision"].get("ours_plain")
         macs = r["macs"]["total"]
         rate = 2 * macs / s["ours"]["median_s"]
         peak = r["matmul_interleaved"]["best_flops"]
         agree = r["agreement"]["ours"]
         lines.append(
             f"| {r['model']} | {_fmt_time_summary(s['ours'])} | {_fmt_time_summary(s['torchvision'])} | "
-            f"**{ratio['median']:.2f}** ({ratio['min']:.2f}-{ratio['max']:.2f}) | {fmt_cpu_ratio(r, 'ours')} | "
-            f"{'%.2f' % plain_ratio['median'] if plain_ratio else '-'} | {macs / 1e9:.1f} | {rate / 1e9:.1f} | "
-            f"{100 * rate / peak:.0f}% | {_fmt_mib(r['peak_memory']['ours'])} / {_fmt_mib(r['peak_memory']['torchvision'])} | "
+            f"{_versus_torchvision(r)} | {_plain_versus_torchvision(r)} | {macs / 1e9:.1f} | {rate / 1e9:.1f} | "
+            f"{100 * rate / peak:.0f}% | {_memory_pair(r)} | "
             f"{agree['matched']}/{max(agree['num_a'], agree['num_b'])} (max score diff {agree['max_score_diff']:.1e}) |"
         )
     lines.append("")
@@ -281,11 +293,10 @@ def _training_lines(results: Dict[str, Any]) -> List[str]:
     lines: List[str] = []
     lines.append("## Training iteration (forward, backward, SGD step)")
     lines.append("")
-    lines.append(
+    lines += _table_head(
         "| model | batch | ours | torchvision | ours / torchvision | (CPU time) | images/s ours / tv | "
         "ours_plain / tv | peak mem ours / tv |"
     )
-    lines.append("|---|---|---|---|---|---|---|---|---|")
     for r in train:
         if r.get("contention"):
             continue  # its own table below
@@ -293,15 +304,11 @@ def _training_lines(results: Dict[str, Any]) -> List[str]:
             lines.append(f"| {r.get('model', '?')} | {r.get('batch_size', '?')} | error: {r['error']} |")
             continue
         s = r["summary"]
-        ratio = r["ratio_vs_torchvision"]["ours"]
-        plain_ratio = r["ratio_vs_torchvision"].get("ours_plain")
         ips = r["images_per_s"]
         lines.append(
             f"| {r['model']} | {r['batch_size']} | {_fmt_time_summary(s['ours'])} | {_fmt_time_summary(s['torchvision'])} | "
-            f"**{ratio['median']:.2f}** ({ratio['min']:.2f}-{ratio['max']:.2f}) | {fmt_cpu_ratio(r, 'ours')} | "
-            f"{ips['ours']:.2f} / {ips['torchvision']:.2f} | "
-            f"{'%.2f' % plain_ratio['median'] if plain_ratio else '-'} | "
-            f"{_fmt_mib(r['peak_memory']['ours'])} / {_fmt_mib(r['peak_memory']['torchvision'])} |"
+            f"{_versus_torchvision(r)} | {ips['ours']:.2f} / {ips['torchvision']:.2f} | "
+            f"{_plain_versus_torchvision(r)} | {_memory_pair(r)} |"
         )
     lines.append("")
     lines.append(
@@ -332,8 +339,7 @@ def _scaling_lines(results: Dict[str, Any], png_name: Optional[str]) -> List[str
     if png_name:
         lines.append(f"![scaling]({png_name})")
         lines.append("")
-    lines.append("| sweep | image | proposals | total | GMACs | " + " | ".join(STAGES) + " |")
-    lines.append("|---|---|---|---|---|" + "---|" * len(STAGES))
+    lines += _table_head("| sweep | image | proposals | total | GMACs | " + " | ".join(STAGES) + " |")
     for row in scaling["rows"]:
         st = row["stages_s"]
         lines.append(
@@ -359,8 +365,7 @@ def _profile_lines(results: Dict[str, Any]) -> List[str]:
     lines: List[str] = []
     lines.append(f"## Operator profile of ours ({results['spec_name']}, {profile['clock']} self time)")
     lines.append("")
-    lines.append("| operator | self time | share | calls |")
-    lines.append("|---|---|---|---|")
+    lines += _table_head("| operator | self time | share | calls |")
     for e in profile["top"]:
         lines.append(f"| `{e['op']}` | {e['self_ms']:.1f} ms | {e['percent']:.1f}% | {e['calls']} |")
     lines.append("")
@@ -375,8 +380,7 @@ def _targets_lines(results: Dict[str, Any]) -> List[str]:
     lines: List[str] = []
     lines.append("## Targets")
     lines.append("")
-    lines.append("| target | measured | status |")
-    lines.append("|---|---|---|")
+    lines += _table_head("| target | measured | status |")
     for t in targets:
         lines.append(f"| {t['target']} | {t['measured']} | {t['status']} |")
     lines.append("")
