@@ -29,13 +29,13 @@ from benchmarks.results import BF16_SUFFIX, precision_of, record_times
 from benchmarks.timing import (
     Budget,
     Timer,
-    autocast_context,
     first_call_is_timed,
     first_calls,
     more_rounds,
     synchronize,
 )
 from detectron_res.analysis import count_c4_detector_macs
+from detectron_res.precision import autocast
 
 
 def padded_size(height: int, width: int, divisibility: int = 32) -> Tuple[int, int]:
@@ -47,7 +47,7 @@ def inference_fn(model: nn.Module, images: List[torch.Tensor], device: torch.dev
     """A no-argument call of ``model(images)`` under inference mode, in ``precision`` (fp32 or bf16 autocast)."""
 
     def call():
-        with torch.inference_mode(), autocast_context(device, precision):
+        with torch.inference_mode(), autocast(precision, device):
             result = model(images)
         if out is not None:
             out[key] = result

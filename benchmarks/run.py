@@ -65,6 +65,10 @@ This file is the run: its arguments, the parts in order under the budget
     results.py     the results dict's vocabulary: variants, summaries, ratios
     targets.py     the targets and their evaluation
     report.py      Markdown, JSON and plot, from the results dict alone
+
+The other scripts here stand alone: ``gpu.sh`` (this benchmark, the CUDA tests
+and a demo training on a GPU), ``bench_data_loading.py``, ``bench_voc_eval.py``
+and ``table9_cost.py`` (their own RESULTS_*.md).
 """
 from __future__ import annotations
 

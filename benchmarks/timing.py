@@ -7,8 +7,11 @@
   :class:`Budget` allows after its first calls (see :func:`first_call_is_timed`);
 * :func:`peak_memory` measures one call's peak memory (CUDA allocator or the
   CPU's resident set);
-* :func:`autocast_context` is the precision a variant runs in (the library's own
-  switch).
+* :func:`first_calls` makes the first call of every variant (peak memory).
+
+A variant's precision is the library's own switch,
+:func:`detectron_res.precision.autocast`, as ``Predictor``, evaluation and the
+trainer use it.
 
 What is timed: ``inference.py``, ``training.py``, ``contention.py``, ``sweeps.py``.
 """
@@ -19,19 +22,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from detectron_res.precision import autocast as precision_autocast
-
 
 def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA kernels run asynchronously; the CPU needs nothing)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def autocast_context(device: torch.device, precision: str):
-    """The network under ``precision`` ("fp32" or "bf16" autocast) on ``device``:
-    the library's own switch (:func:`detectron_res.precision.autocast`), which
-    ``Predictor`` and evaluation use."""
-    return precision_autocast(precision, device)
 
 
 class Timer:

@@ -18,7 +18,8 @@ from torch import nn
 from benchmarks.contention import BusyLoad, TrainerThreads, contention_variants, uses_trainer_threads
 from benchmarks.detectors import TRAINING_ABLATION, DetectorSpec, ablation_models, make_images, make_targets
 from benchmarks.results import precision_of, record_times
-from benchmarks.timing import Budget, autocast_context, first_calls, more_rounds
+from benchmarks.timing import Budget, first_calls, more_rounds
+from detectron_res.precision import autocast
 
 
 def training_step_fn(model: nn.Module, images, targets, device: torch.device, precision: str):
@@ -30,7 +31,7 @@ def training_step_fn(model: nn.Module, images, targets, device: torch.device, pr
     optimizer = torch.optim.SGD(params, lr=1e-5, momentum=0.9, weight_decay=1e-4)
 
     def step():
-        with autocast_context(device, precision):
+        with autocast(precision, device):
             losses = model(images, targets)
         loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)

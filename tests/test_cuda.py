@@ -35,9 +35,9 @@ from benchmarks.detectors import (  # noqa: E402
     randomize_weights,
     speed_overrides,
 )
-from benchmarks.timing import autocast_context  # noqa: E402
 
 from detectron_res.config import load_config  # noqa: E402
+from detectron_res.precision import autocast  # noqa: E402
 from detectron_res.modeling.build import build_model  # noqa: E402
 
 DEVICE = torch.device(os.environ.get("DETECTRON_RES_TEST_DEVICE", "cuda"))
@@ -125,7 +125,7 @@ def test_bf16_autocast_inference_stays_close_to_fp32():
     model = optimize_for_inference(thin_model().to(DEVICE))
     images = _images(DEVICE)
     reference = model(images)
-    with autocast_context(DEVICE, "bf16"):
+    with autocast("bf16", DEVICE):
         low = model(images)
     for d in low:
         assert d["boxes"].dtype == torch.float32 and torch.isfinite(d["boxes"]).all()
@@ -147,7 +147,7 @@ def test_training_steps_run_on_the_device(amp):
         before = [p.detach().clone() for p in params]
         optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
         for _ in range(2):
-            with autocast_context(DEVICE, amp):
+            with autocast(amp, DEVICE):
                 losses = model(images, targets)
             assert set(losses) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}
             loss = sum(losses.values())
