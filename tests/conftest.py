@@ -17,6 +17,7 @@ HEAVY_TESTS = {
         "test_msra_resnet_multiply_adds_match_table1",
     ),
     "test_backbone.py": ("test_resnet_parameter_counts_equal_torchvision",),
+    "test_benchmark_report.py": ("test_report_only_rewrites_results_md_and_the_plot",),
     "test_bad_inputs.py": ("test_bad_input",),
     "test_classification_config.py": ("test_cifar_configs_follow_sec_4_2_and_table_6",),
     "test_classification_train.py": (

@@ -22,12 +22,11 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
+# The repository root, for the ``benchmarks`` package (not installed with detectron_res).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import (  # noqa: E402
+from benchmarks.detectors import (  # noqa: E402
     DetectorSpec,
-    autocast_context,
     build_pair,
     make_images,
     make_targets,
@@ -38,6 +37,7 @@ from common import (  # noqa: E402
 )
 
 from detectron_res.config import load_config  # noqa: E402
+from detectron_res.precision import autocast  # noqa: E402
 from detectron_res.modeling.build import build_model  # noqa: E402
 
 DEVICE = torch.device(os.environ.get("DETECTRON_RES_TEST_DEVICE", "cuda"))
@@ -125,7 +125,7 @@ def test_bf16_autocast_inference_stays_close_to_fp32():
     model = optimize_for_inference(thin_model().to(DEVICE))
     images = _images(DEVICE)
     reference = model(images)
-    with autocast_context(DEVICE, "bf16"):
+    with autocast("bf16", DEVICE):
         low = model(images)
     for d in low:
         assert d["boxes"].dtype == torch.float32 and torch.isfinite(d["boxes"]).all()
@@ -147,7 +147,7 @@ def test_training_steps_run_on_the_device(amp):
         before = [p.detach().clone() for p in params]
         optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
         for _ in range(2):
-            with autocast_context(DEVICE, amp):
+            with autocast(amp, DEVICE):
                 losses = model(images, targets)
             assert set(losses) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}
             loss = sum(losses.values())
@@ -172,7 +172,7 @@ def test_torchvision_c4_gives_our_detections_on_the_device():
 
 @pytest.mark.slow
 def test_quick_benchmark_runs_on_the_device(tmp_path):
-    import run
+    from benchmarks import run
 
     status = run.main(["--quick", "--device", str(DEVICE), "--out", str(tmp_path), "--budget-s", "60"])
     suffix = "cuda" if DEVICE.type == "cuda" else "cpu"

@@ -149,11 +149,10 @@ def test_config_key():
 
 
 def test_benchmark_trains_ours_with_the_trainers_policy():
-    """benchmarks/run.py's TrainerThreads takes the hook's decision before each step
+    """The benchmark's TrainerThreads takes the hook's decision before each step
     of ours and gives torch's count back afterwards; BusyLoad starts and ends its load."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from common import BusyLoad
-    from run import TrainerThreads, uses_trainer_threads
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the benchmarks package
+    from benchmarks.contention import BusyLoad, TrainerThreads, uses_trainer_threads
 
     previous = torch.get_num_threads()
     torch.set_num_threads(2)

@@ -14,7 +14,7 @@
   numbers). ``ROIPooler.weights_sum_to_one`` is checked against torchvision's
   RoIAlign kernel itself.
 * The torchvision detector of the benchmark, built into the C4 architecture and
-  given our weights by ``benchmarks/common.py``, computes the same trunk
+  given our weights by ``benchmarks/detectors.py``, computes the same trunk
   features and the same detections as ours (an independent implementation of
   every stage: transform, anchors, RPN, RoIAlign, res5, post-processing).
 * The benchmark's multiply-add count agrees with ``detectron_res.analysis``
@@ -30,10 +30,10 @@ import pytest
 import torch
 from torchvision.ops import roi_align
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
+# The repository root, for the ``benchmarks`` package (not installed with detectron_res).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import (  # noqa: E402
+from benchmarks.detectors import (  # noqa: E402
     SPEED_OPTIONS,
     DetectorSpec,
     _torchvision_key,
@@ -45,8 +45,10 @@ from common import (  # noqa: E402
     randomize_weights,
     speed_overrides,
 )
-from run import StageTimer, count_macs, padded_size  # noqa: E402
+from benchmarks.inference import padded_size  # noqa: E402
+from benchmarks.sweeps import StageTimer  # noqa: E402
 
+from detectron_res.analysis import count_c4_detector_macs as count_macs  # noqa: E402
 from detectron_res.analysis import count_macs as analysis_count_macs  # noqa: E402
 from detectron_res.config import load_config  # noqa: E402
 from detectron_res.modeling.backbone.norm import Conv2dNorm  # noqa: E402

@@ -1,4 +1,4 @@
-"""Shared pieces of the speed benchmark (``benchmarks/run.py``) and its tests.
+"""The two detectors of the speed benchmark, made equal: ours and torchvision's C4.
 
 The benchmark compares our Faster R-CNN C4 with torchvision's ``FasterRCNN``
 assembled into the same architecture and loaded with the same weights:
@@ -11,14 +11,18 @@ assembled into the same architecture and loaded with the same weights:
   ``MultiScaleRoIAlign`` 14x14, ``layer4`` + average pool as the per-region head
   (ResNet paper, Appendix A), ``FastRCNNPredictor``;
 * :func:`copy_weights_to_torchvision` copies every tensor by an explicit key
-  table and fails on any key it cannot place;
+  table (the ResNet part is the library's own,
+  :func:`detectron_res.weights.torchvision_resnet_key`) and fails on any key it
+  cannot place;
 * :data:`SPEED_OPTIONS` are our model's speed switches (config keys
   ``model.fold_frozen_bn`` and ``model.speed.*``): :func:`build_ours` takes the
   ones to switch on, :func:`with_speed_options` rebuilds a model with others,
   :func:`optimize_for_inference` returns a copy prepared for inference;
-  :func:`match_detections` compares two detectors' outputs;
-* timing (:func:`interleaved_timings`), memory (:func:`peak_memory`) and the
-  machine's dense matmul rate (:func:`matmul_flops`) on CPU or CUDA.
+* the inputs both are timed on (:func:`make_images`, :func:`make_targets`) and
+  :func:`match_detections`, which compares two detectors' outputs.
+
+How they are timed is in ``timing.py``; what is timed, in ``inference.py``,
+``training.py``, ``contention.py`` and ``sweeps.py``.
 
 Settings made equal on both sides (torchvision's own defaults differ): input
 size 600/1000, RPN pre/post-NMS top-n 6000/300 (test) and 12000/2000 (train),
@@ -37,14 +41,9 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import statistics
-import subprocess
-import sys
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torchvision
@@ -56,8 +55,6 @@ from torchvision.ops import MultiScaleRoIAlign, box_iou
 from torchvision.ops.misc import FrozenBatchNorm2d as TorchvisionFrozenBN
 
 from detectron_res.config import load_config
-from detectron_res.precision import autocast as precision_autocast
-from detectron_res.precision import cpu_flags, cpu_native_bf16
 from detectron_res.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 from detectron_res.modeling.build import build_model
 from detectron_res.modeling.faster_rcnn import FasterRCNN
@@ -68,6 +65,9 @@ __all__ = [
     "SPEED_OPTIONS",
     "speed_overrides",
     "with_speed_options",
+    "INFERENCE_ABLATION",
+    "TRAINING_ABLATION",
+    "ablation_models",
     "our_config_overrides",
     "build_ours",
     "randomize_weights",
@@ -78,19 +78,6 @@ __all__ = [
     "make_images",
     "make_targets",
     "match_detections",
-    "Timer",
-    "interleaved_timings",
-    "summarize_times",
-    "paired_ratio",
-    "synchronize",
-    "peak_memory",
-    "machine_info",
-    "load_average",
-    "matmul_flops",
-    "default_matmul_size",
-    "autocast_context",
-    "BusyLoad",
-    "cpu_isa",
 ]
 
 # torchvision's ImageNet normalization on the 0..255 scale (its weights expect RGB).
@@ -284,6 +271,26 @@ def with_speed_options(model: FasterRCNN, spec: DetectorSpec, options: Sequence[
     other = build_model(load_config(None, our_config_overrides(spec, options)))
     other.load_state_dict(model.state_dict())
     return other.to(model.device).train(model.training)
+
+
+# Options left out one at a time in the ablations. fused_frozen_bn does nothing in
+# inference once FrozenBN is folded, fold_frozen_bn and channels_last nothing in
+# training (prepare_for_inference applies them).
+INFERENCE_ABLATION = (
+    "fold_frozen_bn", "channels_last", "inplace_relu", "res5_conv1_before_pool", "res5_shortcut_before_pool",
+    "roi_align_by_matrix",
+)
+TRAINING_ABLATION = (
+    "fused_frozen_bn", "inplace_relu", "res5_conv1_before_pool", "res5_shortcut_before_pool", "roi_align_by_matrix",
+)
+
+
+def ablation_models(ours: nn.Module, spec: DetectorSpec, left_out: Sequence[str]) -> Dict[str, nn.Module]:
+    """``ours_plain`` (every speed option off) and ``ours-<option>`` (ours without it), with ours' weights."""
+    models = {"ours_plain": with_speed_options(ours, spec, ())}
+    for option in left_out:
+        models[f"ours-{option}"] = with_speed_options(ours, spec, [o for o in SPEED_OPTIONS if o != option])
+    return models
 
 
 class _TorchvisionTrunk(nn.Sequential):
@@ -530,238 +537,3 @@ def match_detections(
         "max_score_diff": max_score_diff,
         "max_box_diff": max_box_diff,
     }
-
-
-# --------------------------------------------------------------------------- timing
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def autocast_context(device: torch.device, precision: str):
-    """The network under ``precision`` ("fp32" or "bf16" autocast) on ``device``:
-    the library's own switch (:func:`detectron_res.precision.autocast`), which
-    ``Predictor`` and evaluation use."""
-    return precision_autocast(precision, device)
-
-
-class BusyLoad:
-    """A competing load: ``processes`` child processes spinning on the CPU.
-
-    Each is a plain Python busy loop (``while True: pass``), one runnable thread,
-    like another engineer's single-threaded job; with ``processes=1`` on a 2-core
-    machine it takes one core's worth of time from whoever runs beside it. A context
-    manager: started on entry, killed (by process id) on exit.
-    """
-
-    def __init__(self, processes: int):
-        self.processes = int(processes)
-        self._children: List[subprocess.Popen] = []
-
-    def __enter__(self) -> "BusyLoad":
-        for _ in range(self.processes):
-            self._children.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
-        time.sleep(0.2 if self.processes else 0.0)  # let the scheduler see them
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for child in self._children:
-            child.kill()
-        for child in self._children:
-            child.wait()
-        self._children = []
-
-
-def cpu_isa() -> Dict[str, object]:
-    """The CPU's vector ISA as it matters here: AVX2 / AVX-512, VNNI and native bf16
-    (AVX512-BF16, AMX); from ``/proc/cpuinfo`` (else torch's own CPU report)."""
-    flags = cpu_flags()
-    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16") if f in flags]
-    return {"flags": shown, "native_bf16": cpu_native_bf16(flags)}
-
-
-class Timer:
-    """Wall time of one call, synchronizing the device before and after.
-
-    Also keeps the CPU time the process spent in the call (all threads) in
-    ``last_cpu_s``: on a CPU shared with other jobs, wall time grows with their
-    load while CPU time mostly does not, so it is a steadier second measure.
-    """
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.last_cpu_s = 0.0
-
-    def __call__(self, fn: Callable[[], object]) -> float:
-        synchronize(self.device)
-        cpu_start = time.process_time()
-        start = time.perf_counter()
-        fn()
-        synchronize(self.device)
-        wall = time.perf_counter() - start
-        self.last_cpu_s = time.process_time() - cpu_start
-        return wall
-
-
-def interleaved_timings(
-    fns: Dict[str, Callable[[], object]],
-    *,
-    device: torch.device,
-    warmup: int,
-    repeats: int,
-    cpu_times: Optional[Dict[str, List[float]]] = None,
-) -> Dict[str, List[float]]:
-    """Wall seconds per call of each function, the functions run in turns.
-
-    Taking turns (A B, B A, A B, ...) exposes every function to the same
-    background load on a shared machine, so their ratio is meaningful even when
-    the absolute times drift. ``warmup`` untimed turns come first (allocator,
-    oneDNN/cuDNN kernel selection, caches). If ``cpu_times`` is given, the
-    process's CPU seconds of each call are appended to ``cpu_times[name]``.
-    """
-    timer = Timer(device)
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    times: Dict[str, List[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        order = names if r % 2 == 0 else names[::-1]
-        for name in order:
-            times[name].append(timer(fns[name]))
-            if cpu_times is not None:
-                cpu_times.setdefault(name, []).append(timer.last_cpu_s)
-    return times
-
-
-def summarize_times(times: Sequence[float]) -> Dict[str, float]:
-    """Median, min, max and the spread ``(max - min) / median`` of a list of seconds."""
-    median = statistics.median(times)
-    return {
-        "median_s": median,
-        "min_s": min(times),
-        "max_s": max(times),
-        "spread": (max(times) - min(times)) / median if median > 0 else 0.0,
-        "n": len(times),
-    }
-
-
-def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> Dict[str, float]:
-    """Median and range of the per-turn ratios ``numerator[i] / denominator[i]``."""
-    ratios = [a / b for a, b in zip(numerator, denominator)]
-    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
-
-
-def _rss_bytes(field_name: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def peak_memory(fn: Callable[[], object], device: torch.device) -> Dict[str, Optional[float]]:
-    """Peak memory of one call, in MiB, beyond what was allocated before it.
-
-    CUDA: ``torch.cuda.max_memory_allocated`` (tensors only). CPU: the process's
-    resident-set high-water mark (``VmHWM``), reset before the call through
-    ``/proc/self/clear_refs``; it includes allocator slack, so it is an upper
-    bound of what the tensors need. ``None`` where neither is available.
-    """
-    mib = 1024.0 * 1024.0
-    if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        synchronize(device)
-        return {"peak_mib": (torch.cuda.max_memory_allocated(device) - before) / mib, "method": "cuda max_memory_allocated"}
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-    except OSError:
-        return {"peak_mib": None, "method": "unavailable (no /proc/self/clear_refs)"}
-    before = _rss_bytes("VmRSS")
-    fn()
-    peak = _rss_bytes("VmHWM")
-    if before is None or peak is None:
-        return {"peak_mib": None, "method": "unavailable (no VmHWM in /proc/self/status)"}
-    return {"peak_mib": (peak - before) / mib, "method": "RSS high-water mark above the RSS before"}
-
-
-def default_matmul_size(device: torch.device, dtype: torch.dtype) -> int:
-    """8192 on CUDA; 2048 on the CPU, but 512 for bf16 on a CPU without native bf16
-    (AVX512-BF16 / AMX), which emulates it at well under 1 GFLOP/s: a 2048^3
-    product would take a minute."""
-    if device.type == "cuda":
-        return 8192
-    return 512 if dtype == torch.bfloat16 and cpu_native_bf16() is None else 2048
-
-
-def matmul_flops(device: torch.device, *, dtype: torch.dtype = torch.float32, size: Optional[int] = None, repeats: int = 5) -> Dict[str, float]:
-    """Dense ``size x size`` matmul rate in FLOP/s (2 n^3 per product): the machine's limit.
-
-    Returns the median and the best of ``repeats`` timed products (one untimed
-    first). ``size`` defaults to :func:`default_matmul_size`.
-    """
-    if size is None:
-        size = default_matmul_size(device, dtype)
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=g).to(device=device, dtype=dtype)
-    b = torch.randn(size, size, generator=g).to(device=device, dtype=dtype)
-    timer = Timer(device)
-    timer(lambda: a @ b)
-    times = [timer(lambda: a @ b) for _ in range(repeats)]
-    flop = 2.0 * size**3
-    return {
-        "size": size,
-        "dtype": str(dtype).replace("torch.", ""),
-        "median_flops": flop / statistics.median(times),
-        "best_flops": flop / min(times),
-        "threads": torch.get_num_threads(),
-    }
-
-
-def machine_info(device: torch.device) -> Dict[str, object]:
-    """CPU model, cores, torch threads, versions and (CUDA) the card's name."""
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info: Dict[str, object] = {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "platform": platform.platform(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-        info["cudnn"] = torch.backends.cudnn.version()
-        info["cudnn_tf32"] = bool(torch.backends.cudnn.allow_tf32)
-    else:
-        info["mkldnn"] = torch.backends.mkldnn.is_available()
-    info["cpu_isa"] = cpu_isa()
-    return info
-
-
-def load_average() -> Optional[Tuple[float, float, float]]:
-    """1/5/15-minute load averages (a shared machine's background load), if known."""
-    try:
-        return os.getloadavg()
-    except OSError:
-        return None
