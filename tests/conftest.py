@@ -160,7 +160,7 @@ def full_fp32_precision_on_cuda(request):
 def restore_package_logger():
     """Undo what an in-process tool run did to the ``detectron_res`` logger.
 
-    ``launch.setup_logging`` gives the logger its own handlers and stops propagation
+    ``engine.run.setup_logging`` gives the logger its own handlers and stops propagation
     (so a training run does not print every line twice); left in place, that hides
     later tests' records from pytest's ``caplog``, and its console handler writes to a
     test's captured stream. Its handlers (marked ``_detectron_res``) go even when a

@@ -6,13 +6,11 @@ import pytest
 import torch
 
 from detectron_res.classification.config import (
-    add_classifier_config_arguments,
-    classifier_config_from_args,
     classifier_config_from_dict,
     load_classifier_config,
 )
 from detectron_res.classification.model import build_classifier
-from detectron_res.config import CONFIG_DIR, ConfigError, config_to_dict
+from detectron_res.config import CONFIG_DIR, ConfigError, add_config_arguments, config_from_args, config_to_dict
 
 
 def test_imagenet_configs_follow_sec_3_4():
@@ -86,11 +84,12 @@ def test_config_errors_name_the_key(overrides, message):
 
 def test_config_from_args_exits_with_one_line(capsys):
     parser = argparse.ArgumentParser()
-    add_classifier_config_arguments(parser)
+    add_config_arguments(parser)
     with pytest.raises(SystemExit) as e:
-        classifier_config_from_args(parser.parse_args(["--config", "cifar10_resnet20.yaml", "solver.max_itr=3"]))
+        config_from_args(parser.parse_args(["--config", "cifar10_resnet20.yaml", "solver.max_itr=3"]),
+                         load=load_classifier_config)
     assert e.value.code == 2
     assert "closest valid key: 'solver.max_iter'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        classifier_config_from_args(parser.parse_args(["--config", "cifar10_resnet20.yml"]))
+        config_from_args(parser.parse_args(["--config", "cifar10_resnet20.yml"]), load=load_classifier_config)
     assert "did you mean 'cifar10_resnet20.yaml'" in capsys.readouterr().err
