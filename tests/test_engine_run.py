@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import ast
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
-from detectron_res.config import RunConfig, SolverConfig, compose_config
+from detectron_res.config import RunConfig, SolverConfig
 from detectron_res.engine.checkpoint import load_checkpoint
 from detectron_res.engine.run import Run, run_evaluation, run_training
 from detectron_res.engine.solver import WarmupMultiStepLR, warmup_multistep_factor
@@ -63,28 +63,6 @@ def test_engine_imports_no_task_code():
 # ---------------------------------------------------------------------------
 # a task of its own: fit y = 3x with one weight
 # ---------------------------------------------------------------------------
-@dataclass
-class ToyModelConfig:
-    weights: str = ""
-
-
-@dataclass
-class ToyTestConfig:
-    eval_period: int = 0
-
-
-@dataclass
-class ToySections:
-    model: ToyModelConfig = field(default_factory=ToyModelConfig)
-    solver: SolverConfig = field(default_factory=SolverConfig)
-    test: ToyTestConfig = field(default_factory=ToyTestConfig)
-
-
-@dataclass
-class ToyConfig(RunConfig, ToySections):
-    pass
-
-
 class Line(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -172,11 +150,15 @@ class LineTask:
 
 
 def _cfg(max_iter: int):
-    return compose_config(ToyConfig, None, [
-        f"solver.max_iter={max_iter}", "solver.steps=[4]", "solver.base_lr=0.05", "solver.ims_per_batch=1",
-        "solver.warmup_iters=0", "solver.checkpoint_period=3", "test.eval_period=3", "device=cpu", "seed=5",
-        "log_period=1", "cpu_threads=1",
-    ])
+    """The run-level keys and solver every task shares, plus the two keys the skeleton
+    reads from a task's own sections (model.weights, test.eval_period)."""
+    defaults = OmegaConf.to_container(OmegaConf.structured(RunConfig))
+    cfg = OmegaConf.create({"model": {"weights": ""}, "test": {"eval_period": 3}, **defaults,
+                            "solver": OmegaConf.to_container(OmegaConf.structured(SolverConfig))})
+    overrides = {"solver": {"max_iter": max_iter, "steps": [4], "base_lr": 0.05, "ims_per_batch": 1,
+                            "warmup_iters": 0, "checkpoint_period": 3},
+                 "device": "cpu", "seed": 5, "log_period": 1, "cpu_threads": 1}
+    return OmegaConf.merge(cfg, overrides)
 
 
 def _mse_of(path: Path) -> float:
@@ -193,7 +175,7 @@ def test_a_task_of_its_own_trains_evaluates_and_resumes_exactly(tmp_path, capsys
     # The result is the task's evaluation of the final weights, recomputed here from the file.
     assert straight["scalars"]["line/mse"] == pytest.approx(_mse_of(final), rel=1e-6)
     assert load_checkpoint(final)["task"] == "line" and load_checkpoint(final)["iteration"] == 5
-    assert (tmp_path / "straight" / "config.yaml").read_text().startswith("model:")
+    assert "seed: 5" in (tmp_path / "straight" / "config.yaml").read_text().splitlines()
     rows = [json.loads(line) for line in (tmp_path / "straight" / "metrics.json").read_text().splitlines()]
     assert [r["iteration"] for r in rows if "line/mse" in r] == [2, 5]
     log = (tmp_path / "straight" / "log.txt").read_text()
