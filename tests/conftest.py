@@ -41,6 +41,7 @@ HEAVY_TESTS = {
         "test_paper_protocol",
     ),
     "test_data_loader.py": ("test_workers_do_not_deadlock_after_opencv_used_threads",),
+    "test_engine_run.py": ("test_a_task_of_its_own_trains_evaluates_and_resumes_exactly",),
     "test_engine_trainer.py": (
         "test_resume_after_crash_gives_identical_weights",
         "test_signal_checkpoints_and_stops",
