@@ -73,7 +73,6 @@ class Run:
     init: str = ""  # how the weights were initialized, for the summary
     start_iter: int = 0
     resumed_from_iter: int | None = None  # the iteration of the checkpoint resumed from
-    trainer: Trainer | None = None
 
 
 class Task(Protocol):
@@ -333,7 +332,7 @@ def _train(task: Task, cfg, *, output_dir: Path, resume: bool, weights: str | No
     )
     run = Run(cfg=cfg, output_dir=output_dir, dist_info=dist_info, device=device, amp_dtype=dtype, data=data,
               model=model, init=init, start_iter=start_iter,
-              resumed_from_iter=int(state["iteration"]) if state is not None else None, trainer=trainer)
+              resumed_from_iter=int(state["iteration"]) if state is not None else None)
     evaluate = task.evaluator(run)
     last_eval: dict[str, Any] = {}
 
