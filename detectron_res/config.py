@@ -785,15 +785,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, required: bool = Tr
     )
 
 
-def config_from_args(args: argparse.Namespace, *, load=None) -> DictConfig:
+def config_from_args(args: argparse.Namespace) -> DictConfig:
     """Load the config named by parsed arguments; exit with one line on a mistake.
 
-    ``load``: the task's loader, ``load(path, overrides)`` (default :func:`load_config`,
-    the detector's; ``load_classifier_config`` for the classifier).
     Handles ``--print-config`` (prints the YAML and exits 0).
     """
     try:
-        cfg = (load or load_config)(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

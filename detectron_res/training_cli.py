@@ -14,12 +14,13 @@ mistakes answer at once.
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Type
 
-from .config import add_config_arguments, config_from_args
-from .exit_status import EXIT_OK, run_job
+from .config import ConfigError, add_config_arguments
+from .exit_status import EXIT_OK, EXIT_USER_ERROR, run_job
 from .outputs import add_overwrite_argument
 
 # The schemas' output_dir default (config.RunConfig): replaced by output/<config stem>.
@@ -79,8 +80,11 @@ def main(
 ) -> int:
     """Parse, load the config, train or evaluate, and return the exit status.
 
+    A config mistake is one line on stderr and status 2; ``--print-config`` prints the
+    resolved config and returns 0.
+
     Args:
-        load_config: the task's ``load(path, overrides)``.
+        load_config: the task's ``load(path, overrides)``, raising ``ConfigError``.
         entry_points: imports and returns the task's train / evaluate functions.
         final_line: the line printed for the final metrics (``{name: value}``, not empty).
         after_training: called with the run folder after a training run that reached
@@ -88,7 +92,16 @@ def main(
     """
     # Options may come before, between or after the key=value overrides.
     args = parser.parse_intermixed_args(argv)
-    cfg = config_from_args(args, load=load_config)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    if args.print_config:
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(cfg), end="")
+        return EXIT_OK
     output_dir = output_dir_for(cfg, args)
     cfg.output_dir = str(output_dir)
     task = entry_points()
