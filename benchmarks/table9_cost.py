@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from detectron_res.config import apply_overrides, config_from_dict  # noqa: E402
 from detectron_res.engine.checkpoint import load_checkpoint, load_model_weights  # noqa: E402
-from detectron_res.engine.launch import build_evaluators, load_test_datasets  # noqa: E402
+from detectron_res.detection.task import build_evaluators, load_test_datasets  # noqa: E402
 from detectron_res.evaluation import inference_on_dataset  # noqa: E402
 from detectron_res.modeling.build import build_model  # noqa: E402
 

@@ -228,6 +228,10 @@ class SolverConfig:
     checkpoint_period: int = 5000
     keep_last: int = 3
     amp: AMPConfig = field(default_factory=AMPConfig)
+    # linear: ramp from warmup_factor to 1 over warmup_iters; constant: hold
+    # warmup_factor for warmup_iters (the ResNet-110 warm-up of Sec 4.2: 0.01 = 0.1 x
+    # base_lr for about 400 iterations, "then go back to 0.1").
+    warmup_method: str = "linear"
 
 
 @dataclass
@@ -262,12 +266,11 @@ class DistConfig:
 
 
 @dataclass
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    input: InputConfig = field(default_factory=InputConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    solver: SolverConfig = field(default_factory=SolverConfig)
-    test: TestConfig = field(default_factory=TestConfig)
+class RunConfig:
+    """The run-level settings every task's config ends with (detection's :class:`Config`,
+    classification's ``ClassifierConfig``): read by the engine's run skeleton
+    (``detectron_res/engine/run.py``), not by the task's code."""
+
     dist: DistConfig = field(default_factory=DistConfig)
     output_dir: str = "output/default"
     seed: int = 0
@@ -279,15 +282,37 @@ class Config:
     log_period: int = 20
 
 
+@dataclass
+class DetectionSections:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+
+@dataclass
+class Config(RunConfig, DetectionSections):
+    """The detector's config: its sections, then the run-level keys.
+
+    (A dataclass lists the fields of its LAST base first: the YAML shows ``model``
+    first and the run-level keys at the end.)
+    """
+
+
 # Values that must be one of a few names, checked after loading so that the error
-# names the key (OmegaConf would accept any string).
+# names the key (OmegaConf would accept any string). SOLVER_CHOICES: every task's.
+SOLVER_CHOICES: Dict[str, Sequence[str]] = {
+    "solver.amp.dtype": ("bf16", "fp16"),
+    "solver.warmup_method": ("linear", "constant"),
+}
 CHOICES: Dict[str, Sequence[str]] = {
     "model.backbone.name": ("resnet", "vgg16"),
     "model.backbone.norm": ("FrozenBN", "BN", "SyncBN", "GN"),
     "model.backbone.shortcut": ("A", "B", "C"),
     "model.input_format": ("BGR", "RGB"),
     "model.roi_heads.pooler_type": ("ROIPool", "ROIAlign", "ROIAlignV2"),
-    "solver.amp.dtype": ("bf16", "fp16"),
+    **SOLVER_CHOICES,
     "test.voc_protocol": ("devkit", "py-faster-rcnn"),
     "model.anchor.style": ("exact_area", "py-faster-rcnn"),
     "test.precision": ("auto", "fp32", "bf16"),
@@ -319,11 +344,11 @@ SOLVER_RANGES: Dict[str, str] = {
     "dist.timeout_s": ">= 1",
     "seed": "[0, 4294967295]",  # numpy's seed range
     "log_period": ">= 1",
+    "cpu_threads": ">= 0",  # 0 = as many as the machine's load leaves free
 }
 
 RANGES: Dict[str, str] = {
     **SOLVER_RANGES,
-    "cpu_threads": ">= 0",  # 0 = as many as the machine's load leaves free
     "model.backbone.freeze_at": "[0, 5]",
     "model.backbone.base_channels": ">= 1",
     "model.anchor.sizes": "> 0",
@@ -464,11 +489,16 @@ def check_solver(cfg: DictConfig) -> None:
         )
 
 
-def _check_choices(cfg: DictConfig) -> None:
-    for key, allowed in CHOICES.items():
+def check_choices(cfg: DictConfig, choices: Dict[str, Sequence[str]]) -> None:
+    """Every key of ``choices`` holds one of its allowed names (any schema's config)."""
+    for key, allowed in choices.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _check_choices(cfg: DictConfig) -> None:
+    check_choices(cfg, CHOICES)
     for name, spec in cfg.data.datasets.items():
         if spec.format not in ("coco", "voc", "yolo"):
             raise ConfigError(f"config key 'data.datasets.{name}.format' must be one of coco, voc, yolo; got {spec.format!r}")
@@ -562,19 +592,24 @@ def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
 # ----------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------
-def add_config_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
-    """Add ``--config``, ``--print-config`` and trailing ``key=value`` overrides."""
+def add_config_arguments(parser: argparse.ArgumentParser, *, required: bool = True,
+                         example: str = "coco_r101.yaml",
+                         override_example: str = "solver.base_lr=0.002 input.min_size_train=[480,600]") -> None:
+    """Add ``--config``, ``--print-config`` and trailing ``key=value`` overrides.
+
+    ``example`` / ``override_example``: shown in the help (each task's tool names its own).
+    """
     parser.add_argument(
         "--config",
         required=required,
-        help="config file: a path, or a name under configs/ (e.g. coco_r101.yaml)",
+        help=f"config file: a path, or a name under configs/ (e.g. {example})",
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument(
         "overrides",
         nargs="*",
         metavar="section.key=value",
-        help="override config keys, e.g. solver.base_lr=0.002 input.min_size_train=[480,600]",
+        help=f"override config keys, e.g. {override_example}",
     )
 
 

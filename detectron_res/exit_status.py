@@ -91,7 +91,7 @@ def run_job(
 
     Args:
         job: returns the run's result dict; a ``"stop"`` entry (a signal stopped
-            training, see ``engine.launch.stop_report``) means status 5.
+            training, see ``engine.run.stop_report``) means status 5.
         output_dir: the run directory, named in the messages.
         user_errors: exception types that are the user's mistakes (status 2); their
             message already names the file or key and what was expected.

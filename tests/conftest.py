@@ -42,6 +42,7 @@ HEAVY_TESTS = {
         "test_paper_protocol",
     ),
     "test_data_loader.py": ("test_workers_do_not_deadlock_after_opencv_used_threads",),
+    "test_engine_run.py": ("test_a_task_of_its_own_trains_evaluates_and_resumes_exactly",),
     "test_engine_trainer.py": (
         "test_resume_after_crash_gives_identical_weights",
         "test_signal_checkpoints_and_stops",
@@ -161,7 +162,7 @@ def full_fp32_precision_on_cuda(request):
 def restore_package_logger():
     """Undo what an in-process tool run did to the ``detectron_res`` logger.
 
-    ``launch.setup_logging`` gives the logger its own handlers and stops propagation
+    ``engine.run.setup_logging`` gives the logger its own handlers and stops propagation
     (so a training run does not print every line twice); left in place, that hides
     later tests' records from pytest's ``caplog``, and its console handler writes to a
     test's captured stream. Its handlers (marked ``_detectron_res``) go even when a

@@ -430,7 +430,7 @@ def run_faults(args: argparse.Namespace) -> Report:
 
         import detectron_res.data.catalog  # noqa: F401
         import detectron_res.data.loader  # noqa: F401
-        import detectron_res.engine.launch  # noqa: F401
+        import detectron_res.detection.task  # noqa: F401
         import detectron_res.evaluation  # noqa: F401
         import detectron_res.modeling.build  # noqa: F401
 

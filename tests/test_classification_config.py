@@ -1,18 +1,15 @@
 """The classifier config schema, the configs/imagenet_*.yaml and cifar10_*.yaml files
 against the paper's recipes (shared/PAPER_FACTS.md), and the config errors."""
-import argparse
-
 import pytest
 import torch
 
 from detectron_res.classification.config import (
-    add_classifier_config_arguments,
-    classifier_config_from_args,
     classifier_config_from_dict,
     load_classifier_config,
 )
 from detectron_res.classification.model import build_classifier
 from detectron_res.config import CONFIG_DIR, ConfigError, config_to_dict
+from helpers import load_tool
 
 
 def test_imagenet_configs_follow_sec_3_4():
@@ -84,13 +81,12 @@ def test_config_errors_name_the_key(overrides, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
-def test_config_from_args_exits_with_one_line(capsys):
-    parser = argparse.ArgumentParser()
-    add_classifier_config_arguments(parser)
-    with pytest.raises(SystemExit) as e:
-        classifier_config_from_args(parser.parse_args(["--config", "cifar10_resnet20.yaml", "solver.max_itr=3"]))
-    assert e.value.code == 2
-    assert "closest valid key: 'solver.max_iter'" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        classifier_config_from_args(parser.parse_args(["--config", "cifar10_resnet20.yml"]))
+def test_tool_config_mistakes_are_one_line_and_status_2(capsys):
+    tool = load_tool("train_classifier")
+    assert tool.main(["--config", "cifar10_resnet20.yaml", "solver.max_itr=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "closest valid key: 'solver.max_iter'" in err[0]
+    assert tool.main(["--config", "cifar10_resnet20.yml"]) == 2
     assert "did you mean 'cifar10_resnet20.yaml'" in capsys.readouterr().err
+    assert tool.main(["--config", "cifar10_resnet20.yaml", "--print-config", "model.depth=8"]) == 0
+    assert "  depth: 8\n" in capsys.readouterr().out

@@ -34,12 +34,13 @@ from detectron_res.classification.diagnostics import (
 from detectron_res.classification.loader import ClassificationBatch
 from detectron_res.classification.model import DropoutLinear, build_classifier
 from detectron_res.classification.synthetic import make_synthetic_cifar10, make_synthetic_imagenet
-from detectron_res.classification.train import ClassifierLRScheduler, train_classifier
+from detectron_res.classification.task import train_classifier
 from detectron_res.config import load_config
 from detectron_res.engine.checkpoint import CheckpointError, load_checkpoint
 from detectron_res.engine.events import read_metrics_json
 from detectron_res.exit_status import EXIT_OUTPUT_ERROR, EXIT_STOPPED_BY_SIGNAL
-from detectron_res.engine.launch import initialize_weights
+from detectron_res.detection.task import initialize_weights
+from detectron_res.engine.solver import WarmupMultiStepLR
 from detectron_res.modeling.build import build_model
 from detectron_res.weights import load_imagenet_weights
 from signal_helpers import SignalBeforeIteration
@@ -156,10 +157,10 @@ def test_resume_continues_exactly(cifar_root, tmp_path):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
 def test_signal_checkpoints_exits_5_and_resume_finishes(cifar_root, tmp_path, monkeypatch, capsys, signum):
-    import detectron_res.classification.train as classifier_train
+    import detectron_res.engine.run as engine_run
 
-    original = classifier_train.default_hooks
-    monkeypatch.setattr(classifier_train, "default_hooks",
+    original = engine_run.default_hooks
+    monkeypatch.setattr(engine_run, "default_hooks",
                         lambda **kwargs: original(**kwargs) + [SignalBeforeIteration(2, signum)])
     tool = _load_tool("train_classifier")
     out = tmp_path / "run"
@@ -175,7 +176,7 @@ def test_signal_checkpoints_exits_5_and_resume_finishes(cifar_root, tmp_path, mo
     assert load_classifier_checkpoint(ckpt)["iteration"] == 2 and not (out / "model_final.pth").exists()
     assert signal.getsignal(signum) == previous  # handlers restored
 
-    monkeypatch.setattr(classifier_train, "default_hooks", original)
+    monkeypatch.setattr(engine_run, "default_hooks", original)
     assert tool.main([*args, "--resume"]) == 0
     assert load_classifier_checkpoint(out / "model_final.pth")["iteration"] == 5
 
@@ -318,7 +319,7 @@ def test_constant_warmup_is_the_resnet110_recipe():
     cfg = load_classifier_config("cifar10_resnet110.yaml")
     s = cfg.solver
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=s.base_lr)
-    sched = ClassifierLRScheduler(optimizer, warmup_method=s.warmup_method, steps=list(s.steps), gamma=s.gamma,
+    sched = WarmupMultiStepLR(optimizer, warmup_method=s.warmup_method, steps=list(s.steps), gamma=s.gamma,
                                   warmup_iters=s.warmup_iters, warmup_factor=s.warmup_factor)
     optimizer.step()  # (the scheduler expects an optimizer step first)
     lrs = {}
@@ -382,7 +383,7 @@ def test_training_with_amp_and_evaluation_on_the_device(cifar_root, tmp_path):
     bf16 autocast training with loader workers and pinned memory, then the device's
     fp32 evaluation of the checkpoint agrees with the CPU's (TF32 convolutions may
     flip one borderline image of the 40)."""
-    from detectron_res.classification.train import evaluate_classifier_checkpoint
+    from detectron_res.classification.task import evaluate_classifier_checkpoint
 
     device = os.environ.get("DETECTRON_RES_TEST_DEVICE", "cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():

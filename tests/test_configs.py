@@ -16,13 +16,13 @@ import torch
 
 from detectron_res.config import CONFIG_DIR, load_config
 from detectron_res.data.shapes import generate_shapes_dataset
-from detectron_res.engine.launch import (
-    build_optimizer_and_scheduler,
+from detectron_res.detection.task import (
     check_label_space,
     initialize_weights,
     load_train_dataset,
     make_train_loader,
 )
+from detectron_res.engine.solver import build_optimizer_and_scheduler
 from detectron_res.engine.trainer import Trainer
 from detectron_res.modeling.build import build_model
 from detectron_res.weights import key_table, resolve_weights_uri

@@ -755,7 +755,7 @@ def test_with_the_data_readers_voc_tree(tmp_path):
 
 def test_config_key_chooses_the_protocol(tmp_path):
     from detectron_res.config import ConfigError, load_config
-    from detectron_res.engine.launch import build_evaluators
+    from detectron_res.detection.task import build_evaluators
 
     ds = make_dataset(["a"], [np.array([incl(1, 1, 10, 10)])], [np.array([1])], [np.array([False])], ["thing"])
     assert load_config().test.voc_protocol == "devkit"  # the official numbers by default

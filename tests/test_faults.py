@@ -20,7 +20,7 @@ import torch
 
 from detectron_res.data.shapes import generate_shapes_dataset
 from detectron_res.engine import checkpoint as checkpoint_module
-from detectron_res.engine import launch
+from detectron_res.engine import run as engine_run
 from detectron_res.engine.checkpoint import (
     LAST_CHECKPOINT_FILE,
     Checkpointer,
@@ -146,12 +146,12 @@ def test_stale_temporaries_of_killed_writes_are_removed(tmp_path):
 # SIGTERM / SIGUSR1
 # ---------------------------------------------------------------------------
 def add_hook(monkeypatch, hook):
-    original = launch.default_hooks
+    original = engine_run.default_hooks
 
     def with_hook(**kwargs):
         return original(**kwargs) + [hook]
 
-    monkeypatch.setattr(launch, "default_hooks", with_hook)
+    monkeypatch.setattr(engine_run, "default_hooks", with_hook)
 
 
 def signal_during_inference(monkeypatch, signum, at_batch):

@@ -267,7 +267,7 @@ def test_global_context_trains_end_to_end():
 
 
 def test_loading_a_checkpoint_without_context_reinitializes_the_predictor(tmp_path, caplog):
-    from detectron_res.engine.launch import initialize_weights
+    from detectron_res.detection.task import initialize_weights
 
     plain = tiny_model()
     cfg = load_config(None, TINY)

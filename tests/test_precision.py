@@ -85,7 +85,7 @@ def test_config_key_is_checked():
 
 
 def test_eval_precision_is_logged(caplog):
-    from detectron_res.engine.launch import eval_precision
+    from detectron_res.detection.task import eval_precision
 
     with caplog.at_level(logging.INFO, logger="detectron_res"):
         assert eval_precision(load_config(None, ["test.precision=bf16"]), torch.device("cpu")).name == "bf16"

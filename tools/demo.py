@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     from detectron_res.config import ConfigError, load_config
     from detectron_res.data.catalog import DATASETS_ENV_VAR, datasets_root
     from detectron_res.data.shapes import generate_shapes_dataset
-    from detectron_res.engine.launch import train
+    from detectron_res.detection import train
 
     import torch
 

@@ -47,49 +47,28 @@ Exit status:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 # Runnable from a fresh clone without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from detectron_res.config import add_config_arguments  # noqa: E402
-from detectron_res.exit_status import EXIT_OK, config_for_tool, run_job  # noqa: E402  (the statuses: detectron_res/exit_status.py)
-from detectron_res.outputs import add_overwrite_argument  # noqa: E402
-
-_DEFAULT_OUTPUT_DIR = "output/default"  # the schema's default: replaced by output/<config stem>
+from detectron_res import training_cli  # noqa: E402  (parser, output folder, exit status: shared with train_classifier)
+from detectron_res.config import load_config  # noqa: E402
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser():
+    return training_cli.build_parser(
         description="Train or evaluate a Faster R-CNN C4 detector (ResNet paper, Appendix A).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Outputs go to")[0].split("Examples::")[1],
+        doc=__doc__,
+        config_example="coco_r101.yaml",
+        override_example="solver.base_lr=0.002 input.min_size_train=[480,600]",
+        weights_help="initial weights: a detector checkpoint (.pth written by this tool), ImageNet weights "
+                     "(torchvision://resnet50, msra://R-101, a torchvision/MSRA/Detectron2 file) or a file "
+                     "from tools/convert_weights.py; overrides model.weights. With --eval-only: the "
+                     "checkpoint to evaluate",
+        eval_only_help="evaluate on data.test and exit",
     )
-    add_config_arguments(parser)
-    parser.add_argument("--output-dir", default=None,
-                        help="run directory (default: the config's output_dir, else output/<config name>)")
-    parser.add_argument("--weights", default=None,
-                        help="initial weights: a detector checkpoint (.pth written by this tool), ImageNet weights "
-                             "(torchvision://resnet50, msra://R-101, a torchvision/MSRA/Detectron2 file) or a file "
-                             "from tools/convert_weights.py; overrides model.weights. With --eval-only: the "
-                             "checkpoint to evaluate")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from <output-dir>/last_checkpoint (exactly where the run stopped)")
-    parser.add_argument("--eval-only", action="store_true", help="evaluate on data.test and exit")
-    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (overrides the config's device)")
-    add_overwrite_argument(parser, what="a previous run in the output directory (training starts over; its "
-                                         "checkpoints are deleted) or, with --eval-only, its evaluation")
-    return parser
-
-
-def output_dir_for(cfg, args) -> Path:
-    if args.output_dir:
-        return Path(args.output_dir)
-    if str(cfg.output_dir) != _DEFAULT_OUTPUT_DIR:
-        return Path(str(cfg.output_dir))
-    return Path("output") / Path(args.config).stem
 
 
 def _print_all_problems(error: Exception) -> None:
@@ -102,41 +81,28 @@ def _print_all_problems(error: Exception) -> None:
             print(f"  {problem}")
 
 
-def main(argv=None) -> int:
-    # Options may come before, between or after the key=value overrides.
-    args = build_parser().parse_intermixed_args(argv)
-    cfg, status = config_for_tool(args)
-    if cfg is None:  # a config mistake (status 2), or --print-config
-        return status
-    output_dir = output_dir_for(cfg, args)
-    cfg.output_dir = str(output_dir)
-
+def _entry_points() -> training_cli.EntryPoints:
     from detectron_res.data.image_io import ImageReadError
-    from detectron_res.engine.launch import evaluate_checkpoint, train
-
-    def job():
-        if args.eval_only:
-            return evaluate_checkpoint(cfg, output_dir=output_dir, weights=args.weights, device=args.device,
-                                       overwrite=args.overwrite)
-        return train(cfg, output_dir=output_dir, resume=args.resume, weights=args.weights, device=args.device,
-                     config_source=str(args.config), overwrite=args.overwrite)
+    from detectron_res.detection import evaluate_checkpoint, train
 
     # User mistakes (config keys, dataset files, checkpoints, weights) carry a one-line
     # message naming the file / key and what was expected. An image that passed the
     # header check at start-up but cannot be decoded (truncated) is found when the
     # loader reaches it: the same one line, from a checkpoint on.
-    result, status = run_job(job, output_dir, user_errors=(ValueError, FileNotFoundError, ImageReadError),
-                             on_user_error=_print_all_problems)
-    if status != EXIT_OK:
-        return status
-    scalars = result.get("scalars", {})
-    if scalars:
-        shown = ", ".join(f"{k}={v:.2f}" for k, v in sorted(scalars.items()) if k.split("/")[-1] in
-                          ("mAP50", "AP", "AP50", "AP75"))
-        print(f"final evaluation: {shown}")
-    if result.get("stopped_early"):
-        print(f"stopped before the end of the schedule; continue with: --resume (output: {output_dir})")
-    return EXIT_OK
+    return training_cli.EntryPoints(train=train, evaluate=evaluate_checkpoint,
+                                    user_errors=(ValueError, FileNotFoundError, ImageReadError),
+                                    on_user_error=_print_all_problems)
+
+
+def _final_line(scalars: dict) -> str:
+    shown = ", ".join(f"{k}={v:.2f}" for k, v in sorted(scalars.items()) if k.split("/")[-1] in
+                      ("mAP50", "AP", "AP50", "AP75"))
+    return f"final evaluation: {shown}"
+
+
+def main(argv=None) -> int:
+    return training_cli.main(argv, parser=build_parser(), load_config=load_config, entry_points=_entry_points,
+                             final_line=_final_line)
 
 
 if __name__ == "__main__":

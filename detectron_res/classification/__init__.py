@@ -13,18 +13,20 @@ Figs. 6 and 7) with its diagnostics.
 - ``evaluation``   top-1 / top-5 error, single crop and 10-crop
 - ``checkpoint``   checkpoints that are also ImageNet weights for ``train_net --weights``
 - ``diagnostics``  stage gradient norms, layer response stds (Fig. 7), training error
-- ``train``        ``train_classifier`` / ``evaluate_classifier_checkpoint`` (tools/train_classifier.py)
+- ``task``         ``ClassificationTask``, the classifier's pieces for the engine's run skeleton
+                   (``detectron_res/engine/run.py``); ``train_classifier`` / ``evaluate_classifier_checkpoint``
+                   (tools/train_classifier.py)
 - ``plotting``     the figures of ``tools/plot_curves.py``
 - ``synthetic``    small generated datasets in the real layouts
 """
-from .config import ClassifierConfig, classifier_config_from_args, load_classifier_config
+from .config import ClassifierConfig, load_classifier_config
 from .model import ImageClassifier, build_classifier
-from .train import evaluate_classifier_checkpoint, train_classifier
+from .task import ClassificationTask, evaluate_classifier_checkpoint, train_classifier
 
 __all__ = [
     "ClassifierConfig",
     "load_classifier_config",
-    "classifier_config_from_args",
+    "ClassificationTask",
     "ImageClassifier",
     "build_classifier",
     "train_classifier",

@@ -21,21 +21,21 @@ naming the file or override, the full dotted key and what was expected.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 # The loader machinery is the detector's; only the schema differs.
 from ..config import (
     AMPConfig,
+    SOLVER_CHOICES,
     SOLVER_RANGES,
     ConfigError,
-    DistConfig,
+    RunConfig,
     SolverConfig,
+    check_choices,
     check_ranges,
     check_solver,
     compose_config,
@@ -52,8 +52,6 @@ __all__ = [
     "DiagnosticsConfig",
     "load_classifier_config",
     "classifier_config_from_dict",
-    "classifier_config_from_args",
-    "add_classifier_config_arguments",
     "ARCHS",
     "DATA_FORMATS",
     "VIEWS",
@@ -147,10 +145,6 @@ class ClassifierSolverConfig(SolverConfig):
     checkpoint_period: int = 10000
     keep_last: int = 3
     amp: AMPConfig = field(default_factory=AMPConfig)
-    # linear: ramp from warmup_factor to 1 over warmup_iters; constant: hold
-    # warmup_factor for warmup_iters (the ResNet-110 warm-up of Sec 4.2: 0.01 = 0.1 x
-    # base_lr for about 400 iterations, "then go back to 0.1").
-    warmup_method: str = "linear"
 
 
 @dataclass
@@ -176,18 +170,19 @@ class DiagnosticsConfig:
 
 
 @dataclass
-class ClassifierConfig:
+class ClassifierSections:
     model: ClassifierModelConfig = field(default_factory=ClassifierModelConfig)
     data: ClassifierDataConfig = field(default_factory=ClassifierDataConfig)
     input: ClassifierInputConfig = field(default_factory=ClassifierInputConfig)
     solver: ClassifierSolverConfig = field(default_factory=ClassifierSolverConfig)
     test: ClassifierTestConfig = field(default_factory=ClassifierTestConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
-    dist: DistConfig = field(default_factory=DistConfig)
-    output_dir: str = "output/default"
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    log_period: int = 20
+
+
+@dataclass
+class ClassifierConfig(RunConfig, ClassifierSections):
+    """The classifier's config: its sections, then the run-level keys every task shares
+    (``detectron_res.config.RunConfig``: dist, output_dir, seed, device, cpu_threads, log_period)."""
 
 
 CHOICES: Dict[str, Sequence[str]] = {
@@ -196,8 +191,7 @@ CHOICES: Dict[str, Sequence[str]] = {
     "model.norm": ("BN", "SyncBN", "GN"),
     "model.input_format": ("BGR", "RGB"),
     "data.format": DATA_FORMATS,
-    "solver.amp.dtype": ("bf16", "fp16"),
-    "solver.warmup_method": ("linear", "constant"),
+    **SOLVER_CHOICES,
 }
 
 
@@ -229,10 +223,7 @@ LENGTHS: Dict[str, int] = {"model.pixel_mean": 3, "model.pixel_std": 3}
 # ----------------------------------------------------------------------------
 def _check(cfg: DictConfig) -> None:
     """Choices and ranges the schema's types cannot express; errors name the key."""
-    for key, allowed in CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got {value!r}")
+    check_choices(cfg, CHOICES)
     check_ranges(cfg, RANGES, LENGTHS)
     check_solver(cfg)
     m, i, s, t, d = cfg.model, cfg.input, cfg.solver, cfg.test, cfg.data
@@ -302,26 +293,4 @@ def classifier_config_from_dict(data: dict, source: str = "checkpoint") -> DictC
     """Rebuild a typed config from ``detectron_res.config.config_to_dict`` output."""
     cfg = compose_config_from_dict(ClassifierConfig, data, source)
     _check(cfg)
-    return cfg
-
-
-def add_classifier_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config``, ``--print-config`` and trailing ``key=value`` overrides."""
-    parser.add_argument("--config", required=True,
-                        help="config file: a path, or a name under configs/ (e.g. imagenet_r50.yaml)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="override config keys, e.g. solver.max_iter=1000 data.root=/data/imagenet")
-
-
-def classifier_config_from_args(args: argparse.Namespace) -> DictConfig:
-    """Load the config named by parsed arguments; exit with status 2 and one line on a mistake."""
-    try:
-        cfg = load_classifier_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    if getattr(args, "print_config", False):
-        print(OmegaConf.to_yaml(cfg), end="")
-        raise SystemExit(0)
     return cfg
