@@ -178,9 +178,11 @@ def test_divergence_stops_with_message_and_loadable_checkpoint(tmp_path, data_ro
                                                "solver.base_lr=1e8", "solver.ims_per_batch=2"),
                                    data_root, monkeypatch, capsys)
     assert code == 3, err[-2000:]
-    line = [ln for ln in err.splitlines() if ln.startswith("error: non-finite loss at iteration")]
+    line = [ln for ln in err.splitlines() if ln.startswith("error: non-finite loss in iteration ")]
     assert line, err[-2000:]
-    it = int(line[0].split("iteration ")[1].split(":")[0])
+    bad, total = map(int, line[0].split("iteration ")[1].split(":")[0].split("/"))
+    assert total == 30
+    it = bad - 1  # iterations done before the bad one (counted as the log's "iter: k/M")
     assert "loss_cls=" in line[0] and "loss_rpn_cls=" in line[0]
     assert not (out / "model_final.pth").exists()
     last = find_last_checkpoint(out)

@@ -235,9 +235,10 @@ class Trainer:
         reduced_dict = dict(zip(names, reduced))
         total = float(sum(reduced))
         if not math.isfinite(total):
+            # Numbered as the log's "iter: k/M" lines and checkpoint names count: iterations done.
             shown = ", ".join(f"{k}={v:.4g}" for k, v in reduced_dict.items())
             raise NonFiniteLossError(
-                f"non-finite loss at iteration {self.iter}: {shown}; training stopped before the optimizer step, "
+                f"non-finite loss in iteration {self.iter + 1}/{self.max_iter}: {shown}; training stopped before the optimizer step, "
                 "the last checkpoint is intact (lower solver.base_lr, raise solver.warmup_iters, "
                 "or set solver.clip_grad_norm)"
             )
