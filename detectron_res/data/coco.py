@@ -37,7 +37,7 @@ from .dataset import (
     ImageRecord,
     check_image_files,
     check_unique_ids,
-    sanitize_boxes,
+    record_from_boxes,
 )
 from .image_io import DEFAULT_MAX_PIXELS
 
@@ -276,17 +276,18 @@ def load_coco_json(
             crowd.append(bool(ann.get("iscrowd", 0)))
             difficult.append(bool(ann.get("difficult", 0)))
             wheres.append(where)
-        clipped, keep = sanitize_boxes(np.array(boxes, dtype=np.float64), height, width, wheres, report)
         records.append(
-            ImageRecord(
+            record_from_boxes(
                 image_id=img["id"],
                 file_name=file_name,
-                height=int(height),
-                width=int(width),
-                boxes=clipped[keep],
-                labels=np.asarray(labels, dtype=np.int64)[keep] if labels else np.zeros(0, np.int64),
-                difficult=np.asarray(difficult, dtype=bool)[keep] if labels else np.zeros(0, bool),
-                iscrowd=np.asarray(crowd, dtype=bool)[keep] if labels else np.zeros(0, bool),
+                height=height,
+                width=width,
+                boxes=np.array(boxes, dtype=np.float64),
+                labels=labels,
+                wheres=wheres,
+                report=report,
+                difficult=difficult,
+                iscrowd=crowd,
             )
         )
     errors.raise_if_any()

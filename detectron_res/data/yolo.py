@@ -34,9 +34,8 @@ from .dataset import (
     DatasetReport,
     DetectionDataset,
     ErrorCollector,
-    ImageRecord,
     check_image_files,
-    sanitize_boxes,
+    record_from_boxes,
 )
 from .image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 
@@ -249,18 +248,16 @@ def load_yolo(
             ],
             axis=1,
         )
-        clipped, keep = sanitize_boxes(boxes, height, width, wheres, report)
-        n = int(keep.sum())
         records.append(
-            ImageRecord(
+            record_from_boxes(
                 image_id=rid,
                 file_name=file_name,
-                height=int(height),
-                width=int(width),
-                boxes=clipped[keep],
-                labels=np.array([r[0] for r in raw], dtype=np.int64)[keep],
-                difficult=np.zeros(n, dtype=bool),
-                iscrowd=np.zeros(n, dtype=bool),
+                height=height,
+                width=width,
+                boxes=boxes,
+                labels=[r[0] for r in raw],
+                wheres=wheres,
+                report=report,
             )
         )
     errors.raise_if_any()
