@@ -89,6 +89,16 @@ def make_tiny_checkpoint(path, overrides=(), class_names=CLASS_NAMES, seed=0):
     return Path(path)
 
 
+def shapes_datasets_root(tmp_path_factory, *, num_train: int, num_val: int) -> Path:
+    """A fresh ``DETECTRON_RES_DATASETS`` folder holding a small shapes dataset (64x96
+    images, seed 3) under ``shapes/``, for tests that start training runs."""
+    from detectron_res.data.shapes import generate_shapes_dataset
+
+    root = tmp_path_factory.mktemp("datasets")
+    generate_shapes_dataset(str(root / "shapes"), num_train=num_train, num_val=num_val, image_size=(64, 96), seed=3)
+    return root
+
+
 def synthetic_image(height, width, seed=0):
     """A smooth gradient with a few filled rectangles: image-like, deterministic, BGR uint8."""
     rng = np.random.default_rng(seed)

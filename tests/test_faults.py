@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from detectron_res.data.shapes import generate_shapes_dataset
 from detectron_res.engine import checkpoint as checkpoint_module
 from detectron_res.engine import run as engine_run
 from detectron_res.engine.checkpoint import (
@@ -31,7 +30,7 @@ from detectron_res.engine.checkpoint import (
 from signal_helpers import SignalBeforeIteration, signal_test_loaders
 from detectron_res.exit_status import EXIT_OUTPUT_ERROR, EXIT_STOPPED_BY_SIGNAL
 from two_ranks import signal_rank_one_and_wait, start_two_ranks
-from helpers import load_tool
+from helpers import load_tool, shapes_datasets_root
 import fault_inject  # tests/fault_inject.py, the SIGKILL harness
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,9 +43,7 @@ train_net = load_tool("train_net", "train_net_for_faults")
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
-    generate_shapes_dataset(str(root / "shapes"), num_train=16, num_val=4, image_size=(64, 96), seed=3)
-    return root
+    return shapes_datasets_root(tmp_path_factory, num_train=16, num_val=4)
 
 
 def run_main(args, data_root, monkeypatch, capsys):
