@@ -175,10 +175,16 @@ def read_metrics_json(path: str | os.PathLike) -> list[dict]:
     Raises:
         BoundedInputError: the file is larger than ``RESULTS_JSON_LIMITS`` or not UTF-8.
     """
+    return json_lines_records(read_text(path, RESULTS_JSON_LIMITS), str(path))
+
+
+def json_lines_records(text: str, source: str) -> list[dict]:
+    """The JSON objects of a JSON-lines text such as ``metrics.json`` (unreadable, too
+    deep or non-object lines skipped: a run killed mid-write leaves a partial last line)."""
     out = []
-    for line in read_text(path, RESULTS_JSON_LIMITS).splitlines():
+    for line in text.splitlines():
         try:
-            record = load_json_text(line, RESULTS_JSON_LIMITS, str(path))
+            record = load_json_text(line, RESULTS_JSON_LIMITS, source)
         except (json.JSONDecodeError, BoundedInputError):
             continue
         if isinstance(record, dict):
