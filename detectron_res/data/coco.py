@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -38,6 +37,7 @@ from .dataset import (
     check_image_files,
     check_unique_ids,
     record_from_boxes,
+    xywh_problem,
 )
 from .image_io import DEFAULT_MAX_PIXELS
 
@@ -135,11 +135,9 @@ def _check_coco_dict(data: Dict[str, Any], json_file: str, name: str, errors: Er
             errors.add(f"{where}: bbox = {bbox!r}, expected [x, y, width, height] numbers")
             continue
         x, y, bw, bh = (float(v) for v in bbox)
-        if not all(math.isfinite(v) for v in (x, y, bw, bh)):
-            errors.add(f"{where}: bbox = {bbox!r} contains NaN or infinity")
-            continue
-        if bw < 0 or bh < 0:
-            errors.add(f"{where}: bbox = {bbox!r} has a negative width or height")
+        problem = xywh_problem(x, y, bw, bh)
+        if problem:
+            errors.add(f"{where}: bbox = {bbox!r} {problem}")
             continue
         if ann["category_id"] not in known_cat_set:
             errors.add(f"{where}: category_id {ann['category_id']!r} is not in 'categories' (known ids: {known_cats})")

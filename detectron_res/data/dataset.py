@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ __all__ = [
     "DetectionDataset",
     "ErrorCollector",
     "sanitize_boxes",
+    "xywh_problem",
     "record_from_boxes",
     "check_image_files",
     "CHECK_IMAGES_MODES",
@@ -382,6 +384,18 @@ def sanitize_boxes(
         report.add_fixed("box partly outside the image, clipped to it", wheres[i])
     keep = ~zero_area & ~empty_after_clip
     return clipped.astype(np.float32), keep
+
+
+def xywh_problem(x: float, y: float, w: float, h: float) -> Optional[str]:
+    """What makes a box given as a position and a size ``(x, y, w, h)`` (COCO's
+    corner, YOLO's centre) an error rather than a box to clip: ``"contains NaN or
+    infinity"`` or ``"has a negative width or height"``; None when it has neither.
+    The reader prefixes where the box is and how the file wrote it."""
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return "contains NaN or infinity"
+    if w < 0 or h < 0:
+        return "has a negative width or height"
+    return None
 
 
 def record_from_boxes(

@@ -21,7 +21,6 @@ in YOLO tools), counted in the report; a label file without an image is reported
 
 from __future__ import annotations
 
-import math
 import os
 from typing import List, Optional, Sequence
 
@@ -36,6 +35,7 @@ from .dataset import (
     ErrorCollector,
     check_image_files,
     record_from_boxes,
+    xywh_problem,
 )
 from .image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 
@@ -215,11 +215,9 @@ def load_yolo(
                         f"0..{num_classes - 1} ({num_classes} class names)"
                     )
                     continue
-                if not all(math.isfinite(v) for v in (cx, cy, w, h)):
-                    errors.add(f"{where}: {line.strip()!r} contains NaN or infinity")
-                    continue
-                if w < 0 or h < 0:
-                    errors.add(f"{where}: {line.strip()!r} has a negative width or height")
+                problem = xywh_problem(cx, cy, w, h)
+                if problem:
+                    errors.add(f"{where}: {line.strip()!r} {problem}")
                     continue
                 # A value above 1 means the file holds pixel coordinates (a common export
                 # mistake); denormalizing them would push every box out of the image and
