@@ -49,6 +49,7 @@ __all__ = [
     "load_yaml_file",
     "load_json_text",
     "load_json_file",
+    "load_json_document",
     "parse_xml_file",
 ]
 
@@ -280,6 +281,28 @@ def load_json_file(path: str | os.PathLike, limits: Limits, source: str | None =
     """
     source = source or str(path)
     return load_json_text(read_text(path, limits, source), limits, source)
+
+
+def load_json_document(
+    path: str | os.PathLike, limits: Limits, *, expected: type, expected_what: str, source: str | None = None
+) -> Any:
+    """A JSON file whose top level must be an ``expected`` (dict, list), every failure
+    worded as one line that starts with ``source`` (default: the path).
+
+    Raises:
+        ValueError: cannot be read; ``line L column C: invalid JSON (...)``; ``top level
+            is a <type>, expected <expected_what>``; or a :class:`BoundedInputError`.
+    """
+    source = source or str(path)
+    try:
+        data = load_json_file(path, limits, source)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{source}: line {e.lineno} column {e.colno}: invalid JSON ({e.msg})") from None
+    except OSError as e:
+        raise ValueError(f"{source}: cannot read ({e.strerror})") from None
+    if not isinstance(data, expected):
+        raise ValueError(f"{source}: top level is a {type(data).__name__}, expected {expected_what}")
+    return data
 
 
 def _check_json_depth(data: Any, limits: Limits, source: str) -> None:

@@ -251,7 +251,7 @@ class Predictor:
         precision: str = "auto",
     ) -> None:
         from detectron_res.config import apply_overrides, config_from_dict, load_config
-        from detectron_res.engine.checkpoint import find_last_checkpoint, load_checkpoint, load_model_weights
+        from detectron_res.engine.checkpoint import find_last_checkpoint, load_all_weights, load_checkpoint
         from detectron_res.modeling.build import build_model
         from omegaconf import DictConfig
 
@@ -309,15 +309,9 @@ class Predictor:
         self.class_names = [str(n) for n in names]
 
         model = build_model(cfg)
-        try:
-            report = load_model_weights(model, checkpoint["model"], strict_shapes=True)
-        except ValueError as e:  # a shape mismatch: the config builds another architecture
-            raise ValueError(f"{path}: {e}; the config does not match the checkpoint") from None
-        if report.missing:
-            raise ValueError(
-                f"{path}: the checkpoint lacks {len(report.missing)} weights of the model built from the config "
-                f"(first: {report.missing[0]!r}); the config does not match the checkpoint"
-            )
+        report = load_all_weights(
+            model, checkpoint["model"], source=str(path), hint="the config does not match the checkpoint"
+        )
         if report.unexpected:
             logger.warning(
                 "%s: %d checkpoint weights are not used by the model (first: %s)",

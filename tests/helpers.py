@@ -1,4 +1,5 @@
-"""Pieces several test files share: load a tool by its path, a tiny detector checkpoint.
+"""Pieces several test files share: load a tool by its path, a tiny detector checkpoint,
+a thin detector with the speed benchmark's weights.
 
 ``tests/`` is on ``sys.path`` when pytest runs (rootdir-relative test modules), so
 test files write ``from helpers import load_tool, make_tiny_checkpoint``. The
@@ -88,6 +89,16 @@ def make_tiny_checkpoint(path, overrides=(), class_names=CLASS_NAMES, seed=0):
     return Path(path)
 
 
+def shapes_datasets_root(tmp_path_factory, *, num_train: int, num_val: int) -> Path:
+    """A fresh ``DETECTRON_RES_DATASETS`` folder holding a small shapes dataset (64x96
+    images, seed 3) under ``shapes/``, for tests that start training runs."""
+    from detectron_res.data.shapes import generate_shapes_dataset
+
+    root = tmp_path_factory.mktemp("datasets")
+    generate_shapes_dataset(str(root / "shapes"), num_train=num_train, num_val=num_val, image_size=(64, 96), seed=3)
+    return root
+
+
 def synthetic_image(height, width, seed=0):
     """A smooth gradient with a few filled rectangles: image-like, deterministic, BGR uint8."""
     rng = np.random.default_rng(seed)
@@ -108,6 +119,55 @@ def reference_detections(model, image_in_model_order, score_thresh):
         out = model([torch.from_numpy(np.ascontiguousarray(image_in_model_order)).permute(2, 0, 1).float()])[0]
     keep = out["scores"] >= score_thresh
     return out["boxes"][keep].numpy(), out["scores"][keep].numpy(), out["labels"][keep].numpy()
+
+
+# ---------------------------------------------------------------- a thin detector with benchmark weights
+# A thin ResNet C4 detector (a quarter of the paper's widths; the depth and pooler are
+# the caller's) so that the speed-equivalence and CUDA checks run in seconds.
+THIN_DETECTOR = [
+    "model.backbone.base_channels=16",
+    "model.backbone.norm=FrozenBN",
+    "model.backbone.freeze_at=2",
+    "model.backbone.stride_in_1x1=false",
+    "model.anchor.sizes=[32,64,128]",
+    "model.roi_heads.num_classes=5",
+    "model.rpn.pre_nms_topk_test=300",
+    "model.rpn.post_nms_topk_test=30",
+    "model.rpn.pre_nms_topk_train=300",
+    "model.rpn.post_nms_topk_train=60",
+    "model.rpn.boundary_threshold=-1",
+    "model.roi_heads.batch_size_per_image=16",
+    "input.min_size_train=[112]",
+    "input.max_size_train=160",
+    "input.min_size_test=112",
+    "input.max_size_test=160",
+]
+R50_ALIGN = ("model.backbone.depth=50", "model.roi_heads.pooler_type=ROIAlign")
+
+
+def thin_detector(*overrides: str) -> nn.Module:
+    """A :data:`THIN_DETECTOR` with the speed benchmark's random weights (non-trivial
+    FrozenBN statistics, sharp predictor), in training mode."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # the benchmarks package (not installed with detectron_res)
+    from benchmarks.detectors import randomize_weights
+
+    model = build_model(load_config(None, THIN_DETECTOR + list(overrides)))
+    randomize_weights(model, seed=1)
+    with torch.no_grad():
+        # The thin res5's features are larger than the full-width one's: soften the
+        # class scores so that they spread over (0.05, 1) instead of saturating.
+        model.roi_heads.predictor.cls_score.weight.mul_(0.15)
+    return model
+
+
+def two_test_images(device="cpu"):
+    """Two images of two sizes (padding and per-image clipping are part of what is compared)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # the benchmarks package
+    from benchmarks.detectors import make_images
+
+    return make_images(1, 112, 144, seed=3, device=device) + make_images(1, 128, 96, seed=4, device=device)
 
 
 # ---------------------------------------------------------------- a toy model for the training loop

@@ -32,13 +32,11 @@ from benchmarks.detectors import (  # noqa: E402
     make_targets,
     match_detections,
     optimize_for_inference,
-    randomize_weights,
     speed_overrides,
 )
 
-from detectron_res.config import load_config  # noqa: E402
 from detectron_res.precision import autocast  # noqa: E402
-from detectron_res.modeling.build import build_model  # noqa: E402
+from helpers import R50_ALIGN, thin_detector, two_test_images  # noqa: E402
 
 DEVICE = torch.device(os.environ.get("DETECTRON_RES_TEST_DEVICE", "cuda"))
 
@@ -46,28 +44,6 @@ pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(DEVICE.type == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-
-THIN = [
-    "model.backbone.depth=50",
-    "model.backbone.base_channels=16",
-    "model.backbone.norm=FrozenBN",
-    "model.backbone.freeze_at=2",
-    "model.backbone.stride_in_1x1=false",
-    "model.anchor.sizes=[32,64,128]",
-    "model.roi_heads.num_classes=5",
-    "model.roi_heads.pooler_type=ROIAlign",
-    "model.rpn.pre_nms_topk_test=300",
-    "model.rpn.post_nms_topk_test=30",
-    "model.rpn.pre_nms_topk_train=300",
-    "model.rpn.post_nms_topk_train=60",
-    "model.rpn.boundary_threshold=-1",
-    "model.roi_heads.batch_size_per_image=16",
-    "input.min_size_train=[112]",
-    "input.max_size_train=160",
-    "input.min_size_test=112",
-    "input.max_size_test=160",
-]
-
 
 @pytest.fixture(autouse=True)
 def strict_fp32():
@@ -80,16 +56,12 @@ def strict_fp32():
 
 
 def thin_model(*overrides):
-    model = build_model(load_config(None, THIN + list(overrides)))
-    randomize_weights(model, seed=1)
-    with torch.no_grad():
-        # Thin res5 features are large: soften the class scores (see test_speed_equivalence.py).
-        model.roi_heads.predictor.cls_score.weight.mul_(0.15)
-    return model.eval()
+    """The thin R50 RoIAlign detector of tests/helpers.py, in eval mode."""
+    return thin_detector(*R50_ALIGN, *overrides).eval()
 
 
 def _images(device):
-    return make_images(1, 112, 144, seed=3, device=device) + make_images(1, 128, 96, seed=4, device=device)
+    return two_test_images(device)
 
 
 def _to_cpu(detections):

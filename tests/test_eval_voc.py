@@ -208,6 +208,20 @@ def _matlab_max(values):
     return max(numbers) if numbers else math.nan
 
 
+def _match_step(matched, difficult, taken, jmax):
+    """(tp, fp) of one detection, the step both programs write alike: a match to a
+    difficult object is ignored, the first match to an object is a true positive (the
+    object is then taken), a later one or no match a false positive."""
+    if not matched:
+        return 0.0, 1.0
+    if difficult[jmax]:
+        return 0.0, 0.0
+    if taken[jmax]:
+        return 0.0, 1.0
+    taken[jmax] = True
+    return 1.0, 0.0
+
+
 def devkit_reference(gt, det_rows, thresh, use_07_metric):
     """VOCevaldet.m (+ VOCap.m for the area), statement by statement.
 
@@ -230,15 +244,7 @@ def devkit_reference(gt, det_rows, thresh, use_07_metric):
                 ov = iw * ih / ua
                 if ov > ovmax:
                     ovmax, jmax = ov, j
-        if ovmax >= thresh:
-            if not diff[jmax]:
-                if not taken[image_id][jmax]:
-                    tp[d] = 1.0
-                    taken[image_id][jmax] = True
-                else:
-                    fp[d] = 1.0
-        else:
-            fp[d] = 1.0
+        tp[d], fp[d] = _match_step(ovmax >= thresh, diff, taken[image_id], jmax)
     if npos == 0:
         return math.nan
     rec, prec, ctp, cfp = [], [], 0.0, 0.0
@@ -273,7 +279,7 @@ def py_faster_rcnn_reference(gt, det_rows, thresh, use_07_metric):
         bb = np.asarray(bb, dtype=np.float64)
         boxes, diff = gt[image_id]
         bbgt = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        ovmax = -np.inf
+        ovmax, jmax = -np.inf, -1  # jmax is read only after a match (voc_eval.py leaves it unset)
         if bbgt.size > 0:
             iw = np.maximum(np.minimum(bbgt[:, 2], bb[2]) - np.maximum(bbgt[:, 0], bb[0]) + 1.0, 0.0)
             ih = np.maximum(np.minimum(bbgt[:, 3], bb[3]) - np.maximum(bbgt[:, 1], bb[1]) + 1.0, 0.0)
@@ -282,15 +288,7 @@ def py_faster_rcnn_reference(gt, det_rows, thresh, use_07_metric):
                    + (bbgt[:, 2] - bbgt[:, 0] + 1.0) * (bbgt[:, 3] - bbgt[:, 1] + 1.0) - inters)  # fmt: skip
             overlaps = inters / uni
             ovmax, jmax = np.max(overlaps), np.argmax(overlaps)
-        if ovmax > thresh:
-            if not diff[jmax]:
-                if not taken[image_id][jmax]:
-                    tp[d] = 1.0
-                    taken[image_id][jmax] = True
-                else:
-                    fp[d] = 1.0
-        else:
-            fp[d] = 1.0
+        tp[d], fp[d] = _match_step(ovmax > thresh, diff, taken[image_id], jmax)  # ">": see VOC_PROTOCOLS
     fp, tp = np.cumsum(fp), np.cumsum(tp)
     rec = tp / float(npos) if npos else tp * math.nan
     prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from detectron_res.data.shapes import generate_shapes_dataset
 from detectron_res.engine import checkpoint as checkpoint_module
 from detectron_res.engine import run as engine_run
 from detectron_res.engine.checkpoint import (
@@ -31,7 +30,7 @@ from detectron_res.engine.checkpoint import (
 from signal_helpers import SignalBeforeIteration, signal_test_loaders
 from detectron_res.exit_status import EXIT_OUTPUT_ERROR, EXIT_STOPPED_BY_SIGNAL
 from two_ranks import signal_rank_one_and_wait, start_two_ranks
-from helpers import load_tool
+from helpers import load_tool, shapes_datasets_root
 import fault_inject  # tests/fault_inject.py, the SIGKILL harness
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,9 +43,7 @@ train_net = load_tool("train_net", "train_net_for_faults")
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
-    generate_shapes_dataset(str(root / "shapes"), num_train=16, num_val=4, image_size=(64, 96), seed=3)
-    return root
+    return shapes_datasets_root(tmp_path_factory, num_train=16, num_val=4)
 
 
 def run_main(args, data_root, monkeypatch, capsys):
@@ -164,6 +161,16 @@ def signal_during_inference(monkeypatch, signum, at_batch):
     return handed_out
 
 
+def stopped_in_evaluation(out, common, signum, at_batch, data_root, monkeypatch, capsys, *extra):
+    """A tiny run with evaluation whose test loader sends ``signum`` while batch
+    ``at_batch`` is loaded: it must exit 5. Returns its stdout and the batches handed
+    out per evaluation."""
+    handed_out = signal_during_inference(monkeypatch, signum, at_batch=at_batch)
+    code, stdout, err = run_main(tiny_args(out, *common, *extra, evaluate=True), data_root, monkeypatch, capsys)
+    assert code == EXIT_STOPPED_BY_SIGNAL, err[-2000:]
+    return stdout, handed_out
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
 def test_signal_during_training_checkpoints_and_exits_5(tmp_path, data_root, monkeypatch, capsys, signum):
     name = signal.Signals(signum).name
@@ -189,9 +196,7 @@ def test_signal_during_periodic_evaluation(tmp_path, data_root, monkeypatch, cap
     name = signal.Signals(signum).name
     common = ["solver.max_iter=6", "solver.checkpoint_period=100", "test.eval_period=3"]
     out = tmp_path / "run"
-    handed_out = signal_during_inference(monkeypatch, signum, at_batch=1)
-    code, stdout, err = run_main(tiny_args(out, *common, evaluate=True), data_root, monkeypatch, capsys)
-    assert code == 5, err[-2000:]
+    stdout, handed_out = stopped_in_evaluation(out, common, signum, 1, data_root, monkeypatch, capsys)
     ckpt = out / "model_0000003.pth"
     assert stdout.strip().splitlines()[-1] == (
         f"stopped by {name} during the evaluation after 3 of 6 iterations (2/4 images of 'shapes_val', abandoned); "
@@ -204,9 +209,9 @@ def test_signal_during_periodic_evaluation(tmp_path, data_root, monkeypatch, cap
     # resume: it redoes the abandoned evaluation first; a signal there stops the run
     # before any training, with the checkpoint unchanged
     monkeypatch.undo()
-    handed_out = signal_during_inference(monkeypatch, signal.SIGTERM, at_batch=1)
-    code, stdout, err = run_main(tiny_args(out, *common, "--resume", evaluate=True), data_root, monkeypatch, capsys)
-    assert code == 5, err[-2000:]
+    stdout, handed_out = stopped_in_evaluation(
+        out, common, signal.SIGTERM, 1, data_root, monkeypatch, capsys, "--resume"
+    )
     assert stdout.strip().splitlines()[-1] == (
         "stopped by SIGTERM while redoing the evaluation of iteration 3 (2/4 images of 'shapes_val', abandoned); "
         f"nothing was trained; continue with: --resume (output: {out})")
@@ -270,9 +275,7 @@ def test_sigkill_during_periodic_evaluation_is_redone_on_resume(tmp_path, data_r
 def test_signal_during_final_evaluation(tmp_path, data_root, monkeypatch, capsys):
     out = tmp_path / "run"
     common = ["solver.max_iter=3", "solver.checkpoint_period=100", "test.eval_period=0"]
-    signal_during_inference(monkeypatch, signal.SIGTERM, at_batch=2)
-    code, stdout, err = run_main(tiny_args(out, *common, evaluate=True), data_root, monkeypatch, capsys)
-    assert code == 5, err[-2000:]
+    stdout, _ = stopped_in_evaluation(out, common, signal.SIGTERM, 2, data_root, monkeypatch, capsys)
     final = out / "model_final.pth"
     assert stdout.strip().splitlines()[-1] == (
         f"stopped by SIGTERM during the final evaluation (3/4 images of 'shapes_val', abandoned); training is "

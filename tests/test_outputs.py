@@ -32,6 +32,7 @@ from detectron_res.outputs import (
     previous_run_files,
 )
 from helpers import load_tool as _load_tool
+from helpers import shapes_datasets_root
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -259,11 +260,7 @@ def test_demo_and_train_classifier_refuse_a_finished_run(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from detectron_res.data.shapes import generate_shapes_dataset
-
-    root = tmp_path_factory.mktemp("datasets")
-    generate_shapes_dataset(str(root / "shapes"), num_train=8, num_val=2, image_size=(64, 96), seed=3)
-    return root
+    return shapes_datasets_root(tmp_path_factory, num_train=8, num_val=2)
 
 
 def test_train_net_finished_run_resume_overwrite_and_eval_only(tmp_path, data_root, monkeypatch, capsys):

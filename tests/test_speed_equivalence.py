@@ -42,7 +42,6 @@ from benchmarks.detectors import (  # noqa: E402
     make_images,
     make_targets,
     match_detections,
-    randomize_weights,
     speed_overrides,
 )
 from benchmarks.inference import padded_size  # noqa: E402
@@ -50,42 +49,13 @@ from benchmarks.sweeps import StageTimer  # noqa: E402
 
 from detectron_res.analysis import count_c4_detector_macs as count_macs  # noqa: E402
 from detectron_res.analysis import count_macs as analysis_count_macs  # noqa: E402
-from detectron_res.config import load_config  # noqa: E402
 from detectron_res.modeling.backbone.norm import Conv2dNorm  # noqa: E402
-from detectron_res.modeling.build import build_model  # noqa: E402
 from detectron_res.modeling.poolers import ROIPooler, boxes_to_rois, roi_align_by_matrix  # noqa: E402
-
-# A thin ResNet (a quarter of the paper's widths) so that the whole file runs in seconds.
-THIN = [
-    "model.backbone.base_channels=16",
-    "model.backbone.norm=FrozenBN",
-    "model.backbone.freeze_at=2",
-    "model.backbone.stride_in_1x1=false",
-    "model.anchor.sizes=[32,64,128]",
-    "model.roi_heads.num_classes=5",
-    "model.rpn.pre_nms_topk_test=300",
-    "model.rpn.post_nms_topk_test=30",
-    "model.rpn.pre_nms_topk_train=300",
-    "model.rpn.post_nms_topk_train=60",
-    "model.rpn.boundary_threshold=-1",
-    "model.roi_heads.batch_size_per_image=16",
-    "input.min_size_train=[112]",
-    "input.max_size_train=160",
-    "input.min_size_test=112",
-    "input.max_size_test=160",
-]
-R50_ALIGN = ("model.backbone.depth=50", "model.roi_heads.pooler_type=ROIAlign")
-
+from helpers import R50_ALIGN, thin_detector, two_test_images  # noqa: E402
 
 def thin_model(*overrides: str):
-    """A thin detector with the benchmark's random weights (non-trivial FrozenBN statistics, sharp predictor)."""
-    model = build_model(load_config(None, THIN + list(overrides)))
-    randomize_weights(model, seed=1)
-    with torch.no_grad():
-        # The thin res5's features are larger than the full-width one's: soften the
-        # class scores so that they spread over (0.05, 1) instead of saturating.
-        model.roi_heads.predictor.cls_score.weight.mul_(0.15)
-    return model
+    """A thin detector with the benchmark's random weights (tests/helpers.py)."""
+    return thin_detector(*overrides)
 
 
 def plain_and_fast(*overrides: str, options=SPEED_OPTIONS):
@@ -97,8 +67,7 @@ def plain_and_fast(*overrides: str, options=SPEED_OPTIONS):
 
 
 def _images():
-    # Two sizes: padding and per-image clipping are part of what must not change.
-    return make_images(1, 112, 144, seed=3) + make_images(1, 128, 96, seed=4)
+    return two_test_images()
 
 
 def _assert_same_detections(reference, other, *, score_tol=1e-4, box_tol=1e-2):

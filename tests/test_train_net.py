@@ -21,10 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from detectron_res.data.shapes import generate_shapes_dataset
 from detectron_res.engine.checkpoint import find_last_checkpoint, load_checkpoint
 from two_ranks import signal_rank_one_and_wait, start_two_ranks
-from helpers import load_tool
+from helpers import load_tool, shapes_datasets_root
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_NET = str(ROOT / "tools" / "train_net.py")
@@ -46,9 +45,7 @@ def main_in_process(args, data_root, monkeypatch, capsys):
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
-    generate_shapes_dataset(str(root / "shapes"), num_train=16, num_val=4, image_size=(64, 96), seed=3)
-    return root
+    return shapes_datasets_root(tmp_path_factory, num_train=16, num_val=4)
 
 
 def shapes_args(out, *extra):

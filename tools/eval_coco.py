@@ -13,14 +13,13 @@ Exit status: 0 on success, 2 on a usage or data error (one line on stderr).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from detectron_res.bounded_io import RESULTS_JSON_LIMITS, load_json_file  # noqa: E402
+from detectron_res.bounded_io import RESULTS_JSON_LIMITS, load_json_document  # noqa: E402
 from detectron_res.data.coco import validate_coco_json  # noqa: E402
 from detectron_res.evaluation.coco import evaluate_coco, format_coco_table, load_coco_gt  # noqa: E402
 from detectron_res.evaluation.report import write_json  # noqa: E402
@@ -37,14 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _read_results(path: str) -> list:
-    try:
-        results = load_json_file(path, RESULTS_JSON_LIMITS, source=f"--results {path}")
-    except OSError as e:
-        raise ValueError(f"--results {path}: cannot read ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--results {path}: line {e.lineno} column {e.colno}: invalid JSON ({e.msg})") from None
-    if not isinstance(results, list):
-        raise ValueError(f"--results {path}: top level is a {type(results).__name__}, expected a list of detections")
+    results = load_json_document(
+        path, RESULTS_JSON_LIMITS, expected=list, expected_what="a list of detections", source=f"--results {path}"
+    )
     for i, r in enumerate(results):
         if not isinstance(r, dict) or not {"image_id", "category_id", "bbox", "score"} <= set(r):
             raise ValueError(

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from ..bounded_io import CONFIG_LIMITS, load_yaml_file
-from ..engine.events import read_metrics_json
+from ..engine.events import headless_pyplot, read_metrics_json, save_figure
 from ..outputs import atomic_write_text
 from .diagnostics import DIAGNOSTICS_FILE
 
@@ -114,11 +114,7 @@ def _no_data(ax, what: str) -> None:
 
 def plot_runs(runs: Sequence[RunCurves], out_path: str | os.PathLike, *, title: str = "") -> Path:
     """Draw the four panels for ``runs`` into ``out_path`` (PNG); returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = headless_pyplot()
     if not runs:
         raise ValueError("plot_runs: no run to plot")
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
@@ -168,11 +164,7 @@ def plot_runs(runs: Sequence[RunCurves], out_path: str | os.PathLike, *, title: 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def summarize_runs(runs: Sequence[RunCurves]) -> List[dict]:

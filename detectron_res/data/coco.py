@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -37,7 +36,8 @@ from .dataset import (
     ImageRecord,
     check_image_files,
     check_unique_ids,
-    sanitize_boxes,
+    record_from_boxes,
+    xywh_problem,
 )
 from .image_io import DEFAULT_MAX_PIXELS
 
@@ -135,11 +135,9 @@ def _check_coco_dict(data: Dict[str, Any], json_file: str, name: str, errors: Er
             errors.add(f"{where}: bbox = {bbox!r}, expected [x, y, width, height] numbers")
             continue
         x, y, bw, bh = (float(v) for v in bbox)
-        if not all(math.isfinite(v) for v in (x, y, bw, bh)):
-            errors.add(f"{where}: bbox = {bbox!r} contains NaN or infinity")
-            continue
-        if bw < 0 or bh < 0:
-            errors.add(f"{where}: bbox = {bbox!r} has a negative width or height")
+        problem = xywh_problem(x, y, bw, bh)
+        if problem:
+            errors.add(f"{where}: bbox = {bbox!r} {problem}")
             continue
         if ann["category_id"] not in known_cat_set:
             errors.add(f"{where}: category_id {ann['category_id']!r} is not in 'categories' (known ids: {known_cats})")
@@ -276,17 +274,18 @@ def load_coco_json(
             crowd.append(bool(ann.get("iscrowd", 0)))
             difficult.append(bool(ann.get("difficult", 0)))
             wheres.append(where)
-        clipped, keep = sanitize_boxes(np.array(boxes, dtype=np.float64), height, width, wheres, report)
         records.append(
-            ImageRecord(
+            record_from_boxes(
                 image_id=img["id"],
                 file_name=file_name,
-                height=int(height),
-                width=int(width),
-                boxes=clipped[keep],
-                labels=np.asarray(labels, dtype=np.int64)[keep] if labels else np.zeros(0, np.int64),
-                difficult=np.asarray(difficult, dtype=bool)[keep] if labels else np.zeros(0, bool),
-                iscrowd=np.asarray(crowd, dtype=bool)[keep] if labels else np.zeros(0, bool),
+                height=height,
+                width=width,
+                boxes=np.array(boxes, dtype=np.float64),
+                labels=labels,
+                wheres=wheres,
+                report=report,
+                difficult=difficult,
+                iscrowd=crowd,
             )
         )
     errors.raise_if_any()

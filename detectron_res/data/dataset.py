@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ __all__ = [
     "DetectionDataset",
     "ErrorCollector",
     "sanitize_boxes",
+    "xywh_problem",
+    "record_from_boxes",
     "check_image_files",
     "CHECK_IMAGES_MODES",
 ]
@@ -381,6 +384,62 @@ def sanitize_boxes(
         report.add_fixed("box partly outside the image, clipped to it", wheres[i])
     keep = ~zero_area & ~empty_after_clip
     return clipped.astype(np.float32), keep
+
+
+def xywh_problem(x: float, y: float, w: float, h: float) -> Optional[str]:
+    """What makes a box given as a position and a size ``(x, y, w, h)`` (COCO's
+    corner, YOLO's centre) an error rather than a box to clip: ``"contains NaN or
+    infinity"`` or ``"has a negative width or height"``; None when it has neither.
+    The reader prefixes where the box is and how the file wrote it."""
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return "contains NaN or infinity"
+    if w < 0 or h < 0:
+        return "has a negative width or height"
+    return None
+
+
+def record_from_boxes(
+    *,
+    image_id: Union[int, str],
+    file_name: str,
+    height: int,
+    width: int,
+    boxes: np.ndarray,
+    labels: Sequence[int],
+    wheres: Sequence[str],
+    report: DatasetReport,
+    difficult: Optional[Sequence[bool]] = None,
+    iscrowd: Optional[Sequence[bool]] = None,
+) -> ImageRecord:
+    """One image's :class:`ImageRecord` from the boxes its annotation file gives.
+
+    The one step every reader ends an image with: :func:`sanitize_boxes` clips the
+    boxes to the image and drops those without area (counted in ``report``), and the
+    labels and flags of the surviving boxes are kept with them.
+
+    Args:
+        boxes: ``float [N, 4]`` x1y1x2y2, continuous 0-based pixel coordinates.
+        labels: ``N`` contiguous labels in ``1..K``.
+        wheres: ``N`` location strings ("file: annotation") for the report.
+        difficult, iscrowd: ``N`` flags; ``None`` = all False (the format has none).
+    """
+    clipped, keep = sanitize_boxes(boxes, height, width, wheres, report)
+
+    def kept_flags(flags: Optional[Sequence[bool]]) -> np.ndarray:
+        if flags is None:
+            return np.zeros(int(keep.sum()), dtype=bool)
+        return np.asarray(flags, dtype=bool).reshape(-1)[keep]
+
+    return ImageRecord(
+        image_id=image_id,
+        file_name=file_name,
+        height=int(height),
+        width=int(width),
+        boxes=clipped[keep],
+        labels=np.asarray(labels, dtype=np.int64).reshape(-1)[keep],
+        difficult=kept_flags(difficult),
+        iscrowd=kept_flags(iscrowd),
+    )
 
 
 def check_image_files(

@@ -37,10 +37,9 @@ from .dataset import (
     DatasetReport,
     DetectionDataset,
     ErrorCollector,
-    ImageRecord,
     check_image_files,
     check_unique_ids,
-    sanitize_boxes,
+    record_from_boxes,
 )
 from .image_io import DEFAULT_MAX_PIXELS
 
@@ -241,17 +240,17 @@ def load_voc(
     for (image_id, file_name, objects), (height, width) in zip(parsed, sizes):
         boxes = np.array([o.box for o in objects], dtype=np.float64).reshape(-1, 4)
         wheres = [f"{image_id}.xml object #{o.index} ('{o.name}')" for o in objects]
-        clipped, keep = sanitize_boxes(boxes, height, width, wheres, report)
         records.append(
-            ImageRecord(
+            record_from_boxes(
                 image_id=image_id,
                 file_name=file_name,
-                height=int(height),
-                width=int(width),
-                boxes=clipped[keep],
-                labels=np.array([name_to_label[o.name] for o in objects], dtype=np.int64)[keep],
-                difficult=np.array([o.difficult for o in objects], dtype=bool)[keep],
-                iscrowd=np.zeros(int(keep.sum()), dtype=bool),
+                height=height,
+                width=width,
+                boxes=boxes,
+                labels=[name_to_label[o.name] for o in objects],
+                wheres=wheres,
+                report=report,
+                difficult=[o.difficult for o in objects],
             )
         )
     if images_only:

@@ -21,7 +21,6 @@ in YOLO tools), counted in the report; a label file without an image is reported
 
 from __future__ import annotations
 
-import math
 import os
 from typing import List, Optional, Sequence
 
@@ -34,9 +33,9 @@ from .dataset import (
     DatasetReport,
     DetectionDataset,
     ErrorCollector,
-    ImageRecord,
     check_image_files,
-    sanitize_boxes,
+    record_from_boxes,
+    xywh_problem,
 )
 from .image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 
@@ -216,11 +215,9 @@ def load_yolo(
                         f"0..{num_classes - 1} ({num_classes} class names)"
                     )
                     continue
-                if not all(math.isfinite(v) for v in (cx, cy, w, h)):
-                    errors.add(f"{where}: {line.strip()!r} contains NaN or infinity")
-                    continue
-                if w < 0 or h < 0:
-                    errors.add(f"{where}: {line.strip()!r} has a negative width or height")
+                problem = xywh_problem(cx, cy, w, h)
+                if problem:
+                    errors.add(f"{where}: {line.strip()!r} {problem}")
                     continue
                 # A value above 1 means the file holds pixel coordinates (a common export
                 # mistake); denormalizing them would push every box out of the image and
@@ -249,18 +246,16 @@ def load_yolo(
             ],
             axis=1,
         )
-        clipped, keep = sanitize_boxes(boxes, height, width, wheres, report)
-        n = int(keep.sum())
         records.append(
-            ImageRecord(
+            record_from_boxes(
                 image_id=rid,
                 file_name=file_name,
-                height=int(height),
-                width=int(width),
-                boxes=clipped[keep],
-                labels=np.array([r[0] for r in raw], dtype=np.int64)[keep],
-                difficult=np.zeros(n, dtype=bool),
-                iscrowd=np.zeros(n, dtype=bool),
+                height=height,
+                width=width,
+                boxes=boxes,
+                labels=[r[0] for r in raw],
+                wheres=wheres,
+                report=report,
             )
         )
     errors.raise_if_any()

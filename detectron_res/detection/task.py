@@ -31,7 +31,7 @@ from torch import nn
 from ..data.catalog import get_dataset, get_datasets
 from ..data.loader import build_train_loader
 from ..engine import distributed as comm
-from ..engine.checkpoint import LoadReport, is_detector_checkpoint, load_checkpoint, load_model_weights
+from ..engine.checkpoint import LoadReport, is_detector_checkpoint, load_all_weights, load_checkpoint, load_model_weights
 from ..engine.distributed import DistInfo
 from ..engine.hooks import HookBase
 from ..engine.run import Run, run_evaluation, run_training
@@ -218,13 +218,7 @@ class DetectionTask:
                 raise ValueError(f"{source}: checkpoint classes {ckpt_names[:5]}... differ from test dataset "
                                  f"'{ds.name}' {ds.class_names[:5]}...")
         model = build_model(cfg)
-        try:
-            report = load_model_weights(model, state["model"], strict_shapes=True)
-        except ValueError as e:  # a shape mismatch: the config builds another architecture
-            raise ValueError(f"{source}: {e}; was it trained with this config?") from None
-        if report.missing:
-            raise ValueError(f"{source}: checkpoint lacks {len(report.missing)} model weights "
-                             f"(e.g. {report.missing[0]}); was it trained with this config?")
+        load_all_weights(model, state["model"], source=source, hint="was it trained with this config?")
         model.to(device)
         model.prepare_for_inference()
         if dist_info.is_main:

@@ -487,3 +487,45 @@ def load_model_weights(
     report.missing = [k for k in own if k not in state_dict and not (ignore and k.startswith(ignore))]
     model.load_state_dict(to_load, strict=False)
     return report
+
+
+def load_all_weights(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    source: str,
+    hint: str,
+    allow_unexpected: bool = True,
+    error: type[ValueError] = ValueError,
+) -> LoadReport:
+    """Load a checkpoint's weights into a model built to take them all (inference,
+    evaluation, conversion): no shape may differ and no weight of the model may be missing.
+
+    Args:
+        model: the model the config builds (unwrapped, not DDP).
+        state_dict: the checkpoint's weights.
+        source: the file they come from, first in every message.
+        hint: what a mismatch most likely means, last in every message
+            (e.g. "the config does not match the checkpoint").
+        allow_unexpected: False = checkpoint weights the model does not use are an error
+            too; True = they are only in the returned report (the caller may warn).
+        error: the exception class raised (a ValueError).
+
+    Raises:
+        ``error``: ``"<source>: <what differs>; <hint>"``.
+    """
+    try:
+        report = load_model_weights(model, state_dict, strict_shapes=True)
+    except ValueError as e:  # a shape mismatch: the config builds another architecture
+        raise error(f"{source}: {e}; {hint}") from None
+    if report.missing:
+        raise error(
+            f"{source}: the checkpoint lacks {len(report.missing)} weights of the model built from the config "
+            f"(first: {report.missing[0]!r}); {hint}"
+        )
+    if report.unexpected and not allow_unexpected:
+        raise error(
+            f"{source}: {len(report.unexpected)} checkpoint weights are not used by the model built from the "
+            f"config (first: {report.unexpected[0]!r}); {hint}"
+        )
+    return report

@@ -175,10 +175,16 @@ def read_metrics_json(path: str | os.PathLike) -> list[dict]:
     Raises:
         BoundedInputError: the file is larger than ``RESULTS_JSON_LIMITS`` or not UTF-8.
     """
+    return json_lines_records(read_text(path, RESULTS_JSON_LIMITS), str(path))
+
+
+def json_lines_records(text: str, source: str) -> list[dict]:
+    """The JSON objects of a JSON-lines text such as ``metrics.json`` (unreadable, too
+    deep or non-object lines skipped: a run killed mid-write leaves a partial last line)."""
     out = []
-    for line in read_text(path, RESULTS_JSON_LIMITS).splitlines():
+    for line in text.splitlines():
         try:
-            record = load_json_text(line, RESULTS_JSON_LIMITS, str(path))
+            record = load_json_text(line, RESULTS_JSON_LIMITS, source)
         except (json.JSONDecodeError, BoundedInputError):
             continue
         if isinstance(record, dict):
@@ -186,16 +192,33 @@ def read_metrics_json(path: str | os.PathLike) -> list[dict]:
     return out
 
 
-def plot_training_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike) -> Path | None:
-    """Plot losses, learning rate and evaluation metrics from ``metrics.json`` into a PNG.
-
-    Returns the PNG path, or None when the file holds no records.
-    """
+def headless_pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (no display needed); imported on first use
+    so that training does not pay for matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, out_path: str | os.PathLike) -> Path:
+    """Write ``fig`` to ``out_path`` (PNG, 100 dpi; missing folders created), close it and
+    return the path."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=100)
+    headless_pyplot().close(fig)
+    return out_path
+
+
+def plot_training_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike) -> Path | None:
+    """Plot losses, learning rate and evaluation metrics from ``metrics.json`` into a PNG.
+
+    Returns the PNG path, or None when the file holds no records.
+    """
+    plt = headless_pyplot()
     records = read_metrics_json(metrics_path)
     if not records:
         return None
@@ -232,8 +255,4 @@ def plot_training_curves(metrics_path: str | os.PathLike, out_path: str | os.Pat
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import logging
 import math
 from pathlib import Path
@@ -42,7 +41,7 @@ from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..bounded_io import DATASET_JSON_LIMITS, load_json_file
+from ..bounded_io import DATASET_JSON_LIMITS, load_json_document
 from .evaluator import DatasetEvaluator, Prediction
 
 logger = logging.getLogger(__name__)
@@ -83,14 +82,8 @@ def load_coco_gt(source: Union[str, Path, Mapping[str, Any]]):
     path = Path(source)
     if not path.is_file():
         raise ValueError(f"{path}: no such COCO annotation file")
-    try:
-        data = load_json_file(path, DATASET_JSON_LIMITS)  # pycocotools' own json.load is unbounded
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: line {e.lineno} column {e.colno}: invalid JSON ({e.msg})") from None
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read ({e.strerror})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: top level is a {type(data).__name__}, expected a COCO annotation object")
+    # pycocotools' own json.load is unbounded.
+    data = load_json_document(path, DATASET_JSON_LIMITS, expected=dict, expected_what="a COCO annotation object")
     coco = COCO()
     coco.dataset = data
     _quiet(coco.createIndex)

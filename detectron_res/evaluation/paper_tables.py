@@ -49,7 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from ..bounded_io import CONFIG_LIMITS, RESULTS_JSON_LIMITS, BoundedInputError, load_json_text, load_yaml_file, read_text
+from ..bounded_io import CONFIG_LIMITS, RESULTS_JSON_LIMITS, load_json_text, load_yaml_file, read_text
+from ..engine.events import json_lines_records
 
 __all__ = [
     "BACKBONES",
@@ -221,16 +222,7 @@ def read_metrics_records(path: Path) -> List[Dict[str, Any]]:
         data = load_json_text(text, RESULTS_JSON_LIMITS, str(path))
         return [data] if isinstance(data, dict) else []
     except json.JSONDecodeError:
-        pass
-    records = []
-    for line in text.splitlines():
-        try:
-            obj = load_json_text(line, RESULTS_JSON_LIMITS, str(path))
-        except (json.JSONDecodeError, BoundedInputError):
-            continue
-        if isinstance(obj, dict):
-            records.append(obj)
-    return records
+        return json_lines_records(text, str(path))
 
 
 def _flatten(obj: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:

@@ -19,6 +19,8 @@ from typing import Any, Dict, Hashable, Mapping, Optional, Union
 
 from .evaluator import DatasetEvaluator, Prediction
 from .report import path_component
+
+# Re-exported (see __all__ below), besides what the evaluator uses.
 from .voc_ap import (
     DEVKIT_RECALL_THRESHOLDS,
     PY_FASTER_RCNN_RECALL_THRESHOLDS,
@@ -38,37 +40,16 @@ from .voc_ap import (
     voc_eval_class,
     voc_eval_class_thresholds,
 )
+from .voc_ap import __all__ as _AP_NAMES  # the module shares its name with its function voc_ap
+from .voc_comp4 import __all__ as _COMP4_NAMES
 from .voc_comp4 import comp4_file_name, pack_voc_server_submission, read_comp4, split_by_class, write_comp4
+from .voc_devkit import __all__ as _DEVKIT_NAMES
 from .voc_devkit import load_devkit_ground_truth, parse_voc_annotation
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "VOC_CLASSES",
-    "VOC_IOU_THRESHOLDS",
-    "VOC_PROTOCOLS",
-    "DEVKIT_RECALL_THRESHOLDS",
-    "PY_FASTER_RCNN_RECALL_THRESHOLDS",
-    "matlab_colon",
-    "check_voc_protocol",
-    "ClassDetections",
-    "VOCGroundTruth",
-    "VOCEvaluator",
-    "voc_ap",
-    "voc_box_iou",
-    "voc_eval_class",
-    "voc_eval_class_thresholds",
-    "evaluate_voc",
-    "use_07_metric_for_year",
-    "split_by_class",
-    "write_comp4",
-    "read_comp4",
-    "comp4_file_name",
-    "pack_voc_server_submission",
-    "parse_voc_annotation",
-    "load_devkit_ground_truth",
-    "format_voc_table",
-]
+# The public names: each module's own, plus the evaluator (one list per module, kept there).
+__all__ = [*_AP_NAMES, "VOCEvaluator", *_COMP4_NAMES, *_DEVKIT_NAMES]
 
 
 # ----------------------------------------------------------------------------

@@ -29,6 +29,13 @@ __all__ = ["BoxCoder"]
 _DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
 
 
+def _centers_and_sizes(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(cx, cy, w, h)`` of ``[..., 4]`` boxes ``(x1, y1, x2, y2)`` (widths without "+1")."""
+    w = boxes[..., 2] - boxes[..., 0]
+    h = boxes[..., 3] - boxes[..., 1]
+    return boxes[..., 0] + 0.5 * w, boxes[..., 1] + 0.5 * h, w, h
+
+
 class BoxCoder:
     """Encodes boxes as deltas relative to source boxes and decodes them back."""
 
@@ -56,15 +63,8 @@ class BoxCoder:
         target_boxes = target_boxes.float()
         wx, wy, ww, wh = self.weights
 
-        src_w = src_boxes[..., 2] - src_boxes[..., 0]
-        src_h = src_boxes[..., 3] - src_boxes[..., 1]
-        src_cx = src_boxes[..., 0] + 0.5 * src_w
-        src_cy = src_boxes[..., 1] + 0.5 * src_h
-
-        tgt_w = target_boxes[..., 2] - target_boxes[..., 0]
-        tgt_h = target_boxes[..., 3] - target_boxes[..., 1]
-        tgt_cx = target_boxes[..., 0] + 0.5 * tgt_w
-        tgt_cy = target_boxes[..., 1] + 0.5 * tgt_h
+        src_cx, src_cy, src_w, src_h = _centers_and_sizes(src_boxes)
+        tgt_cx, tgt_cy, tgt_w, tgt_h = _centers_and_sizes(target_boxes)
 
         dx = wx * (tgt_cx - src_cx) / src_w
         dy = wy * (tgt_cy - src_cy) / src_h
@@ -87,10 +87,7 @@ class BoxCoder:
         src_boxes = src_boxes.float()
         wx, wy, ww, wh = self.weights
 
-        src_w = src_boxes[..., 2] - src_boxes[..., 0]
-        src_h = src_boxes[..., 3] - src_boxes[..., 1]
-        src_cx = src_boxes[..., 0] + 0.5 * src_w
-        src_cy = src_boxes[..., 1] + 0.5 * src_h
+        src_cx, src_cy, src_w, src_h = _centers_and_sizes(src_boxes)
 
         dx = deltas[..., 0] / wx
         dy = deltas[..., 1] / wy

@@ -124,7 +124,7 @@ def detectron2_detector_checkpoint(
             weights (a shape or a key differs: e.g. anchors per location).
     """
     from ..config import config_to_dict, load_config
-    from ..engine.checkpoint import CHECKPOINT_FORMAT_VERSION, load_model_weights
+    from ..engine.checkpoint import CHECKPOINT_FORMAT_VERSION, load_all_weights
 
     converted = convert_detectron2_detector(source)
     if arch is not None and arch != converted["arch"]:
@@ -134,16 +134,14 @@ def detectron2_detector_checkpoint(
                  "model.weights="]  # fmt: skip
     cfg = load_config(config, overrides)
     model = build_model(cfg)
-    try:
-        report = load_model_weights(model, converted["state_dict"], strict_shapes=True)
-    except ValueError as e:
-        raise WeightsMismatchError(f"{source}: {e}; config {config} builds another detector") from None
-    if report.missing or report.unexpected:
-        first = (report.missing or report.unexpected)[0]
-        raise WeightsMismatchError(
-            f"{source}: {len(report.missing)} weights of the model built from config {config} are not in the "
-            f"checkpoint and {len(report.unexpected)} of the checkpoint are not in the model (first: {first!r})"
-        )
+    load_all_weights(
+        model,
+        converted["state_dict"],
+        source=str(source),
+        hint=f"config {config} builds another detector",
+        allow_unexpected=False,
+        error=WeightsMismatchError,
+    )
     checkpoint = {
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "model": converted["state_dict"],

@@ -142,7 +142,40 @@ def _make_shortcut(
     return None
 
 
-class BasicBlock(nn.Module):
+class _ResidualBlock(nn.Module):
+    """What :class:`BasicBlock` and :class:`BottleneckBlock` share: their attributes
+    and the end of a block, ``relu(residual_branch + shortcut(x))``.
+
+    A subclass builds its convs, then ``self.shortcut`` (in that order: the order
+    modules are created is the order of the state dict and of initialization).
+    """
+
+    shortcut: Optional[nn.Module]
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int, residual: bool, inplace_relu: bool):
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.stride = stride
+        self.residual = residual
+        self.inplace_relu = bool(inplace_relu)
+
+    def _relu(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu_(x) if self.inplace_relu else F.relu(x)
+
+    def _add_shortcut_and_relu(
+        self, out: torch.Tensor, x: Optional[torch.Tensor], shortcut_out: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """``relu(out + shortcut_out)``; ``shortcut_out=None``: computed from ``x``
+        (``x`` itself for an identity shortcut). Without ``residual``: ``relu(out)``."""
+        if self.residual:
+            if shortcut_out is None:
+                shortcut_out = x if self.shortcut is None else self.shortcut(x)
+            out = out.add_(shortcut_out) if self.inplace_relu else out + shortcut_out
+        return self._relu(out)
+
+
+class BasicBlock(_ResidualBlock):
     """Two 3x3 convs, ``[3x3, C; 3x3, C]`` (Table 1, ResNet-18/34; Fig. 5 left).
 
     ``relu(norm(conv2(relu(norm(conv1(x))))) + shortcut(x))``; with ``residual=False``
@@ -165,12 +198,7 @@ class BasicBlock(nn.Module):
         inplace_relu: bool = True,
         fuse_frozen_bn: bool = True,
     ) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.stride = stride
-        self.residual = residual
-        self.inplace_relu = bool(inplace_relu)
+        super().__init__(in_channels, out_channels, stride=stride, residual=residual, inplace_relu=inplace_relu)
         conv = dict(norm=norm, fuse_frozen_bn=fuse_frozen_bn)
         self.conv1 = Conv2dNorm(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, **conv)
         self.conv2 = Conv2dNorm(out_channels, out_channels, kernel_size=3, padding=1, **conv)
@@ -179,20 +207,11 @@ class BasicBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.inplace_relu:
-            out = F.relu(self.conv1(x))
-            out = self.conv2(out)
-            if self.residual:
-                out = out + (x if self.shortcut is None else self.shortcut(x))
-            return F.relu(out)
-        out = F.relu_(self.conv1(x))
-        out = self.conv2(out)
-        if self.residual:
-            out += x if self.shortcut is None else self.shortcut(x)
-        return F.relu_(out)
+        out = self.conv2(self._relu(self.conv1(x)))
+        return self._add_shortcut_and_relu(out, x)
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(_ResidualBlock):
     """``[1x1, B; 3x3, B; 1x1, 4B]`` (Table 1, ResNet-50/101/152; Fig. 5 right).
 
     ``relu(conv3(relu(conv2(relu(conv1(x))))) + shortcut(x))`` with a norm after each
@@ -223,13 +242,8 @@ class BottleneckBlock(nn.Module):
         inplace_relu: bool = True,
         fuse_frozen_bn: bool = True,
     ) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.stride = stride
+        super().__init__(in_channels, out_channels, stride=stride, residual=residual, inplace_relu=inplace_relu)
         self.stride_in_1x1 = stride_in_1x1
-        self.residual = residual
-        self.inplace_relu = bool(inplace_relu)
         conv = dict(norm=norm, fuse_frozen_bn=fuse_frozen_bn)
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = Conv2dNorm(in_channels, bottleneck_channels, kernel_size=1, stride=stride_1x1, **conv)
@@ -257,15 +271,9 @@ class BottleneckBlock(nn.Module):
     def _after_conv1(
         self, conv1_out: torch.Tensor, x: Optional[torch.Tensor], shortcut_out: Optional[torch.Tensor]
     ) -> torch.Tensor:
-        relu = F.relu_ if self.inplace_relu else F.relu
-        out = relu(conv1_out)
-        out = relu(self.conv2(out))
-        out = self.conv3(out)
-        if self.residual:
-            if shortcut_out is None:
-                shortcut_out = x if self.shortcut is None else self.shortcut(x)
-            out = out.add_(shortcut_out) if self.inplace_relu else out + shortcut_out
-        return relu(out)
+        out = self._relu(conv1_out)
+        out = self.conv3(self._relu(self.conv2(out)))
+        return self._add_shortcut_and_relu(out, x, shortcut_out)
 
 
 class ResNetStage(nn.Sequential):
