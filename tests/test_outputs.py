@@ -312,3 +312,28 @@ def test_export_without_onnx_says_which_extra(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == (
         "error: --format onnx needs the onnx package(s), not installed; install the export extra: "
         "pip install -e '.[export]' (or pip install onnx onnxruntime onnxscript)")
+
+
+def test_figures_are_written_atomically(tmp_path):
+    """A plot redrawn over an earlier one (training curves, PR curves) either replaces it
+    whole or leaves it as it was: a draw that fails leaves the old PNG and no temporary."""
+    from matplotlib.figure import Figure
+
+    from detectron_res.engine.events import save_figure
+
+    out = tmp_path / "plots" / "curves.png"
+    fig = Figure(figsize=(2, 2))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    assert save_figure(fig, out) == out
+    first = out.read_bytes()
+    assert first.startswith(b"\x89PNG")
+
+    class BrokenFigure(Figure):
+        def savefig(self, f, **kwargs):
+            f.write(b"\x89PNG half")
+            raise OSError("disk full while drawing")
+
+    with pytest.raises(OSError, match="disk full while drawing"):
+        save_figure(BrokenFigure(), out)
+    assert out.read_bytes() == first
+    assert sorted(p.name for p in out.parent.iterdir()) == ["curves.png"]

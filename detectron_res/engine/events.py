@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..bounded_io import RESULTS_JSON_LIMITS, BoundedInputError, load_json_text, read_text
-from ..outputs import atomic_write_bytes
+from ..outputs import atomic_write, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -203,14 +203,14 @@ def headless_pyplot():
     return plt
 
 
-def save_figure(fig, out_path: str | os.PathLike) -> Path:
-    """Write ``fig`` to ``out_path`` (PNG, 100 dpi; missing folders created), close it and
-    return the path."""
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=100)
-    headless_pyplot().close(fig)
-    return out_path
+def save_figure(fig, out_path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Write ``fig`` to ``out_path`` (PNG; missing folders created), close it and return
+    the path.  The write is atomic: a kill while the PNG is drawn leaves the previous
+    plot (training curves are redrawn at every evaluation) instead of half a file."""
+    try:
+        return atomic_write(out_path, lambda f: fig.savefig(f, dpi=dpi, format="png"))
+    finally:
+        headless_pyplot().close(fig)
 
 
 def plot_training_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike) -> Path | None:

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Mapping, Union
 
 import numpy as np
 
-from ..outputs import atomic_write_text
+from ..outputs import atomic_write, atomic_write_text
 
 __all__ = ["to_jsonable", "write_json", "write_metrics", "plot_pr_curves", "path_component"]
 
@@ -153,6 +153,6 @@ def plot_pr_curves(
             stem = f"{base}_{n}"
         used[stem] = 1
         path = output_dir / f"{stem}.png"
-        fig.savefig(path, dpi=80)
+        atomic_write(path, lambda f, fig=fig: fig.savefig(f, dpi=80, format="png"))  # no half PNG after a kill
         paths.append(path)
     return paths
