@@ -109,7 +109,7 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLossError) as e:
         t.train()
     msg = str(e.value)
-    assert "iteration 4" in msg and "loss_a=nan" in msg and "loss_b=" in msg
+    assert "in iteration 5/10:" in msg and "loss_a=nan" in msg and "loss_b=" in msg  # the 5th (0-based 4)
     assert "\n" not in msg
     # weights untouched by the bad step, last checkpoint intact, no final checkpoint
     assert all(torch.isfinite(p).all() for p in t.model.parameters())
