@@ -771,14 +771,15 @@ def evaluate_checkpoint(
             raise ValueError(f"{source}: checkpoint lacks {len(report.missing)} model weights "
                              f"(e.g. {report.missing[0]}); was it trained with this config?")
         model.to(dev)
-        model.prepare_for_inference()
+        precision = eval_precision(cfg, dev)
+        model.prepare_for_inference(precision=precision.name)
         if dist_info.is_main:
             logger.info("Evaluating %s (iteration %s) on %s", source, state.get("iteration"),
                         ", ".join(ds.name for ds in test_datasets))
         # SIGTERM / SIGUSR1 stop inference before the next batch: EvaluationInterrupted.
         with stop_signals_recorded():
             results = evaluate(cfg, model, test_datasets, device=dev, output_dir=output_dir / "inference",
-                               amp_dtype=eval_precision(cfg, dev).dtype)
+                               amp_dtype=precision.dtype)
         if dist_info.is_main:
             # metrics.json is the run's JSON-lines log (training writes it too): append
             # one line rather than overwrite, so a training run's history survives.
