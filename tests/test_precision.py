@@ -345,3 +345,12 @@ def test_spatial_mean_of_bf16_is_the_float32_mean_rounded(channels_last):
     assert ((result.float() - reference).abs() <= bound).all()
     with autocast("bf16", "cpu"):  # under autocast too (the inference path)
         assert torch.equal(spatial_mean(low), result)
+
+
+def test_onnx_export_refuses_a_bf16_prepared_model(tiny_checkpoint, tmp_path):
+    from detectron_res.export import export_onnx
+    from detectron_res.predictor import Predictor
+
+    predictor = Predictor(tiny_checkpoint, device="cpu", precision="bf16")
+    with pytest.raises(ValueError, match=r"stores torch.bfloat16 weights .* load it with precision='fp32'"):
+        export_onnx(predictor.model, tmp_path / "model.onnx")
