@@ -19,7 +19,8 @@ both detectors are built and made equal):
   with ``--train-batch-sizes``) for the same pairs, ours as the trainer runs it;
 * both in bf16 too, beside fp32 in the same turns (``ours_bf16``,
   ``torchvision_bf16``: the same models under ``torch.autocast(bfloat16)``, as
-  ``Predictor(precision="bf16")`` and ``solver.amp`` run ours), where the device
+  ``Predictor(precision="bf16")`` and ``solver.amp`` run ours; in inference ours
+  with its weights stored in bf16 once, as ``Predictor`` prepares it), where the device
   computes bf16 natively (CUDA; a CPU with AVX512-BF16 or AMX), or with ``--bf16 on``;
 * training under contention (``--contention N``, default 1): the R-50 training
   comparison again with N busy processes competing for the cores, as on a
@@ -864,7 +865,8 @@ def _bf16_table(results: Dict[str, Any]) -> List[str]:
     lines.append(
         "bf16: the same models called under `torch.autocast(dtype=torch.bfloat16)` (ours as "
         "`Predictor(precision=\"bf16\")` and `solver.amp` run it: convolutions and matrix products in bf16, RoIAlign, "
-        "box decoding and NMS in fp32). Ratios: medians of the per-turn ratios, wall time (and CPU time). "
+        "box decoding and NMS in fp32; in inference ours with its weights stored in bf16 once, as `Predictor` "
+        "prepares it). Ratios: medians of the per-turn ratios, wall time (and CPU time). "
         + ("Detections of bf16 equal to the same detector's fp32 ones (same label, IoU >= 0.99; random weights, so "
            "this checks the path, not accuracy; the accuracy cost is measured on the demo, `OPTIMIZATIONS.md`): "
            + "; ".join(agreement) + "." if agreement else "")
