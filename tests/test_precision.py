@@ -354,3 +354,32 @@ def test_onnx_export_refuses_a_bf16_prepared_model(tiny_checkpoint, tmp_path):
     predictor = Predictor(tiny_checkpoint, device="cpu", precision="bf16")
     with pytest.raises(ValueError, match=r"stores torch.bfloat16 weights .* load it with precision='fp32'"):
         export_onnx(predictor.model, tmp_path / "model.onnx")
+
+
+@pytest.mark.parametrize("block_elements", [1 << 20, 1000])
+def test_roi_align_by_matrix_in_bf16_blocks_equals_the_float32_product_cast(monkeypatch, block_elements):
+    """The pooler's bf16 output: the float32 product converted block by block through a
+    reused buffer (several blocks and a partial last one with the small block size) is
+    the float32 product converted at once, bit for bit; with autograd the plain product
+    is converted and the gradient reaches the float32 map."""
+    import detectron_res.modeling.poolers as poolers
+
+    monkeypatch.setattr(poolers, "_BLOCK_ELEMENTS", block_elements)
+    torch.manual_seed(0)
+    features = torch.randn(2, 96, 20, 24).contiguous(memory_format=torch.channels_last)
+    xy = torch.rand(37, 2) * torch.tensor([300.0, 250.0])
+    boxes = torch.cat((xy, (xy + torch.rand(37, 2) * 150 + 2).clamp(max=torch.tensor([383.0, 319.0]))), dim=1)
+    rois = torch.cat((torch.randint(0, 2, (37, 1)).float(), boxes), dim=1)
+    for bin_stride in (1, 2):
+        args = (features, rois, 14, 1 / 16, 0, True, bin_stride)
+        with torch.inference_mode():
+            reference = poolers.roi_align_by_matrix(*args)
+            low = poolers.roi_align_by_matrix(*args, out_dtype=torch.bfloat16)
+        assert reference.dtype == torch.float32 and low.dtype == torch.bfloat16
+        assert low.shape == reference.shape and low.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(low, reference.to(torch.bfloat16))
+    grad_features = features.clone().requires_grad_(True)
+    out = poolers.roi_align_by_matrix(grad_features, rois, 14, 1 / 16, 0, True, out_dtype=torch.bfloat16)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert grad_features.grad is not None and grad_features.grad.dtype == torch.float32
