@@ -450,12 +450,12 @@ def build_pair(spec: DetectorSpec, seed: int = 0) -> Tuple[FasterRCNN, Torchvisi
     return ours, tv
 
 
-def optimize_for_inference(model: FasterRCNN) -> FasterRCNN:
-    """A copy of ``model`` after ``prepare_for_inference()``: what inference tools
-    (``Predictor``, evaluation) run. Which of FrozenBN folding and channels-last
-    weights it applies is the model's config (``model.fold_frozen_bn``,
-    ``model.speed.channels_last``)."""
-    return copy.deepcopy(model).prepare_for_inference()
+def optimize_for_inference(model: FasterRCNN, precision: str = "fp32") -> FasterRCNN:
+    """A copy of ``model`` after ``prepare_for_inference(precision=...)``: what inference
+    tools (``Predictor``, evaluation) run in that precision (``"bf16"``: weights stored
+    in bf16 once). Which of FrozenBN folding and channels-last weights it applies is
+    the model's config (``model.fold_frozen_bn``, ``model.speed.channels_last``)."""
+    return copy.deepcopy(model).prepare_for_inference(precision=precision)
 
 
 # ----------------------------------------------------------------------------- inputs

@@ -70,8 +70,9 @@ def inference_section(
     result: Dict[str, Any] = {"model": spec.name, "depth": spec.depth, "device_type": device.type}
     variants: Dict[str, nn.Module] = {"ours": optimize_for_inference(ours), "torchvision": tv}
     if args.bf16:
-        # The same models, called under bf16 autocast.
-        variants["ours_bf16"], variants["torchvision_bf16"] = variants["ours"], tv
+        # Under bf16 autocast: ours as Predictor(precision="bf16") prepares it (weights
+        # stored in bf16 once), torchvision's model as it is.
+        variants["ours_bf16"], variants["torchvision_bf16"] = optimize_for_inference(ours, "bf16"), tv
     if ablation:
         for name, model in ablation_models(ours, spec, INFERENCE_ABLATION).items():
             variants[name] = optimize_for_inference(model)

@@ -148,7 +148,8 @@ def _bf16_table(results: Dict[str, Any]) -> List[str]:
     lines.append(
         "bf16: the same models called under `torch.autocast(dtype=torch.bfloat16)` (ours as "
         "`Predictor(precision=\"bf16\")` and `solver.amp` run it: convolutions and matrix products in bf16, RoIAlign, "
-        "box decoding and NMS in fp32). Ratios: medians of the per-turn ratios, wall time (and CPU time). "
+        "box decoding and NMS in fp32; in inference ours with its weights stored in bf16 once, as `Predictor` "
+        "prepares it). Ratios: medians of the per-turn ratios, wall time (and CPU time). "
         + ("Detections of bf16 equal to the same detector's fp32 ones (same label, IoU >= 0.99; random weights, so "
            "this checks the path, not accuracy; the accuracy cost is measured on the demo, `OPTIMIZATIONS.md`): "
            + "; ".join(agreement) + "." if agreement else "")

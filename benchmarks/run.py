@@ -20,7 +20,8 @@ how both detectors are built and made equal):
   with ``--train-batch-sizes``) for the same pairs, ours as the trainer runs it;
 * both in bf16 too, beside fp32 in the same turns (``ours_bf16``,
   ``torchvision_bf16``: the same models under ``torch.autocast(bfloat16)``, as
-  ``Predictor(precision="bf16")`` and ``solver.amp`` run ours), where the device
+  ``Predictor(precision="bf16")`` and ``solver.amp`` run ours; in inference ours
+  with its weights stored in bf16 once, as ``Predictor`` prepares it), where the device
   computes bf16 natively (CUDA; a CPU with AVX512-BF16 or AMX), or with ``--bf16 on``;
 * training under contention (``--contention N``, default 1): the R-50 training
   comparison again with N busy processes competing for the cores, as on a

@@ -281,6 +281,11 @@ def export_onnx(
                          f"(ROIAlign aligned=True needs {MIN_OPSET}; the exporter stops at {MAX_OPSET})")
     import onnx
 
+    low = next((p.dtype for p in model.parameters() if p.is_floating_point() and p.dtype != torch.float32), None)
+    if low is not None:
+        raise ValueError(f"export_onnx: the model stores {low} weights (prepared for bf16 inference); the ONNX graph "
+                         "is float32: load it with precision='fp32' (Predictor(..., precision='fp32'), as "
+                         "tools/export.py does)")
     path = Path(path)
     wrapper = ExportableDetector(model).eval()
     example = _example_image(*example_size).to(model.preprocessor.pixel_mean.device)

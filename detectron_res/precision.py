@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Collection, ContextManager, Optional, Union
 
 import torch
+from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ __all__ = [
     "PRECISIONS",
     "Precision",
     "autocast",
+    "cast_for_autocast",
     "cpu_flags",
     "cpu_native_bf16",
     "precision_dtype",
@@ -150,3 +152,39 @@ def autocast(name: str, device: Union[str, torch.device]) -> ContextManager:
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+@torch.no_grad()
+def cast_for_autocast(module: nn.Module, dtype: torch.dtype) -> int:
+    """Store, once, the weights that autocast would convert to ``dtype`` on every call.
+
+    Under autocast a convolution or linear layer converts its float32 weight and
+    bias to the autocast dtype at every call (a full read and write of the weights;
+    the weight cache of ``torch.autocast`` applies only while autograd records).
+    Converting them ahead of time gives the same rounded values, so the outputs
+    are those of the float32 module under autocast, exactly; the module must then
+    run under autocast (float32 inputs would not meet bf16 weights).
+
+    Converted: ``nn.Conv2d`` (``Conv2dNorm`` included, but only without a norm
+    left after it: a FrozenBN that is not folded scales the weight in float32
+    first) and ``nn.Linear``. Their memory format (channels-last) is kept.
+
+    Args:
+        module: changed in place.
+        dtype: the autocast dtype, e.g. ``torch.bfloat16``.
+    Returns:
+        the number of parameter tensors converted (0 the second time).
+    """
+    converted = 0
+    for sub in module.modules():
+        if not isinstance(sub, (nn.Conv2d, nn.Linear)):
+            continue
+        norm = getattr(sub, "norm", None)
+        if norm is not None and not isinstance(norm, nn.Identity):
+            continue
+        for param in (sub.weight, sub.bias):
+            if param is not None and param.is_floating_point() and param.dtype != dtype:
+                # .to keeps the strides (channels-last stays channels-last).
+                param.data = param.data.to(dtype)
+                converted += 1
+    return converted

@@ -319,8 +319,9 @@ class Predictor:
                 len(report.unexpected),
                 report.unexpected[0],
             )
-        # eval() and, with model.fold_frozen_bn, FrozenBN folded into the convolutions.
-        model.prepare_for_inference()
+        # eval(), with model.fold_frozen_bn FrozenBN folded into the convolutions, and
+        # in bf16 the weights stored in bf16 once instead of converted at every call.
+        model.prepare_for_inference(precision=self.precision.name)
         self.model = model.to(self.device)
 
     # ------------------------------------------------------------------

@@ -26,8 +26,9 @@ def _predictor(path, overrides=()):
     from detectron_res.predictor import Predictor
 
     make_tiny_checkpoint(path, overrides)
-    # score_thresh=1.0 keeps the config's test threshold (0.05) in the model.
-    return Predictor(path, device="cpu", score_thresh=1.0)
+    # score_thresh=1.0 keeps the config's test threshold (0.05) in the model; the
+    # exported graph is float32 (auto would store bf16 weights on a CPU with bf16).
+    return Predictor(path, device="cpu", score_thresh=1.0, precision="fp32")
 
 
 def _reference(model, image):

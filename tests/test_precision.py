@@ -211,3 +211,175 @@ def test_bf16_training_step_on_cpu_matches_fp32():
     flat16 = torch.cat([g.flatten() for g in grads16.values()])
     flat32 = torch.cat([g.flatten() for g in grads32.values()])
     assert torch.nn.functional.cosine_similarity(flat16, flat32, dim=0) > 0.98
+
+
+# ---------------------------------------------------------------- bf16 weights stored once
+def _tiny_bottleneck_model(*overrides):
+    """A tiny R-50-C4 (bottleneck blocks, so res5's conv1 and shortcut run before pooling)."""
+    cfg = load_config(None, ["model.backbone.depth=50", "model.backbone.base_channels=8",
+                             "model.roi_heads.num_classes=3", "model.roi_heads.pooler_type=ROIAlignV2",
+                             "input.min_size_test=96", "input.max_size_test=128",
+                             "model.roi_heads.score_thresh_test=0.05", *overrides])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():  # scores spread over the classes (no ties), as make_tiny_checkpoint does
+        torch.nn.init.normal_(model.roi_heads.predictor.cls_score.weight, std=0.0001)
+        torch.nn.init.normal_(model.roi_heads.predictor.cls_score.bias, std=0.3)
+        torch.nn.init.normal_(model.roi_heads.predictor.bbox_pred.weight, std=0.0001)
+    return model
+
+
+def _weight_conversions(model, images):
+    """Run ``model(images)`` and count the float32 -> bf16 conversions of tensors
+    shaped like one of its 4-D weights (what autocast does to a float32 weight)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    shapes = {tuple(p.shape) for p in model.parameters() if p.dim() == 4}
+    counted = []
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            # Autocast converts with aten::to (seen here as such under inference mode).
+            src, dst_dtype = None, None
+            if func is torch.ops.aten.to.dtype:
+                src, dst_dtype = args[0], args[1] if len(args) > 1 else kwargs.get("dtype")
+            elif func is torch.ops.aten._to_copy.default:
+                src, dst_dtype = args[0], kwargs.get("dtype")
+            elif func is torch.ops.aten.copy_.default:
+                src, dst_dtype = args[1], args[0].dtype
+            if src is not None and src.dtype == torch.float32 and dst_dtype == torch.bfloat16 and tuple(src.shape) in shapes:
+                counted.append(tuple(src.shape))
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        outputs = model(images)
+    return outputs, counted
+
+
+@pytest.mark.parametrize("overrides", [(), ("model.fold_frozen_bn=false",)])
+def test_bf16_prepared_model_equals_fp32_model_under_autocast(overrides):
+    """prepare_for_inference(precision="bf16") stores the weights in bf16 once: the same
+    detections, bit for bit, as the float32 model under bf16 autocast (autocast rounds the
+    same weights the same way), with no weight converted during a call, and the model
+    runs bf16 by itself (no autocast around the call needed)."""
+    import copy
+
+    from detectron_res.modeling.backbone.norm import Conv2dNorm, FrozenBatchNorm2d
+
+    model = _tiny_bottleneck_model(*overrides)
+    fp32 = copy.deepcopy(model).prepare_for_inference()
+    bf16 = copy.deepcopy(model).prepare_for_inference(precision="bf16")
+    images = [torch.from_numpy(synthetic_image(96, 128, seed=s)).permute(2, 0, 1).float() for s in (1, 2)]
+
+    with autocast("bf16", "cpu"):
+        reference, autocast_conversions = _weight_conversions(fp32, images)
+    outputs, conversions = _weight_conversions(bf16, images)
+    assert len(autocast_conversions) > 0, "the check must see autocast converting float32 weights"
+    folded = not overrides
+    # Folded: every weight is stored bf16, none converted per call. Unfolded, a conv with
+    # its FrozenBN scales its weight in float32 first: those stay float32 (and are converted).
+    assert (len(conversions) == 0) == folded, conversions
+    for a, b in zip(reference, outputs):
+        assert len(a["boxes"]) > 0
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(a[key], b[key]), key
+        assert b["boxes"].dtype == b["scores"].dtype == torch.float32
+
+    for module in bf16.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            keeps_norm = isinstance(getattr(module, "norm", None), FrozenBatchNorm2d)
+            assert module.weight.dtype == (torch.float32 if keeps_norm else torch.bfloat16), module
+            if module.weight.dim() == 4:
+                assert module.weight.is_contiguous(memory_format=torch.channels_last), module
+    assert any(isinstance(m, Conv2dNorm) and m.weight.dtype == torch.bfloat16 for m in bf16.modules()) == folded
+
+
+def test_bf16_prepared_model_is_prepared_once_and_not_trained():
+    from detectron_res.precision import cast_for_autocast
+
+    model = _tiny_bottleneck_model().prepare_for_inference(precision="bf16")
+    assert cast_for_autocast(model, torch.bfloat16) == 0  # already stored in bf16
+    assert model.prepare_for_inference(precision="bf16") is model  # again: nothing changes
+    with pytest.raises(ValueError, match=r"precision='fp32'.*already stores torch.bfloat16 weights"):
+        model.prepare_for_inference(precision="fp32")
+    with pytest.raises(RuntimeError, match="stores torch.bfloat16 weights .* cannot be trained again"):
+        model.train()
+    fresh = _tiny_bottleneck_model()
+    converted = cast_for_autocast(fresh, torch.bfloat16)
+    # Only layers without a FrozenBN left after them (here: the RPN head and the box predictor).
+    assert converted == sum(
+        (m.bias is not None) + 1 for m in fresh.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.weight.dtype == torch.bfloat16
+    )
+    assert 0 < converted < sum(1 for p in fresh.parameters())
+
+
+def test_predictor_stores_bf16_weights(tiny_checkpoint):
+    from detectron_res.predictor import Predictor
+
+    bf16 = Predictor(tiny_checkpoint, device="cpu", precision="bf16")
+    fp32 = Predictor(tiny_checkpoint, device="cpu", precision="fp32")
+    weights = lambda p: {m.weight.dtype for m in p.model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}  # noqa: E731
+    assert weights(bf16) == {torch.bfloat16} and weights(fp32) == {torch.float32}
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_spatial_mean_of_bf16_is_the_float32_mean_rounded(channels_last):
+    """res5's global average pool: float32 exactly ``mean``; bf16 (a product with a row
+    of ones) within bf16 rounding of the float32 mean of the same bf16 values."""
+    from detectron_res.modeling.roi_heads import spatial_mean
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 64, 7, 7) * 3 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(spatial_mean(x), x.mean(dim=(2, 3)))
+    low = x.to(torch.bfloat16)
+    result = spatial_mean(low)
+    assert result.dtype == torch.bfloat16 and result.shape == (5, 64)
+    reference = low.float().mean(dim=(2, 3))  # the exact mean of the bf16 values
+    # Two bf16 roundings (the sum, the division): relative error <= 2 * 2^-8, plus the
+    # absolute error of a sum that cancels (|sum| << sum of |x|).
+    bound = 2 * 2.0**-8 * (reference.abs() + low.float().abs().mean(dim=(2, 3)))
+    assert ((result.float() - reference).abs() <= bound).all()
+    with autocast("bf16", "cpu"):  # under autocast too (the inference path)
+        assert torch.equal(spatial_mean(low), result)
+
+
+def test_onnx_export_refuses_a_bf16_prepared_model(tiny_checkpoint, tmp_path):
+    from detectron_res.export import export_onnx
+    from detectron_res.predictor import Predictor
+
+    predictor = Predictor(tiny_checkpoint, device="cpu", precision="bf16")
+    with pytest.raises(ValueError, match=r"stores torch.bfloat16 weights .* load it with precision='fp32'"):
+        export_onnx(predictor.model, tmp_path / "model.onnx")
+
+
+@pytest.mark.parametrize("block_elements", [1 << 20, 1000])
+def test_roi_align_by_matrix_in_bf16_blocks_equals_the_float32_product_cast(monkeypatch, block_elements):
+    """The pooler's bf16 output: the float32 product converted block by block through a
+    reused buffer (several blocks and a partial last one with the small block size) is
+    the float32 product converted at once, bit for bit; with autograd the plain product
+    is converted and the gradient reaches the float32 map."""
+    import detectron_res.modeling.poolers as poolers
+
+    monkeypatch.setattr(poolers, "_BLOCK_ELEMENTS", block_elements)
+    torch.manual_seed(0)
+    features = torch.randn(2, 96, 20, 24).contiguous(memory_format=torch.channels_last)
+    xy = torch.rand(37, 2) * torch.tensor([300.0, 250.0])
+    boxes = torch.cat((xy, (xy + torch.rand(37, 2) * 150 + 2).clamp(max=torch.tensor([383.0, 319.0]))), dim=1)
+    rois = torch.cat((torch.randint(0, 2, (37, 1)).float(), boxes), dim=1)
+    for bin_stride in (1, 2):
+        args = (features, rois, 14, 1 / 16, 0, True, bin_stride)
+        with torch.inference_mode():
+            reference = poolers.roi_align_by_matrix(*args)
+            low = poolers.roi_align_by_matrix(*args, out_dtype=torch.bfloat16)
+        assert reference.dtype == torch.float32 and low.dtype == torch.bfloat16
+        assert low.shape == reference.shape and low.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(low, reference.to(torch.bfloat16))
+    grad_features = features.clone().requires_grad_(True)
+    out = poolers.roi_align_by_matrix(grad_features, rois, 14, 1 / 16, 0, True, out_dtype=torch.bfloat16)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert grad_features.grad is not None and grad_features.grad.dtype == torch.float32

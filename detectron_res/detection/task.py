@@ -220,14 +220,15 @@ class DetectionTask:
         model = build_model(cfg)
         load_all_weights(model, state["model"], source=source, hint="was it trained with this config?")
         model.to(device)
-        model.prepare_for_inference()
+        precision = eval_precision(cfg, device)
+        model.prepare_for_inference(precision=precision.name)  # bf16: weights stored in bf16 once
         if dist_info.is_main:
             logger.info("Evaluating %s (iteration %s) on %s", source, state.get("iteration"),
                         ", ".join(ds.name for ds in test_datasets))
         # SIGTERM / SIGUSR1 stop inference before the next batch: EvaluationInterrupted.
         with stop_signals_recorded():
             results = evaluate(cfg, model, test_datasets, device=device, output_dir=output_dir / "inference",
-                               amp_dtype=eval_precision(cfg, device).dtype)
+                               amp_dtype=precision.dtype)
         if dist_info.is_main:
             # metrics.json is the run's JSON-lines log (training writes it too): append
             # one line rather than overwrite, so a training run's history survives.

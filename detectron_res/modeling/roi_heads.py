@@ -67,6 +67,25 @@ class FastRCNNPredictor(nn.Module):
         return self.cls_score(x), self.bbox_pred(x)
 
 
+def spatial_mean(x: Tensor) -> Tensor:
+    """Global average pool ``[R, C, H, W] -> [R, C]``.
+
+    float32: ``x.mean(dim=(2, 3))``. bf16 / fp16 (autocast inference and training):
+    the sum over the ``H * W`` positions as a matrix product with a row of ones (exact
+    weights, float32 accumulation in oneDNN), divided by ``H * W``. torch's CPU
+    reductions of bf16 convert the whole input to float32 first: for res5's output at
+    300 RoIs ([300, 2048, 7, 7]) ``mean`` took 80 ms on one core in bf16 against 14 ms
+    in float32, the product 10 ms. Channels-last input (res5's) is ``[R, H, W, C]`` in
+    memory, so the reshape below is a view.
+    """
+    if x.dtype == torch.float32 or x.dtype == torch.float64:
+        return x.mean(dim=(2, 3))
+    num, channels, height, width = x.shape
+    positions = x.permute(0, 2, 3, 1).reshape(num, height * width, channels)  # [R, HW, C]
+    ones = x.new_ones((1, height * width))
+    return torch.matmul(ones, positions).squeeze(1) / (height * width)  # [R, 1, C] -> [R, C]
+
+
 class ROIHeads(nn.Module):
     """Sampling, pooling, the per-region head, losses and post-processing.
 
@@ -204,7 +223,7 @@ class ROIHeads(nn.Module):
         """The per-region head on RoIs ``[R, 5]`` of a ``[N, C, Hf, Wf]`` map -> ``[R, D]``."""
         if hasattr(self, "res5"):
             # [R, C5, S/2, S/2] -> global average pool -> [R, C5]
-            return self.pool_and_res5(features, rois).mean(dim=(2, 3))
+            return spatial_mean(self.pool_and_res5(features, rois))
         return self.box_head(self.pooler(features, rois))  # [R, C, S, S] -> [R, 4096]
 
     def predict(
