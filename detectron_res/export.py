@@ -281,11 +281,7 @@ def export_onnx(
                          f"(ROIAlign aligned=True needs {MIN_OPSET}; the exporter stops at {MAX_OPSET})")
     import onnx
 
-    low = next((p.dtype for p in model.parameters() if p.is_floating_point() and p.dtype != torch.float32), None)
-    if low is not None:
-        raise ValueError(f"export_onnx: the model stores {low} weights (prepared for bf16 inference); the ONNX graph "
-                         "is float32: load it with precision='fp32' (Predictor(..., precision='fp32'), as "
-                         "tools/export.py does)")
+    _require_float32_weights(model, "export_onnx", "the ONNX graph")
     path = Path(path)
     wrapper = ExportableDetector(model).eval()
     example = _example_image(*example_size).to(model.preprocessor.pixel_mean.device)
@@ -319,6 +315,15 @@ def export_onnx(
     return atomic_write(path, lambda f: f.write(data))  # never half a model under the final name
 
 
+def _require_float32_weights(model: nn.Module, what: str, graph: str) -> None:
+    """Both export formats are float32 graphs: refuse a model prepared for bf16 inference."""
+    low = next((p.dtype for p in model.parameters() if p.is_floating_point() and p.dtype != torch.float32), None)
+    if low is not None:
+        raise ValueError(f"{what}: the model stores {low} weights (prepared for bf16 inference); {graph} "
+                         "is float32: load it with precision='fp32' (Predictor(..., precision='fp32'), as "
+                         "tools/export.py does)")
+
+
 def export_torchscript(
     model: nn.Module, path: Union[str, os.PathLike], *, example_size: Tuple[int, int] = (75, 100)
 ) -> Path:
@@ -328,6 +333,7 @@ def export_torchscript(
     arithmetic of :class:`ExportableDetector`, so other image sizes work too.
     TorchScript is deprecated in recent PyTorch releases; prefer ONNX for deployment.
     """
+    _require_float32_weights(model, "export_torchscript", "the traced module")
     wrapper = ExportableDetector(model).eval()
     example = _example_image(*example_size).to(model.preprocessor.pixel_mean.device)
     with warnings.catch_warnings():

@@ -37,7 +37,8 @@ def model(checkpoint):
     from detectron_res.predictor import Predictor
 
     # The Predictor's model: eval mode, FrozenBN folded; score threshold of the config (0.05).
-    return Predictor(checkpoint, device="cpu", score_thresh=0.05).model
+    # fp32, as _run asks infer for: a bf16 Predictor's model stores bf16 weights and runs in bf16.
+    return Predictor(checkpoint, device="cpu", score_thresh=0.05, precision="fp32").model
 
 
 def _jpeg_bytes(image):

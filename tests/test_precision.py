@@ -347,13 +347,16 @@ def test_spatial_mean_of_bf16_is_the_float32_mean_rounded(channels_last):
         assert torch.equal(spatial_mean(low), result)
 
 
-def test_onnx_export_refuses_a_bf16_prepared_model(tiny_checkpoint, tmp_path):
-    from detectron_res.export import export_onnx
+def test_both_export_formats_refuse_a_bf16_prepared_model(tiny_checkpoint, tmp_path):
+    from detectron_res.export import export_onnx, export_torchscript
     from detectron_res.predictor import Predictor
 
     predictor = Predictor(tiny_checkpoint, device="cpu", precision="bf16")
-    with pytest.raises(ValueError, match=r"stores torch.bfloat16 weights .* load it with precision='fp32'"):
+    with pytest.raises(ValueError, match=r"export_onnx: .*stores torch.bfloat16 weights .* precision='fp32'"):
         export_onnx(predictor.model, tmp_path / "model.onnx")
+    with pytest.raises(ValueError, match=r"export_torchscript: .*stores torch.bfloat16 weights .* precision='fp32'"):
+        export_torchscript(predictor.model, tmp_path / "model.pt")
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("block_elements", [1 << 20, 1000])
