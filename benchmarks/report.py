@@ -19,6 +19,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from detectron_res.outputs import atomic_write, atomic_write_text
+
 from benchmarks.results import BF16_PAIRS, STAGES, error_record, paired_ratio
 
 
@@ -426,7 +428,7 @@ def write_markdown(results: Dict[str, Any], path: Path, png_name: Optional[str])
     lines += _profile_lines(results)
     lines += _targets_lines(results)
     lines += _not_measured_lines(results)
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))  # a kill never leaves half a report
 
 
 def plot_scaling(results: Dict[str, Any], path: Path) -> bool:
@@ -456,7 +458,7 @@ def plot_scaling(results: Dict[str, Any], path: Path) -> bool:
         ax.set_title(f"{results['spec_name']} ours, {results['machine'].get('gpu', results['machine']['cpu'])}")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=90, format="png"))
     plt.close(fig)
     return True
 
@@ -487,7 +489,7 @@ def write_outputs(results: Dict[str, Any], out_dir: Path, *, with_json: bool = T
         has_png = False
     written = []
     if with_json:
-        paths["json"].write_text(json.dumps(results, indent=1, default=str))
+        atomic_write_text(paths["json"], json.dumps(results, indent=1, default=str))
         written.append(paths["json"])
     write_markdown(results, paths["markdown"], paths["png"].name if has_png else None)
     written.insert(0, paths["markdown"])
