@@ -138,6 +138,7 @@ class DetectorSpec:
 SPEED_OPTIONS: Tuple[str, ...] = (
     "fold_frozen_bn",  # prepare_for_inference folds FrozenBN into the conv weights
     "channels_last",  # prepare_for_inference stores weights NHWC
+    "packed_conv_weights",  # prepare_for_inference: CPU convs keep oneDNN-packed weights per input shape
     "fused_frozen_bn",  # unfolded FrozenBN scales the weight, not the output (training)
     "inplace_relu",  # in-place ReLU and residual addition
     "res5_conv1_before_pool",  # res5's first 1x1 conv on the map before RoIAlign
@@ -147,6 +148,7 @@ SPEED_OPTIONS: Tuple[str, ...] = (
 _SPEED_KEYS = {
     "fold_frozen_bn": "model.fold_frozen_bn",
     "channels_last": "model.speed.channels_last",
+    "packed_conv_weights": "model.speed.packed_conv_weights",
     "fused_frozen_bn": "model.speed.fused_frozen_bn",
     "inplace_relu": "model.speed.inplace_relu",
     "res5_conv1_before_pool": "model.speed.res5_conv1_before_pool",
@@ -274,10 +276,10 @@ def with_speed_options(model: FasterRCNN, spec: DetectorSpec, options: Sequence[
 
 
 # Options left out one at a time in the ablations. fused_frozen_bn does nothing in
-# inference once FrozenBN is folded, fold_frozen_bn and channels_last nothing in
-# training (prepare_for_inference applies them).
+# inference once FrozenBN is folded, fold_frozen_bn, channels_last and
+# packed_conv_weights nothing in training (prepare_for_inference applies them).
 INFERENCE_ABLATION = (
-    "fold_frozen_bn", "channels_last", "inplace_relu", "res5_conv1_before_pool", "res5_shortcut_before_pool",
+    "fold_frozen_bn", "channels_last", "packed_conv_weights", "inplace_relu", "res5_conv1_before_pool", "res5_shortcut_before_pool",
     "roi_align_by_matrix",
 )
 TRAINING_ABLATION = (

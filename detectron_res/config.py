@@ -139,6 +139,9 @@ class SpeedConfig:
     res5_conv1_before_pool: bool = True
     res5_shortcut_before_pool: bool = True
     channels_last: bool = True  # prepare_for_inference stores conv weights NHWC (oneDNN / cuDNN)
+    # prepare_for_inference keeps CPU conv weights in oneDNN's packed layout, converted once
+    # per input shape instead of on every call (modeling/packed_conv.py).
+    packed_conv_weights: bool = True
     # RoIAlign of CPU tensors as one sparse matrix product for all channels (every core;
     # torchvision's CPU kernel runs on one). CUDA keeps torchvision's kernel.
     roi_align_by_matrix: bool = True

@@ -8,13 +8,13 @@ from torch import nn
 from torchvision.models.detection._utils import BoxCoder as TorchvisionBoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
 from torchvision.models.detection.image_list import ImageList as TorchvisionImageList
-from torchvision.ops import nms
+from torchvision.ops import batched_nms, nms
 
 from detectron_res.modeling.anchor_generator import AnchorGenerator
 from detectron_res.modeling.box_coder import BoxCoder
 from detectron_res.modeling.poolers import ROIPooler, boxes_to_rois
 from detectron_res.modeling.roi_heads import FastRCNNPredictor, ROIHeads
-from detectron_res.modeling.rpn import RegionProposalNetwork, RPNHead
+from detectron_res.modeling.rpn import RegionProposalNetwork, RPNHead, keep_topk_per_image, nms_first_per_image
 from detectron_res.modeling.sampling import BalancedSampler, Matcher
 from detectron_res.structures import clip_boxes
 
@@ -284,6 +284,44 @@ def test_rpn_proposals_topk_before_and_after_nms_per_image():
     proposals = _rpn(post=1).find_proposals(ANCHORS, two_logits, torch.zeros(2, 4, 4), [(50, 50)] * 2, [1.0, 1.0])
     assert [p.shape[0] for p in proposals] == [1, 1]
     torch.testing.assert_close(proposals[1], torch.tensor([[0.0, 0.0, 30.0, 30.0]]))
+
+
+def _clustered_boxes(num_boxes, num_images, seed):
+    """Boxes in a few clusters (heavy overlap: most are suppressed), scores with ties."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(6, 2, generator=g) * 400
+    xy = centres[torch.randint(0, 6, (num_boxes,), generator=g)] + torch.randn(num_boxes, 2, generator=g) * 25
+    wh = 20 + torch.rand(num_boxes, 2, generator=g) * 120
+    boxes = torch.cat((xy, xy + wh), dim=1)
+    scores = torch.randint(0, 50, (num_boxes,), generator=g).float() / 50  # many equal scores
+    image_idx = torch.randint(0, num_images, (num_boxes,), generator=g)
+    return boxes, scores, image_idx
+
+
+@pytest.mark.parametrize("num_boxes, num_images, topk", [(3000, 1, 300), (3000, 2, 40), (500, 2, 2000), (800, 3, 1), (0, 2, 5)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_nms_first_per_image_equals_full_nms_then_topk(num_boxes, num_images, topk, seed):
+    """Stopping NMS at the topk-th survivor keeps exactly what NMS of every box, then topk, keeps."""
+    boxes, scores, image_idx = _clustered_boxes(num_boxes, num_images, seed)
+    kept, counts = nms_first_per_image(boxes, scores, image_idx, num_images, 0.7, topk)
+    # Reference: NMS of all boxes of each image, torchvision's order (stable by score), then the first topk.
+    expected, expected_counts = [], []
+    for i in range(num_images):
+        mine = torch.nonzero(image_idx == i).squeeze(1)
+        survivors = mine[nms(boxes[mine], scores[mine], 0.7)][:topk]
+        expected.append(survivors)
+        expected_counts.append(survivors.numel())
+    assert counts == expected_counts
+    assert torch.equal(kept, torch.cat(expected))
+    if num_boxes:
+        assert 0 < sum(counts) < num_boxes  # NMS both kept and suppressed boxes
+        # The batched form the RPN used before gives the same result where no scores tie
+        # (batched_nms orders equal scores of different images as its sort happens to).
+        distinct = scores + torch.randperm(num_boxes, generator=torch.Generator().manual_seed(seed)) * 1e-6
+        kept, counts = nms_first_per_image(boxes, distinct, image_idx, num_images, 0.7, topk)
+        everything = batched_nms(boxes, distinct, image_idx, 0.7)
+        batched_kept, batched_counts = keep_topk_per_image(everything, image_idx[everything], num_images, topk)
+        assert counts == batched_counts and torch.equal(kept, batched_kept)
 
 
 def test_rpn_losses_ignore_cross_boundary_anchors():

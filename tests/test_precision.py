@@ -105,14 +105,15 @@ def _record_postprocessing_dtypes(monkeypatch):
     import detectron_res.modeling.rpn as rpn
 
     seen = []
-    for module in (rpn, roi_heads):
-        original = module.batched_nms
+    # The RPN runs NMS per image (rpn.nms_first_per_image), the box head batched over classes.
+    for module, name in ((rpn, "nms"), (roi_heads, "batched_nms")):
+        original = getattr(module, name)
 
-        def nms(boxes, scores, idxs, threshold, _original=original, _name=module.__name__):
+        def recording_nms(boxes, scores, *args, _original=original, _name=module.__name__):
             seen.append((_name, "nms", boxes.dtype, scores.dtype))
-            return _original(boxes, scores, idxs, threshold)
+            return _original(boxes, scores, *args)
 
-        monkeypatch.setattr(module, "batched_nms", nms)
+        monkeypatch.setattr(module, name, recording_nms)
     decode = box_coder.BoxCoder.decode
 
     def recording_decode(self, deltas, src_boxes):
@@ -292,7 +293,7 @@ def test_bf16_prepared_model_equals_fp32_model_under_autocast(overrides):
             assert module.weight.dtype == (torch.float32 if keeps_norm else torch.bfloat16), module
             if module.weight.dim() == 4:
                 assert module.weight.is_contiguous(memory_format=torch.channels_last), module
-    assert any(isinstance(m, Conv2dNorm) and m.weight.dtype == torch.bfloat16 for m in bf16.modules()) == folded
+    assert any(isinstance(m, Conv2dNorm) and m.weight.dtype == torch.bfloat16 for m in bf16.backbone.modules()) == folded
 
 
 def test_bf16_prepared_model_is_prepared_once_and_not_trained():

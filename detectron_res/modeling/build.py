@@ -223,6 +223,7 @@ def build_model(cfg: Union[DictConfig, Config]) -> FasterRCNN:
         stride_in_1x1=m.backbone.stride_in_1x1 if m.backbone.name == "resnet" else None,
         fold_frozen_bn=m.fold_frozen_bn,
         channels_last=m.speed.channels_last,
+        packed_conv_weights=m.speed.packed_conv_weights,
         test_scales=list(test.scales),
         test_hflip=test.hflip,
         test_proposal_scale=test.proposal_scale,

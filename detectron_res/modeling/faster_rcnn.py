@@ -31,23 +31,14 @@ from torch import Tensor, nn
 from ..precision import cast_for_autocast, precision_dtype
 from ..weights import ImageNetWeights, LoadReport, load_into
 from .backbone import fold_frozen_batchnorm
+from .graph_capture import exporting_or_compiling
+from .packed_conv import pack_conv_weights, packing_available
 from .preprocess import PreparedInputs, Preprocessor
 from .roi_heads import ROIHeads
 from .rpn import RegionProposalNetwork
 from .test_time import FeatureLevel, hflip_batch, hflip_boxes, level_scale_xy, pyramid_size, resize_batch
 
 __all__ = ["FasterRCNN"]
-
-
-def _exporting_or_compiling() -> bool:
-    """Tracing, ONNX export and torch.compile cannot run under inference_mode."""
-    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(
-        torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.onnx.is_in_onnx_export()
-        or (compiling is not None and compiling())
-    )
 
 
 class FasterRCNN(nn.Module):
@@ -67,6 +58,7 @@ class FasterRCNN(nn.Module):
         stride_in_1x1: Optional[bool] = None,
         fold_frozen_bn: bool = True,
         channels_last: bool = True,
+        packed_conv_weights: bool = True,
         test_scales: Sequence[int] = (),
         test_hflip: bool = False,
         test_proposal_scale: int = 0,
@@ -86,6 +78,9 @@ class FasterRCNN(nn.Module):
                 into the convolutions (``model.fold_frozen_bn``).
             channels_last: whether :meth:`prepare_for_inference` stores the weights
                 channels-last (``model.speed.channels_last``).
+            packed_conv_weights: whether :meth:`prepare_for_inference` lets the
+                convolutions keep oneDNN-packed weights for CPU inference
+                (``model.speed.packed_conv_weights``, :mod:`.packed_conv`).
             test_scales: multi-scale testing: shorter sides of the image pyramid the
                 Fast R-CNN step pools from (``test.scales``, Appendix B: 200..1000);
                 empty = the single input scale.
@@ -110,6 +105,7 @@ class FasterRCNN(nn.Module):
         self.stride_in_1x1 = stride_in_1x1
         self._fold_frozen_bn = bool(fold_frozen_bn)
         self._channels_last = bool(channels_last)
+        self._packed_conv_weights = bool(packed_conv_weights)
         self._folded = False
         # The dtype prepare_for_inference(precision=) stored the weights in; None = as trained.
         self._weights_dtype: Optional[torch.dtype] = None
@@ -156,7 +152,7 @@ class FasterRCNN(nn.Module):
             return self._forward(inputs, targets)
         # Evaluation needs no autograd bookkeeping at all. Weights stored in bf16
         # (prepare_for_inference) need autocast to meet the float32 images.
-        with torch.inference_mode(not _exporting_or_compiling()), self._weights_autocast():
+        with torch.inference_mode(not exporting_or_compiling()), self._weights_autocast():
             return self._forward(inputs, targets)
 
     def _weights_autocast(self):
@@ -276,6 +272,11 @@ class FasterRCNN(nn.Module):
         tensor-core kernels compute in, so that activations stay NHWC from the first
         convolution on instead of being converted at every layer.
 
+        If ``model.speed.packed_conv_weights``, every convolution without a norm left
+        after it then runs CPU inference with oneDNN-packed weights, converted once
+        per input shape instead of on every call (:mod:`.packed_conv`; the dense path
+        runs on CUDA, with autograd, and while exporting).
+
         ``precision="bf16"`` also stores the convolution and linear weights in bf16
         once (:func:`detectron_res.precision.cast_for_autocast`), after folding: bf16
         autocast would otherwise convert every fp32 weight on every call (R-50-C4:
@@ -310,6 +311,8 @@ class FasterRCNN(nn.Module):
         if dtype is not None and self._weights_dtype is None:
             cast_for_autocast(self, dtype)
             self._weights_dtype = dtype
+        if self._packed_conv_weights and packing_available():
+            pack_conv_weights(self)
         return self
 
     # ---------------------------------------------------------------- weights

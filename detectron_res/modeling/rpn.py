@@ -25,10 +25,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import box_iou, nms
 
 from ..structures import clip_boxes, host_tensor, nonempty_mask, sizes_tensor
 from .anchor_generator import AnchorGenerator
+from .backbone.norm import Conv2dNorm
 from .box_coder import BoxCoder
 from .sampling import BalancedSampler, Matcher
 
@@ -53,9 +54,11 @@ class RPNHead(nn.Module):
         """
         super().__init__()
         head_channels = in_channels if head_channels == 0 else head_channels
-        self.conv = nn.Conv2d(in_channels, head_channels, kernel_size=3, padding=1)
-        self.objectness_logits = nn.Conv2d(head_channels, num_anchors, kernel_size=1)
-        self.anchor_deltas = nn.Conv2d(head_channels, num_anchors * 4, kernel_size=1)
+        # Conv2dNorm without a norm: a plain nn.Conv2d (same parameters) that inference
+        # can run with oneDNN-packed weights (prepare_for_inference).
+        self.conv = Conv2dNorm(in_channels, head_channels, kernel_size=3, padding=1, norm=None)
+        self.objectness_logits = Conv2dNorm(head_channels, num_anchors, kernel_size=1, norm=None)
+        self.anchor_deltas = Conv2dNorm(head_channels, num_anchors * 4, kernel_size=1, norm=None)
         # Gaussian(0, 0.01) weights and zero biases, as py-faster-rcnn initializes the RPN.
         for layer in (self.conv, self.objectness_logits, self.anchor_deltas):
             nn.init.normal_(layer.weight, std=0.01)
@@ -100,6 +103,47 @@ def keep_topk_per_image(keep: Tensor, image_idx: Tensor, num_images: int, topk: 
         or [torch.zeros(0, dtype=torch.int64, device=keep.device)]
     )
     return keep[index], num_per_image
+
+
+def nms_first_per_image(
+    boxes: Tensor, scores: Tensor, image_idx: Tensor, num_images: int, iou_threshold: float, topk: int
+) -> Tuple[Tensor, List[int]]:
+    """The first ``topk`` boxes of each image that greedy NMS keeps, by decreasing score.
+
+    The same as ``keep_topk_per_image(batched_nms(boxes, scores, image_idx, t), ...)``
+    (torchvision's NMS visits boxes in a stable descending score order; equal scores
+    keep their input order here too) without running NMS past the ``topk``-th
+    survivor. Greedy NMS decides on a box from the boxes before it alone, so NMS of
+    an image's ``m`` best boxes keeps exactly the survivors among them: if ``topk``
+    survive, they are the answer. ``m`` starts at ``2 * topk`` and doubles until
+    then (or until every box is in). The RPN at test time keeps 300 of 6000 boxes
+    (Appendix A): NMS over all 6000 compared each survivor with every lower box.
+
+    Args:
+        boxes: ``[M, 4]``; scores: ``[M]``; image_idx: ``[M]`` image of each box.
+        num_images: ``N``.
+        iou_threshold: boxes overlapping a kept one by more than this are dropped.
+        topk: boxes kept per image at most.
+    Returns:
+        Indices into ``boxes``, grouped by image (image 0 first) and by decreasing
+        score within an image, and the number kept for each image.
+    """
+    kept_per_image = []
+    for i in range(num_images):
+        mine = torch.nonzero(image_idx == i).squeeze(1)
+        mine = mine[torch.sort(scores[mine], descending=True, stable=True).indices]
+        num_boxes = mine.numel()
+        candidates = min(num_boxes, 2 * topk)
+        while True:
+            head = mine[:candidates]
+            kept = nms(boxes[head], scores[head], iou_threshold)  # positions in head, by score
+            if kept.numel() >= topk or candidates == num_boxes:
+                break
+            candidates = min(num_boxes, 2 * candidates)
+        kept_per_image.append(head[kept[:topk]])
+    if not kept_per_image:
+        return torch.zeros(0, dtype=torch.int64, device=boxes.device), []
+    return torch.cat(kept_per_image), [k.numel() for k in kept_per_image]
 
 
 class RegionProposalNetwork(nn.Module):
@@ -256,9 +300,8 @@ class RegionProposalNetwork(nn.Module):
         flat = torch.nonzero(keep.view(-1)).squeeze(1)
         image_idx = torch.div(flat, pre_nms_topk, rounding_mode="floor")
         boxes, scores = boxes.reshape(-1, 4)[flat], scores.reshape(-1)[flat]
-        # Image index as the NMS group: no suppression across images, one call.
-        kept = batched_nms(boxes, scores, image_idx, self.nms_thresh)
-        kept, num_per_image = keep_topk_per_image(kept, image_idx[kept], num_images, post_nms_topk)
+        # NMS per image (no suppression across images), stopped at post_nms_topk survivors.
+        kept, num_per_image = nms_first_per_image(boxes, scores, image_idx, num_images, self.nms_thresh, post_nms_topk)
         return list(boxes[kept].split(num_per_image))
 
     def losses(

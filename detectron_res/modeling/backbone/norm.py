@@ -134,11 +134,21 @@ class Conv2dNorm(nn.Conv2d):
         )
         self.norm: nn.Module = nn.Identity() if norm is None else get_norm(norm, out_channels)
         self.fuse_frozen_bn = bool(fuse_frozen_bn)
+        # oneDNN-packed copies of the weight for CPU inference
+        # (detectron_res.modeling.packed_conv; set by FasterRCNN.prepare_for_inference).
+        self.packed_weights = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fuse_frozen_bn and isinstance(self.norm, FrozenBatchNorm2d):
             return self._conv_forward(x, *self._fused_weight_and_bias())
         return self.norm(super().forward(x))
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
+        if self.packed_weights is not None and weight is self.weight:
+            out = self.packed_weights.conv(self, x, weight, bias)
+            if out is not None:
+                return out
+        return super()._conv_forward(x, weight, bias)
 
     def _fused_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         # FrozenBN is a constant per-channel affine (ResNet paper, Appendix A):
