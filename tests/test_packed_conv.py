@@ -146,8 +146,10 @@ def test_prepare_for_inference_packs_and_gives_the_same_detections():
         assert torch.equal(a["labels"], b["labels"])
         torch.testing.assert_close(a["boxes"], b["boxes"], rtol=0, atol=1e-2)
         torch.testing.assert_close(a["scores"], b["scores"], rtol=0, atol=1e-4)
+    # Every conv ran packed, res5's conv1 and shortcut on the whole map (stride 1) included.
+    assert packed.roi_heads.convs_moved_before_pool == ("conv1", "shortcut")
+    assert all(m.packed_weights.conversions > 0 for m in convs)
     conversions = sum(m.packed_weights.conversions for m in convs)
-    assert conversions > 0
     packed(images)  # the same image sizes again: nothing converted
     assert sum(m.packed_weights.conversions for m in convs) == conversions
     # Packings are derived data: copies and pickles start without them and pack again.

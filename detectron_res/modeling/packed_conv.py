@@ -20,8 +20,8 @@ per-RoI head at a fixed proposal count, hit; a new shape costs one conversion,
 what the dense path pays on every call, and replaces the oldest packing. Memory:
 at most ``max_shapes`` extra copies of the conv weights.
 
-Used only where it is exact and eager: CPU tensors in channels-last layout
-(``model.speed.channels_last``), no autograd (inference), not while tracing,
+Used only where it is exact and eager: CPU tensors, channels-last weights or
+inputs (``model.speed.channels_last``), no autograd (inference), not while tracing,
 exporting or compiling, and weights of the dtype the call computes in (float32, or
 bf16 under bf16 autocast). Anywhere else the dense path runs.
 """
@@ -54,6 +54,11 @@ def packing_available() -> bool:
         return False
 
 
+def _strictly_channels_last(t: Tensor) -> bool:
+    """Channels-last and not also NCHW-contiguous (a [O, I, 1, 1] weight is both)."""
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
 class PackedConvWeights:
     """The packed copies of one convolution's weight, one per recent input shape.
 
@@ -74,15 +79,17 @@ class PackedConvWeights:
 
     @property
     def cached_shapes(self):
-        return list(self._packed)
+        """The input shapes packed for, least recently used first."""
+        return [shape for shape, _ in self._packed]
 
     def compute_dtype(self, x: Tensor, weight: Tensor) -> Optional[torch.dtype]:
         """The dtype the call computes in if the packed path applies, else None."""
         if x.device.type != "cpu" or weight.device.type != "cpu" or x.dim() != 4:
             return None
-        # oneDNN's operator returns channels-last whatever the input: the dense path
-        # keeps an NCHW model NCHW (model.speed.channels_last off).
-        if not x.is_contiguous(memory_format=torch.channels_last):
+        # oneDNN's operator returns channels-last whatever the input; torch's dense
+        # convolution does so when the input or the weight is channels-last. An NCHW
+        # model (model.speed.channels_last off) keeps the dense path and stays NCHW.
+        if not (_strictly_channels_last(x) or _strictly_channels_last(weight)):
             return None
         if torch.is_grad_enabled() or exporting_or_compiling():
             return None
@@ -91,8 +98,10 @@ class PackedConvWeights:
             return None
         return dtype
 
-    def conv(self, conv: nn.Conv2d, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Optional[Tensor]:
-        """``conv``'s convolution of ``x`` with a packed ``weight``; None where that does not apply."""
+    def conv(self, conv: nn.Conv2d, x: Tensor, weight: Tensor, bias: Optional[Tensor],
+             stride: Optional[Tuple[int, int]] = None) -> Optional[Tensor]:
+        """``conv``'s convolution of ``x`` with a packed ``weight`` (``conv.stride``
+        unless ``stride`` is given); None where that does not apply."""
         if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
             return None
         dtype = self.compute_dtype(x, weight)
@@ -102,15 +111,16 @@ class PackedConvWeights:
         if weight_key != self._weight_key:
             self._packed.clear()
             self._weight_key = weight_key
-        padding, stride, dilation = list(conv.padding), list(conv.stride), list(conv.dilation)
-        shape = tuple(x.shape)
-        packed = self._packed.pop(shape, None)
+        padding, dilation = list(conv.padding), list(conv.dilation)
+        stride = list(conv.stride if stride is None else stride)
+        key = (tuple(x.shape), tuple(stride))
+        packed = self._packed.pop(key, None)
         if packed is None:
             packed = torch.ops.mkldnn._reorder_convolution_weight(
-                weight, padding, stride, dilation, conv.groups, list(shape)
+                weight, padding, stride, dilation, conv.groups, list(x.shape)
             )
             self.conversions += 1
-        self._packed[shape] = packed  # the most recent shape last
+        self._packed[key] = packed  # the most recent last
         while len(self._packed) > self.max_shapes:
             self._packed.popitem(last=False)
         # Autocast would cast the input to its dtype; oneDNN's operator is not on its lists.

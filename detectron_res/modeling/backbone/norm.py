@@ -143,12 +143,15 @@ class Conv2dNorm(nn.Conv2d):
             return self._conv_forward(x, *self._fused_weight_and_bias())
         return self.norm(super().forward(x))
 
-    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias, stride=None) -> torch.Tensor:
+        """The convolution alone, with this module's stride unless ``stride`` is given."""
         if self.packed_weights is not None and weight is self.weight:
-            out = self.packed_weights.conv(self, x, weight, bias)
+            out = self.packed_weights.conv(self, x, weight, bias, stride)
             if out is not None:
                 return out
-        return super()._conv_forward(x, weight, bias)
+        if stride is None:
+            return super()._conv_forward(x, weight, bias)
+        return F.conv2d(x, weight, bias, stride, self.padding, self.dilation, self.groups)
 
     def _fused_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         # FrozenBN is a constant per-channel affine (ResNet paper, Appendix A):
@@ -189,8 +192,8 @@ class Conv2dNorm(nn.Conv2d):
         if not self.is_pointwise_affine:
             raise ValueError(f"forward_every_pixel needs a 1x1 unpadded conv with a fixed affine norm, got {self}")
         if self.fuse_frozen_bn and isinstance(self.norm, FrozenBatchNorm2d):
-            return F.conv2d(x, *self._fused_weight_and_bias())
-        return self.norm(F.conv2d(x, self.weight, self.bias))
+            return self._conv_forward(x, *self._fused_weight_and_bias(), stride=(1, 1))
+        return self.norm(self._conv_forward(x, self.weight, self.bias, stride=(1, 1)))
 
 
 @torch.no_grad()
