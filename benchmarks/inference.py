@@ -129,20 +129,33 @@ def inference_section(
     return result
 
 
-def profile_section(args, ours: nn.Module, images, row_limit: int = 15) -> Dict[str, Any]:
-    """Top operators (self time) of one call of our optimized detector."""
-    device = args.device
-    model = optimize_for_inference(ours).to(device)
-    fn = inference_fn(model, images, device, "fp32")
-    if not first_call_is_timed(device):
-        fn()  # warm-up: kernel selection would dominate the profile
+# Operators that are convolutions (their self time): oneDNN with packed weights, with
+# dense ones, and torch's own im2col + GEMM fallback.
+CONVOLUTION_OPS = ("mkldnn::_convolution_pointwise", "aten::mkldnn_convolution", "aten::_slow_conv2d_forward",
+                   "aten::cudnn_convolution", "aten::thnn_conv2d")
+
+
+def _profile_call(fn, device: torch.device):
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
         fn()
         synchronize(device)
-    events = prof.key_averages()
+    return prof.key_averages()
+
+
+def profile_section(args, ours: nn.Module, images, row_limit: int = 15, bf16_calls: int = 3) -> Dict[str, Any]:
+    """Top operators (self time) of one call of our optimized detector; on a CPU with
+    native bf16 also the convolutions' self time in fp32 and bf16 (``bf16_calls``
+    profiled calls of each, in turns): the floor of ours' bf16 / fp32 ratio, since
+    everything else costs about the same in both precisions."""
+    device = args.device
+    model = optimize_for_inference(ours).to(device)
+    fn = inference_fn(model, images, device, "fp32")
+    if not first_call_is_timed(device):
+        fn()  # warm-up: kernel selection would dominate the profile
+    events = _profile_call(fn, device)
 
     def device_self(e) -> float:
         return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)))
@@ -150,7 +163,7 @@ def profile_section(args, ours: nn.Module, images, row_limit: int = 15) -> Dict[
     key = device_self if device.type == "cuda" else (lambda e: float(e.self_cpu_time_total))
     total = sum(key(e) for e in events) or 1.0
     top = sorted(events, key=key, reverse=True)[:row_limit]
-    return {
+    result = {
         "clock": "device (CUDA kernels)" if device.type == "cuda" else "CPU",
         "total_ms": total / 1000.0,
         "top": [
@@ -159,3 +172,26 @@ def profile_section(args, ours: nn.Module, images, row_limit: int = 15) -> Dict[
             for e in top
         ],
     }
+    if device.type == "cpu" and args.bf16:
+        result["convolutions"] = _convolution_share_by_precision(ours, images, device, fn, bf16_calls)
+    return result
+
+
+def _convolution_share_by_precision(ours: nn.Module, images, device, fp32_fn, calls: int) -> Dict[str, Any]:
+    """Self time of the convolutions and of the whole call, ours in fp32 and in bf16 (medians of ``calls``)."""
+    bf16_fn = inference_fn(optimize_for_inference(ours, "bf16").to(device), images, device, "bf16")
+    bf16_fn()  # oneDNN's bf16 kernels and the packings for this shape: not part of the profile
+    fp32_fn()
+    times = {"fp32": [], "bf16": []}
+    for _ in range(calls):
+        for precision, fn in (("fp32", fp32_fn), ("bf16", bf16_fn)):
+            events = _profile_call(fn, device)
+            convs = sum(float(e.self_cpu_time_total) for e in events if e.key in CONVOLUTION_OPS)
+            times[precision].append((convs / 1000.0, sum(float(e.self_cpu_time_total) for e in events) / 1000.0))
+    median = lambda values: statistics.median(values)  # noqa: E731
+    out = {precision: {"convolutions_ms": median([c for c, _ in t]), "total_ms": median([a for _, a in t])}
+           for precision, t in times.items()}
+    out["calls"] = calls
+    out["ratio_convolutions"] = median([b[0] / a[0] for a, b in zip(times["fp32"], times["bf16"])])
+    out["ratio_total"] = median([b[1] / a[1] for a, b in zip(times["fp32"], times["bf16"])])
+    return out

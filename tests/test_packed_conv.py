@@ -124,6 +124,12 @@ def test_the_dense_path_runs_where_packing_does_not_apply():
         traced = torch.jit.trace(conv, x.detach(), check_trace=False)  # the check reruns it eagerly
     assert "mkldnn" not in str(traced.graph)
     assert conv.packed_weights.conversions == 0
+    # A dispatch mode (the multiply-add counter) sees the aten convolution.
+    from detectron_res.analysis import count_macs
+
+    with torch.inference_mode():
+        assert count_macs(conv, x.detach(), stages=())["total"] == 24 * 16 * 9 * 8 * 8
+    assert conv.packed_weights.conversions == 0
     # A conv with its FrozenBN still after it computes with a weight derived per call: not packed.
     model = thin_detector(*R50_ALIGN, "model.fold_frozen_bn=false")
     model.prepare_for_inference()

@@ -23,7 +23,8 @@ at most ``max_shapes`` extra copies of the conv weights.
 Used only where it is exact and eager: CPU tensors, channels-last weights or
 inputs (``model.speed.channels_last``), no autograd (inference), not while tracing,
 exporting or compiling, and weights of the dtype the call computes in (float32, or
-bf16 under bf16 autocast). Anywhere else the dense path runs.
+bf16 under bf16 autocast), and not under a dispatch mode (the multiply-add
+counter of ``detectron_res.analysis``). Anywhere else the dense path runs.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from .graph_capture import exporting_or_compiling
 
@@ -91,7 +93,8 @@ class PackedConvWeights:
         # model (model.speed.channels_last off) keeps the dense path and stays NCHW.
         if not (_strictly_channels_last(x) or _strictly_channels_last(weight)):
             return None
-        if torch.is_grad_enabled() or exporting_or_compiling():
+        # A dispatch mode (FlopCounterMode of detectron_res.analysis) must see an aten convolution.
+        if torch.is_grad_enabled() or exporting_or_compiling() or is_in_torch_dispatch_mode():
             return None
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
         if dtype not in _PACKED_DTYPES or weight.dtype != dtype:
