@@ -39,8 +39,8 @@ from .graph_capture import exporting_or_compiling
 
 __all__ = ["PackedConvWeights", "packing_available", "pack_conv_weights", "MAX_PACKED_SHAPES"]
 
-# Input shapes remembered per convolution (detector inference: the image size and
-# the per-RoI head's batch; two of each kind keep an alternating pair packed).
+# Input shapes remembered per convolution: two, so that inference alternating between
+# two image sizes (or two RoI counts) stays packed.
 MAX_PACKED_SHAPES = 2
 _PACKED_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -77,7 +77,7 @@ class PackedConvWeights:
         # (storage pointer, version counter) of the weight the packings were made from:
         # loading new weights into the conv invalidates them.
         self._weight_key: Optional[Tuple[int, int]] = None
-        self.conversions = 0  # packings made so far (a test and the benchmark read it)
+        self.conversions = 0  # packings made so far (the tests read it)
 
     @property
     def cached_shapes(self):
