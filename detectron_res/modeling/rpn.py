@@ -110,10 +110,10 @@ def nms_first_per_image(
 ) -> Tuple[Tensor, List[int]]:
     """The first ``topk`` boxes of each image that greedy NMS keeps, by decreasing score.
 
-    The same as ``keep_topk_per_image(batched_nms(boxes, scores, image_idx, t), ...)``
-    (torchvision's NMS visits boxes in a stable descending score order; equal scores
-    keep their input order here too) without running NMS past the ``topk``-th
-    survivor. Greedy NMS decides on a box from the boxes before it alone, so NMS of
+    The boxes ``keep_topk_per_image(batched_nms(boxes, scores, image_idx, t), ...)``
+    keeps, without running NMS past the ``topk``-th survivor. Boxes are visited in a
+    stable descending score order, as torchvision's CPU NMS visits them (equal scores
+    stay in input order; ``batched_nms``'s final sort may swap them). Greedy NMS decides on a box from the boxes before it alone, so NMS of
     an image's ``m`` best boxes keeps exactly the survivors among them: if ``topk``
     survive, they are the answer. ``m`` starts at ``2 * topk`` and doubles until
     then (or until every box is in). The RPN at test time keeps 300 of 6000 boxes
