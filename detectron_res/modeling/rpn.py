@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import box_iou, nms
+from torchvision.ops import batched_nms, box_iou, nms
 
 from ..structures import clip_boxes, host_tensor, nonempty_mask, sizes_tensor
 from .anchor_generator import AnchorGenerator
@@ -300,8 +300,20 @@ class RegionProposalNetwork(nn.Module):
         flat = torch.nonzero(keep.view(-1)).squeeze(1)
         image_idx = torch.div(flat, pre_nms_topk, rounding_mode="floor")
         boxes, scores = boxes.reshape(-1, 4)[flat], scores.reshape(-1)[flat]
-        # NMS per image (no suppression across images), stopped at post_nms_topk survivors.
-        kept, num_per_image = nms_first_per_image(boxes, scores, image_idx, num_images, self.nms_thresh, post_nms_topk)
+        if self.training:
+            # Every box through NMS, then the top post_nms_topk per image. The early stop
+            # below keeps the same boxes but breaks ties of equal scores (uniform image
+            # regions give equal logits) in another order, and the order of proposals
+            # feeds the RoI sampler: it moved the demo's training run (VOC07 91.8 -> 90.4).
+            # Training stays as it was (benchmarks/OPTIMIZATIONS.md, third pass).
+            kept = batched_nms(boxes, scores, image_idx, self.nms_thresh)
+            kept, num_per_image = keep_topk_per_image(kept, image_idx[kept], num_images, post_nms_topk)
+        else:
+            # Inference: NMS per image, stopped at post_nms_topk survivors (6000 -> 300
+            # boxes: 51 ms -> 4 ms, the same proposals).
+            kept, num_per_image = nms_first_per_image(
+                boxes, scores, image_idx, num_images, self.nms_thresh, post_nms_topk
+            )
         return list(boxes[kept].split(num_per_image))
 
     def losses(
