@@ -118,6 +118,11 @@ class Conv2dNorm(nn.Conv2d):
             ``conv(x, W) * scale + shift`` (``model.speed.fused_frozen_bn``).
     """
 
+    # oneDNN-packed copies of the weight for CPU inference (detectron_res.modeling.packed_conv;
+    # set by FasterRCNN.prepare_for_inference). A class default too, so that a Conv2dNorm
+    # pickled whole before this attribute existed still runs.
+    packed_weights = None
+
     def __init__(
         self,
         in_channels: int,
@@ -134,8 +139,6 @@ class Conv2dNorm(nn.Conv2d):
         )
         self.norm: nn.Module = nn.Identity() if norm is None else get_norm(norm, out_channels)
         self.fuse_frozen_bn = bool(fuse_frozen_bn)
-        # oneDNN-packed copies of the weight for CPU inference
-        # (detectron_res.modeling.packed_conv; set by FasterRCNN.prepare_for_inference).
         self.packed_weights = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
